@@ -1,0 +1,163 @@
+"""The small typed interfaces that pipeline stages talk through.
+
+Every backend (one file each under ``npc_engine/pipeline/``) implements one of
+these. The interfaces are deliberately *blocking*: each model runs on its own
+worker thread (see ``npc_engine.pipeline.workers``) so the asyncio event loop
+never waits on a model, and a model never fights another for the same thread.
+
+Cancellation is cooperative: long calls take a ``threading.Event`` and check it
+between tokens / chunks, so a barge-in stops work within one step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+# --------------------------------------------------------------------------- LLM
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenOptions:
+    max_tokens: int = 120
+    temperature: float = 0.7
+    top_p: float = 0.9
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class ModelError(RuntimeError):
+    """A model failed in a way the turn cannot recover from (it died, or is unreachable).
+
+    ``code`` is the protocol error code the session reports to the game.
+    """
+
+    def __init__(self, message: str, code: str = "model_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A chat LLM that streams text deltas."""
+
+    name: str
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+    ) -> Iterator[str]:
+        """Yield text deltas as the model produces them; stop early once ``cancel`` is set.
+
+        ``messages`` always starts with the same system prompt for a given
+        character, so backends can keep that prefix's KV cache warm.
+        Raises ``ModelError`` when the model is unreachable or dies.
+        """
+        ...
+
+    def warm_up(self, messages: Sequence[ChatMessage]) -> None:
+        """Evaluate ``messages`` (the persona prefix) so the next turn starts fast."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- TTS
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """A synthesizer voice: ``id`` is backend-specific (a Kokoro voice pack name)."""
+
+    id: str
+    speed: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """A labelled span, in seconds relative to the start of its audio chunk."""
+
+    label: str
+    start: float
+    end: float
+
+
+# The 15 Oculus/OVR (OpenXR) visemes, in their canonical order.
+VISEMES: tuple[str, ...] = (
+    "sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou",
+)
+
+
+@dataclass(slots=True)
+class SpeechChunk:
+    """One synthesized piece of a reply: audio plus the tracks that animate it."""
+
+    text: str
+    pcm: np.ndarray  # int16, mono
+    sample_rate: int
+    visemes: list[Timed] = field(default_factory=list)  # label in VISEMES
+    words: list[Timed] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+    """Text to speech for one clause or sentence at a time."""
+
+    name: str
+    sample_rate: int
+
+    def synthesize(self, text: str, voice: Voice) -> SpeechChunk:
+        """Render ``text`` (already free of markup) in ``voice``. Blocking."""
+        ...
+
+    def warm_up(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- STT
+
+STT_SAMPLE_RATE = 16_000
+
+
+@runtime_checkable
+class TranscriberStream(Protocol):
+    """One session's recognizer state; reused across that session's utterances."""
+
+    def accept(self, pcm: np.ndarray) -> str | None:
+        """Feed int16 mono 16 kHz samples; return the new partial text if it changed."""
+        ...
+
+    def finalize(self) -> str:
+        """Return the final text of everything accepted since the last reset, then reset."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    """A speech recognizer: loaded once, shared; hands out per-session streams."""
+
+    name: str
+    sample_rate: int
+
+    def open_stream(self) -> TranscriberStream: ...
+
+    def warm_up(self) -> None: ...

@@ -1,0 +1,245 @@
+"""Async Python client for the npc-engine sidecar (what the demo game and the tests use).
+
+    async with await EngineClient.connect("tcp://127.0.0.1:5555") as client:
+        session = await client.open_session("bram", player="p1")
+        turn = await session.say("Can you fix my sword?")
+        async for msg in turn:            # reply.text, reply.audio, cue, story ... then turn.end
+            ...
+
+One DEALER socket carries everything. A reader task routes each incoming message to the
+session it names, then to the turn it belongs to, so several sessions and turns can be
+in flight at once. Messages of a turn that was cancelled are dropped by turn id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from npc_engine.config import DEFAULT_ENDPOINT
+from npc_engine.protocol import PROTOCOL_VERSION
+
+TERMINAL = "turn.end"
+
+
+class EngineError(Exception):
+    """An ``error`` message from the engine."""
+
+    def __init__(self, msg: dict[str, Any]) -> None:
+        super().__init__(f"{msg.get('code')}: {msg.get('message')}")
+        self.code: str = msg.get("code", "")
+        self.message: str = msg.get("message", "")
+        self.raw = msg
+
+
+class EngineUnavailable(ConnectionError):
+    pass
+
+
+class Turn:
+    """One NPC turn: iterate to get its messages, ending with (and including) ``turn.end``."""
+
+    def __init__(self, session: ClientSession, turn_id: int, start: dict[str, Any] | None = None) -> None:
+        self.session = session
+        self.id = turn_id
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.end: dict[str, Any] | None = None
+        if start is not None:
+            self.queue.put_nowait(start)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            msg = await self.queue.get()
+            yield msg
+            if msg["type"] == TERMINAL:
+                self.end = msg
+                return
+
+    async def collect(self, timeout: float | None = 120.0) -> list[dict[str, Any]]:
+        """All of the turn's messages, waiting for ``turn.end``."""
+
+        async def run() -> list[dict[str, Any]]:
+            return [m async for m in self]
+
+        return await asyncio.wait_for(run(), timeout)
+
+    async def cancel(self) -> None:
+        await self.session.cancel(self.id)
+
+
+class ClientSession:
+    def __init__(self, client: EngineClient, info: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = info["session"]
+        self.info = info
+        self.turns: dict[int, Turn] = {}
+        self._new_turns: asyncio.Queue[Turn] = asyncio.Queue()
+        self.other: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # transcripts, errors, story outside turns
+        self.cancelled: set[int] = set()
+
+    # routing ---------------------------------------------------------------
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        tid = msg.get("turn")
+        if tid is None:
+            self.other.put_nowait(msg)
+            return
+        if tid in self.cancelled and msg["type"] not in (TERMINAL, "error"):
+            return  # stale chunk of a turn we cancelled
+        turn = self.turns.get(tid)
+        if turn is None:
+            turn = Turn(self, tid)
+            self.turns[tid] = turn
+            self._new_turns.put_nowait(turn)
+        turn.queue.put_nowait(msg)
+        if msg["type"] == TERMINAL:
+            self.turns.pop(tid, None)
+
+    # requests ----------------------------------------------------------------
+
+    async def next_turn(self, timeout: float | None = 120.0) -> Turn:
+        """The next turn the engine starts for this session (a greeting, a reply, a story line)."""
+        return await asyncio.wait_for(self._new_turns.get(), timeout)
+
+    async def say(self, text: str, timeout: float | None = 120.0) -> Turn:
+        """Send a typed player line; returns the turn that answers it."""
+        # The engine's turn.start echoes this request's id, which is how we find our turn.
+        start = await self.client.request({"type": "text", "session": self.id, "text": text}, timeout=timeout)
+        return self.turns[start["turn"]]
+
+    async def send_audio(self, pcm: bytes, rate: int = 16_000) -> None:
+        await self.client.send({"type": "audio", "session": self.id, "pcm": pcm, "rate": rate})
+
+    async def end_audio(self) -> None:
+        await self.client.send({"type": "audio.end", "session": self.id})
+
+    async def cancel(self, turn: int | None = None) -> None:
+        if turn is not None:
+            self.cancelled.add(turn)
+        await self.client.send({"type": "cancel", "session": self.id, "turn": turn})
+
+    async def event(self, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self.client.request({"type": "event", "session": self.id, "name": name, "data": data or {}})
+
+    async def save(self) -> bytes:
+        reply = await self.client.request({"type": "state.save", "session": self.id})
+        return reply["blob"]
+
+    async def load(self, blob: bytes) -> dict[str, Any]:
+        return await self.client.request({"type": "state.load", "session": self.id, "blob": blob})
+
+    async def close(self) -> None:
+        await self.client.request({"type": "session.close", "session": self.id})
+        self.client.sessions.pop(self.id, None)
+
+
+class EngineClient:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT) -> None:
+        self.endpoint = endpoint
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sessions: dict[str, ClientSession] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # errors not tied to a request or session
+        self.unrouted: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.hello: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 5.0, client_name: str = "python") -> EngineClient:
+        """Connect and handshake; raises ``EngineUnavailable`` if no engine answers in time."""
+        client = cls(endpoint)
+        try:
+            client.hello = await client.request({"type": "hello", "client": client_name}, timeout=timeout)
+        except asyncio.TimeoutError:
+            await client.close()
+            raise EngineUnavailable(f"no npc-engine answered at {endpoint} within {timeout:.0f} s") from None
+        return client
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        msg = {"v": PROTOCOL_VERSION, **{k: v for k, v in msg.items() if v is not None}}
+        await self.sock.send(msgpack.packb(msg, use_bin_type=True))
+
+    async def send_raw(self, payload: bytes) -> None:
+        await self.sock.send(payload)
+
+    async def request(self, msg: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+        """Send a message with a fresh ``id`` and wait for the reply (or error) that echoes it."""
+        rid = f"r{next(self._ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.send({**msg, "id": rid})
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+        if reply["type"] == "error":
+            raise EngineError(reply)
+        return reply
+
+    async def open_session(
+        self, character: str, player: str = "player", *, greet: bool = True, audio: bool = True,
+        vars: dict[str, Any] | None = None, session: str | None = None, mode: str | None = None,
+    ) -> ClientSession:
+        msg = {"type": "session.open", "character": character, "player": player, "greet": greet, "audio": audio,
+               "vars": vars or {}, "session": session, "mode": mode}
+        # Register before the reply can race the greeting turn's first message.
+        rid = f"r{next(self._ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.send({**msg, "id": rid})
+            reply = await asyncio.wait_for(fut, 30.0)
+        finally:
+            self._pending.pop(rid, None)
+        if reply["type"] == "error":
+            raise EngineError(reply)
+        return self.sessions[reply["session"]]
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                payload = await self.sock.recv()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            msg = msgpack.unpackb(payload, raw=False)
+            rid = msg.get("id")
+            if msg.get("type") == "session.opened":
+                self.sessions[msg["session"]] = ClientSession(self, msg)
+            fut = self._pending.get(rid) if rid is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+                if msg.get("turn") is None:
+                    continue  # a plain reply; a turn.start is also routed to its turn below
+            session = self.sessions.get(msg.get("session", ""))
+            if session is not None:
+                session._route(msg)
+            elif msg.get("type") == "error":
+                self.errors.put_nowait(msg)
+            else:
+                self.unrouted.put_nowait(msg)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self.sock.close(linger=0)

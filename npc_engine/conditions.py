@@ -168,6 +168,8 @@ def _tokenise(text: str) -> list[_Tok]:
         m = _TOKEN.match(text, pos)
         if m is None:
             col = pos + 1
+            if text[pos] == "=" and out and out[-1].kind == "op":
+                raise ConditionError(text, f"write '{out[-1].text}=' without a space", out[-1].col)
             for bad, advice in _MISTAKES.items():
                 if text.startswith(bad, pos):
                     raise ConditionError(text, advice, col)

@@ -415,7 +415,8 @@ def condition_problems(
             SourceError(
                 file,
                 line,
-                f"'{name}' is never set by an exit nor declared under vars:, so it is always false"
+                f"'{name}' is never set by an exit nor declared under vars:, so unless the game sets it, "
+                f"it is always false"
                 f"{suggest(name, known_names)}",
                 "warning",
             )

@@ -88,6 +88,7 @@ def test_conditions_evaluate(expr: str, values: dict[str, object], expected: boo
         ("a || b", 3, "use 'or'"),
         ("!a", 1, "use 'not'"),
         ("gold = 3", 6, "use '=='"),
+        ("gold > = 3", 6, "write '>=' without a space"),
         ("visited(forge)", 9, 'like visited("forge")'),
         ('visted("forge")', 1, "unknown function 'visted' (did you mean 'visited'?)"),
         ('__import__("os")', 1, "unknown function '__import__'"),
@@ -549,3 +550,27 @@ def story_secret(repo: Path, who: str) -> str:
     cond = load_characters(repo / "characters")[who].secrets[0].reveal_when
     assert cond is not None
     return cond
+
+
+@pytest.mark.parametrize(
+    ("character", "text", "intent"),
+    [
+        ("bram", "sure, I can help", "offer_help"),
+        ("bram", "don't worry, I'll find it", "offer_help"),
+        ("bram", "sorry, I can't help you", None),  # excluded, not a yes
+        ("bram", "what happened here?", None),  # not an exit here: the model answers
+        ("marta", "have you seen anyone strange lately", "ask_about_stranger"),
+        ("marta", "who stole the smith's hammer", "ask_about_hammer"),
+        ("aldric", "can you let me through", "ask_open_gate"),
+        ("aldric", "fine, I will pay the toll", "pay_toll"),
+    ],
+)
+def test_shipped_intents_understand_common_phrasings(
+    repo: Path, character: str, text: str, intent: str | None
+) -> None:
+    story = load_story(repo / "story")
+    state = story.initial_state({"gold": 10})
+    state.assign("quest_started", True)
+    effects = story.on_player_line(state, character, text)
+    matched = [e.intent for e in effects if isinstance(e, IntentMatched)]
+    assert matched == ([intent] if intent else [])

@@ -313,7 +313,14 @@ class StoryState:
         return self.vars.get(name)
 
     def assign(self, name: str, value: Scalar) -> None:
-        """Set a flag (true/false) or a variable (anything else); a name is one or the other."""
+        """Set a flag (true/false) or a variable (number or text); a name is one or the other.
+
+        Raises ValueError for anything else (None, lists...), which could not be saved.
+        """
+        if not isinstance(name, str) or not isinstance(value, (bool, int, float, str)):
+            raise ValueError(
+                f"story variable {name!r} must be true/false, a number or text, not {type(value).__name__}"
+            )
         if isinstance(value, bool):
             self.vars.pop(name, None)
             self.flags[name] = value

@@ -293,6 +293,11 @@ def test_initial_state_enters_start_beats_silently(small_story: Story) -> None:
     assert state.said_lines == set()
 
 
+def test_game_vars_must_be_saveable_values(small_story: Story) -> None:
+    with pytest.raises(ValueError, match="'player_name' must be true/false, a number or text, not NoneType"):
+        small_story.initial_state({"player_name": None})  # type: ignore[dict-item]
+
+
 def test_start_beat_lines_are_spoken_at_the_first_player_line(small_story: Story) -> None:
     state = small_story.initial_state({"player_name": "Wren"})
     effects = small_story.on_player_line(state, "smith", "nice weather")

@@ -1,0 +1,662 @@
+#!/usr/bin/env node
+// npc-engine wire protocol v1: a conformance client written from docs/protocol.md alone.
+//
+//   node conformance.mjs tcp://127.0.0.1:5555 [--character bram] [--no-audio] [--verbose]
+//
+// It talks to a running engine over one ZeroMQ DEALER socket (npm `zeromq` v6) with one
+// msgpack map per message (npm `@msgpack/msgpack`), exactly as a game would, and checks the
+// engine's side of the contract: replies echo ids, turns stream in order with per-turn seq
+// numbers, cancel and barge-in end a turn cleanly, and every bad input gets a typed error
+// while the session and the server go on. One line per check (`ok - ...` / `not ok - ...`,
+// details on `#` lines below it), then `N passed, N failed`; exit status 1 on any failure,
+// 2 on bad usage or when the whole run overran its deadline. Every wait has a timeout.
+
+import { randomBytes } from "node:crypto";
+import { encode, decode } from "@msgpack/msgpack";
+import { Dealer } from "zeromq";
+
+const PROTOCOL_VERSION = 1;
+const VISEMES = new Set(["sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou"]);
+const TURN_STATUSES = new Set(["ok", "degraded", "cancelled", "error"]);
+const CUE_KINDS = new Set(["emotion", "gesture", "action"]);
+// Stage marks (ms since the end of the player's turn) and the orders they must respect:
+// each chain is causal, so a later stage can never be marked before an earlier one.
+const STAGES = ["stt_final", "llm_first_token", "first_clause", "tts_first_chunk", "first_audio_sent", "llm_done", "total"];
+const STAGE_CHAINS = [
+  ["stt_final", "llm_first_token", "first_clause", "tts_first_chunk", "first_audio_sent", "total"],
+  ["llm_first_token", "llm_done", "total"],
+];
+// A prompt that makes even a small model write more than a couple of tokens, so a cancel
+// sent after the first delta reaches the engine while the turn is still streaming.
+const LONG_PROMPT =
+  "Tell me everything about your life, your work and this village, in as much detail as you can.";
+const CANCEL_ATTEMPTS = 3;
+
+// --------------------------------------------------------------------------- arguments
+
+function usage(problem) {
+  if (problem) console.error(`conformance.mjs: ${problem}`);
+  console.error(
+    "usage: node conformance.mjs ENDPOINT [--character ID] [--no-audio] [--reply-timeout S] " +
+      "[--turn-timeout S] [--deadline S] [--verbose]\n" +
+      "  ENDPOINT       the engine's ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555\n" +
+      "  --character    character to talk to (default: the first one hello.ok lists)\n" +
+      "  --no-audio     skip the audio step even if the engine reports audio_out\n" +
+      "  --reply-timeout  seconds to wait for a plain reply (default 15)\n" +
+      "  --turn-timeout   seconds to wait for a whole NPC turn (default 120)\n" +
+      "  --deadline       seconds for the whole run before it gives up (default 600)\n" +
+      "  --verbose      print every message received",
+  );
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const opts = { endpoint: null, character: null, audio: true, replyS: 15, turnS: 120, deadlineS: 600, verbose: false };
+  const num = (i, name) => {
+    const v = Number(argv[i]);
+    if (!(v > 0)) usage(`${name} needs a positive number of seconds`);
+    return v;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--character") opts.character = argv[++i] ?? usage("--character needs an id");
+    else if (a === "--no-audio") opts.audio = false;
+    else if (a === "--reply-timeout") opts.replyS = num(++i, a);
+    else if (a === "--turn-timeout") opts.turnS = num(++i, a);
+    else if (a === "--deadline") opts.deadlineS = num(++i, a);
+    else if (a === "--verbose" || a === "-v") opts.verbose = true;
+    else if (a === "--help" || a === "-h") usage();
+    else if (a.startsWith("-")) usage(`unknown option ${a}`);
+    else if (opts.endpoint === null) opts.endpoint = a;
+    else usage(`unexpected argument ${a}`);
+  }
+  if (!opts.endpoint) usage("the engine endpoint is required");
+  if (!/^(tcp|ipc|inproc):\/\//.test(opts.endpoint)) usage(`${opts.endpoint} is not a ZeroMQ endpoint (tcp://host:port)`);
+  return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const REPLY_MS = opts.replyS * 1000;
+const TURN_MS = opts.turnS * 1000;
+
+// --------------------------------------------------------------------------- reporting
+
+let passed = 0;
+let failed = 0;
+
+class Timeout extends Error {}
+
+function show(value) {
+  return JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? `<bin ${v.length} bytes>` : v));
+}
+
+/** Run one check: `fn(expect)` records problems; a throw (a timeout, say) is one more problem. */
+async function check(name, fn) {
+  const problems = [];
+  const expect = (cond, what) => {
+    if (!cond) problems.push(typeof what === "function" ? what() : what);
+    return Boolean(cond);
+  };
+  try {
+    await fn(expect);
+  } catch (err) {
+    problems.push(err instanceof Timeout ? err.message : `threw: ${err?.stack ?? err}`);
+  }
+  if (problems.length === 0) {
+    passed++;
+    console.log(`ok - ${name}`);
+  } else {
+    failed++;
+    console.log(`not ok - ${name}`);
+    for (const p of problems) console.log(`#   ${p}`);
+  }
+  return problems.length === 0;
+}
+
+function note(text) {
+  console.log(`# ${text}`);
+}
+
+function finish(code) {
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(code ?? (failed > 0 ? 1 : 0));
+}
+
+// A run must never hang, whatever the engine does.
+setTimeout(() => {
+  console.log(`not ok - the whole run finished within ${opts.deadlineS} s`);
+  failed++;
+  finish(2);
+}, opts.deadlineS * 1000).unref();
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const isInt = (x) => Number.isInteger(x);
+const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+const isStr = (x) => typeof x === "string";
+const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x) && !(x instanceof Uint8Array);
+
+// --------------------------------------------------------------------------- the connection
+
+/** One DEALER socket, a reader loop and a mailbox that waits for messages by predicate. */
+class Connection {
+  constructor(endpoint, verbose) {
+    this.sock = new Dealer({ linger: 0 });
+    this.sock.connect(endpoint);
+    this.verbose = verbose;
+    this.inbox = []; // received and not yet taken, in arrival order
+    this.waiters = [];
+    this.arrivals = 0;
+    this.undecodable = [];
+    this.closed = false;
+    this.sending = Promise.resolve(); // zeromq allows one send at a time per socket
+    this.ids = 0;
+    this.reader = this.read();
+  }
+
+  async read() {
+    try {
+      for await (const frames of this.sock) {
+        // The engine sends one frame per message; be lenient about a leading delimiter.
+        const payload = frames[frames.length - 1];
+        let msg;
+        try {
+          msg = decode(payload);
+        } catch (err) {
+          this.undecodable.push(`${payload.length} bytes: ${err.message}`);
+          continue;
+        }
+        if (!isObj(msg)) {
+          this.undecodable.push(`not a map: ${show(msg)}`);
+          continue;
+        }
+        Object.defineProperty(msg, "_n", { value: this.arrivals++, enumerable: false });
+        if (this.verbose) console.log(`#   <- ${show(msg).slice(0, 300)}`);
+        this.deliver(msg);
+      }
+    } catch (err) {
+      if (!this.closed) console.log(`# receive loop stopped: ${err.message}`);
+    }
+  }
+
+  deliver(msg) {
+    const i = this.waiters.findIndex((w) => w.pred(msg));
+    if (i >= 0) {
+      const [w] = this.waiters.splice(i, 1);
+      clearTimeout(w.timer);
+      w.resolve(msg);
+    } else {
+      this.inbox.push(msg);
+    }
+  }
+
+  /** The first message (already received or still to come) matching `pred`; it is taken out of the inbox. */
+  next(pred, timeoutMs, what) {
+    const i = this.inbox.findIndex(pred);
+    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const w = { pred, resolve };
+      w.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        reject(new Timeout(`no ${what} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      this.waiters.push(w);
+    });
+  }
+
+  /** Messages already received that match `pred`, taken out of the inbox. */
+  takeAll(pred) {
+    const taken = this.inbox.filter(pred);
+    this.inbox = this.inbox.filter((m) => !pred(m));
+    return taken;
+  }
+
+  newId() {
+    return `conf-${++this.ids}`;
+  }
+
+  sendFrames(frames) {
+    const p = this.sending.then(() => this.sock.send(frames));
+    this.sending = p.catch(() => {});
+    return p;
+  }
+
+  send(msg) {
+    if (this.verbose) console.log(`#   -> ${show(msg).slice(0, 300)}`);
+    return this.sendFrames([encode({ v: PROTOCOL_VERSION, ...msg })]);
+  }
+
+  /** Send `msg` with an id (a fresh one unless given) and wait for the first reply that echoes it. */
+  async request(msg, what, timeoutMs = REPLY_MS) {
+    const id = msg.id ?? this.newId();
+    await this.send({ ...msg, id });
+    return this.next((m) => m.id === id, timeoutMs, `reply to ${what}`);
+  }
+
+  /** The next `error` with no id (the engine could not read the request's id), e.g. after garbage bytes. */
+  nextAnonymousError(what) {
+    return this.next((m) => m.type === "error" && m.id === undefined, REPLY_MS, `error for ${what}`);
+  }
+
+  close() {
+    this.closed = true;
+    for (const w of this.waiters) clearTimeout(w.timer);
+    this.sock.close();
+  }
+}
+
+// --------------------------------------------------------------------------- turn helpers
+
+/**
+ * Wait for the turn that answers request `rid` on session `sid`: its first message must be
+ * turn.start echoing `rid`. Returns { tid, start } or throws with what arrived instead.
+ */
+async function awaitTurnStart(conn, sid, rid, expect, finishedTurns) {
+  const first = await conn.next(
+    (m) =>
+      (m.session === sid && isInt(m.turn) && !finishedTurns.has(m.turn)) || (m.type === "error" && m.id === rid),
+    TURN_MS,
+    `turn.start for request ${rid}`,
+  );
+  if (first.type === "error") throw new Error(`the text request got an error instead of a turn: ${show(first)}`);
+  expect(first.type === "turn.start", () => `the turn's first message is ${first.type}, not turn.start: ${show(first)}`);
+  expect(first.id === rid, () => `turn.start echoes id ${show(first.id)}, not the request's ${rid}`);
+  expect(first.seq === 0, () => `turn.start has seq ${show(first.seq)}, not 0`);
+  return { tid: first.turn, start: first };
+}
+
+/** Read messages of turn `tid` until its turn.end (inclusive). `onMessage` may act mid-stream. */
+async function readTurn(conn, sid, tid, start, onMessage) {
+  const msgs = [start];
+  for (;;) {
+    const m = await conn.next((x) => x.session === sid && x.turn === tid, TURN_MS, `turn.end of turn ${tid}`);
+    msgs.push(m);
+    if (onMessage) await onMessage(m, msgs);
+    if (m.type === "turn.end") return msgs;
+  }
+}
+
+/** Structural checks every turn must pass, whatever its status. */
+function checkTurnShape(msgs, sid, expect, { audio }) {
+  const tid = msgs[0].turn;
+  let lastSeq = -1;
+  msgs.forEach((m, i) => {
+    expect(m.v === PROTOCOL_VERSION, () => `message ${i} (${m.type}) has v=${show(m.v)}`);
+    expect(m.session === sid && m.turn === tid, () => `message ${i} (${m.type}) lacks session/turn: ${show(m)}`);
+    if (m.type === "error") return; // turn errors carry no seq (docs/protocol.md, "seq")
+    if (expect(isInt(m.seq), () => `message ${i} (${m.type}) has no integer seq`)) {
+      expect(m.seq === lastSeq + 1, () => `seq goes ${lastSeq} -> ${m.seq} at message ${i} (${m.type}); expected ${lastSeq + 1}`);
+      lastSeq = m.seq;
+    }
+  });
+  const ends = msgs.filter((m) => m.type === "turn.end");
+  expect(ends.length === 1 && msgs[msgs.length - 1].type === "turn.end", "turn.end must come once, last");
+  expect(msgs.filter((m) => m.type === "turn.start").length === 1, "turn.start must come exactly once");
+  const end = msgs[msgs.length - 1];
+  expect(TURN_STATUSES.has(end.status), () => `turn.end status ${show(end.status)} is not one of ${[...TURN_STATUSES]}`);
+  expect(typeof end.interrupted === "boolean", "turn.end.interrupted must be a boolean");
+  expect(isStr(end.text), "turn.end.text must be a string");
+  expect(isInt(end.tokens) && end.tokens >= 0, "turn.end.tokens must be a non-negative integer");
+  expect(isNum(end.audio_seconds) && end.audio_seconds >= 0, "turn.end.audio_seconds must be a non-negative number");
+  if (end.degraded !== undefined) {
+    expect(
+      Array.isArray(end.degraded) && end.degraded.every((d) => isObj(d) && isStr(d.stage) && isStr(d.reason)),
+      () => `turn.end.degraded must be a list of {stage, reason}: ${show(end.degraded)}`,
+    );
+  }
+  checkTimings(end.timings, expect);
+
+  for (const m of msgs) {
+    if (m.type === "reply.text") expect(isStr(m.delta), () => `reply.text without a string delta: ${show(m)}`);
+    if (m.type === "story") expect(isStr(m.kind), () => `story message without a kind: ${show(m)}`);
+    if (m.type === "error") expect(isStr(m.code) && isStr(m.message), () => `malformed error in the turn: ${show(m)}`);
+  }
+  if (!audio) {
+    expect(!msgs.some((m) => m.type === "reply.audio"), "a text-only session (audio: false) got reply.audio");
+    for (const m of msgs.filter((x) => x.type === "cue")) {
+      expect(CUE_KINDS.has(m.kind) && isStr(m.name), () => `text-only cue must be {kind: emotion|gesture|action, name}: ${show(m)}`);
+    }
+  }
+  return end;
+}
+
+function checkTimings(timings, expect) {
+  if (!expect(isObj(timings), () => `turn.end.timings must be a map, got ${show(timings)}`)) return;
+  for (const [k, v] of Object.entries(timings)) expect(isNum(v) && v >= 0, () => `timings.${k} = ${show(v)} is not a non-negative number`);
+  expect(isNum(timings.total), "timings.total is missing");
+  for (const chain of STAGE_CHAINS) {
+    const present = chain.filter((s) => isNum(timings[s]));
+    for (let i = 1; i < present.length; i++) {
+      const [a, b] = [present[i - 1], present[i]];
+      expect(timings[a] <= timings[b], () => `timings.${a} (${timings[a]} ms) comes after timings.${b} (${timings[b]} ms)`);
+    }
+  }
+}
+
+/** Audio-specific checks: chunk numbering, offsets, durations, cue references and tracks. */
+function checkAudioTurn(msgs, expect, rate) {
+  const chunks = msgs.filter((m) => m.type === "reply.audio");
+  expect(chunks.length > 0, "an audio session's reply had no reply.audio chunk");
+  let offset = 0;
+  let sent = -1;
+  for (const m of msgs) {
+    if (m.type === "reply.audio") {
+      expect(m.chunk === sent + 1, () => `reply.audio chunk ${m.chunk} after chunk ${sent}`);
+      sent = m.chunk;
+      const pcmOk = expect(m.pcm instanceof Uint8Array, () => `reply.audio.pcm must be msgpack bin, got ${typeof m.pcm}`);
+      expect(m.rate === rate, () => `reply.audio.rate ${m.rate} differs from hello.ok audio_out.rate ${rate}`);
+      expect(m.channels === 1 && m.format === "pcm_s16le", () => `reply.audio must be mono pcm_s16le: ${show(m)}`);
+      if (pcmOk) {
+        expect(m.pcm.length % 2 === 0, "reply.audio.pcm has an odd number of bytes");
+        const seconds = m.pcm.length / 2 / m.rate;
+        expect(Math.abs(seconds - m.duration) < 0.002, () => `chunk ${m.chunk}: duration ${m.duration} s but pcm holds ${seconds.toFixed(4)} s`);
+      }
+      expect(Math.abs(m.start - offset) < 0.002, () => `chunk ${m.chunk} starts at ${m.start} s; previous chunks end at ${offset.toFixed(4)} s`);
+      offset += isNum(m.duration) ? m.duration : 0;
+      expect(isStr(m.text), () => `chunk ${m.chunk} has no text`);
+    } else if (m.type === "cue") {
+      expect(isInt(m.chunk) && m.chunk <= sent, () => `cue ${show(m).slice(0, 120)} refers to a chunk not sent yet (last ${sent})`);
+      const chunk = chunks.find((c) => c.chunk === m.chunk);
+      const dur = chunk ? chunk.duration + 0.01 : Infinity;
+      if (m.kind === "visemes" || m.kind === "words") {
+        const key = m.kind === "visemes" ? "viseme" : "word";
+        const track = m[m.kind];
+        if (!expect(Array.isArray(track) && track.length > 0, () => `cue ${m.kind} without a ${m.kind} list`)) continue;
+        let prev = 0;
+        for (const t of track) {
+          expect(isStr(t[key]) && (key === "word" || VISEMES.has(t[key])), () => `bad ${key} entry ${show(t)}`);
+          expect(isNum(t.start) && isNum(t.end) && prev - 1e-6 <= t.start && t.start <= t.end && t.end <= dur,
+            () => `${key} ${show(t)} is out of order or outside its chunk (0..${dur.toFixed(3)} s)`);
+          prev = t.start;
+        }
+      } else {
+        expect(CUE_KINDS.has(m.kind) && isStr(m.name) && isNum(m.at), () => `bad cue ${show(m)}`);
+      }
+    }
+  }
+  const end = msgs[msgs.length - 1];
+  expect(Math.abs(end.audio_seconds - offset) < 0.01, () => `turn.end.audio_seconds ${end.audio_seconds} but the chunks add up to ${offset.toFixed(3)} s`);
+  if (chunks.length > 0) {
+    expect(isNum(end.timings?.tts_first_chunk) && isNum(end.timings?.first_audio_sent),
+      "timings lack tts_first_chunk / first_audio_sent in a turn that sent audio");
+  }
+}
+
+function staleAfter(conn, sid, tid) {
+  return conn.takeAll((m) => m.session === sid && m.turn === tid);
+}
+
+// --------------------------------------------------------------------------- the run
+
+async function main() {
+  const conn = new Connection(opts.endpoint, opts.verbose);
+  const finished = new Map(); // session id -> Set of ended turn ids
+  const ended = (sid) => finished.get(sid) ?? finished.set(sid, new Set()).get(sid);
+  const player = `conformance-${randomBytes(4).toString("hex")}`;
+  let hello = null;
+
+  // ---- hello
+  await check("hello is answered by hello.ok with the engine's capabilities", async (expect) => {
+    const r = await conn.request({ type: "hello", client: "npc-engine-conformance/1 (node)" }, "hello");
+    hello = r;
+    if (!expect(r.type === "hello.ok", () => `got ${show(r)}`)) return;
+    expect(r.v === PROTOCOL_VERSION && r.protocol === PROTOCOL_VERSION, () => `v/protocol are ${r.v}/${r.protocol}, expected 1`);
+    expect(isStr(r.engine) && r.engine.length > 0, "engine (name/version) missing");
+    expect(Array.isArray(r.characters) && r.characters.length > 0 && r.characters.every((c) => isStr(c.id) && isStr(c.name)),
+      () => `characters must be a non-empty list of {id, name}: ${show(r.characters)}`);
+    const ai = r.audio_in;
+    expect(isObj(ai) && ai.rate === 16000 && ai.channels === 1 && ai.format === "pcm_s16le" && isNum(ai.frame_ms),
+      () => `audio_in must be {rate: 16000, channels: 1, format: pcm_s16le, frame_ms}: ${show(ai)}`);
+    if (r.audio_out !== undefined) {
+      const ao = r.audio_out;
+      expect(isObj(ao) && isInt(ao.rate) && ao.rate > 0 && ao.channels === 1 && ao.format === "pcm_s16le",
+        () => `audio_out must be {rate, channels: 1, format: pcm_s16le}: ${show(ao)}`);
+    }
+    expect(typeof r.stt === "boolean", "stt must be a boolean");
+    expect(isInt(r.max_message_bytes) && r.max_message_bytes > 0, "max_message_bytes must be a positive integer");
+  });
+  if (hello?.type !== "hello.ok") {
+    note(`no usable engine at ${opts.endpoint}; the remaining checks need one`);
+    conn.close();
+    finish(1);
+  }
+  const character = opts.character ?? hello.characters[0].id;
+  if (!hello.characters.some((c) => c.id === character)) {
+    note(`character ${character} is not among ${hello.characters.map((c) => c.id).join(", ")}`);
+  }
+  note(`engine ${hello.engine}; talking to ${character} as player ${player}`);
+
+  // ---- session.open (text only, no greeting, a session id chosen by the game)
+  const sid = `conf-${randomBytes(4).toString("hex")}`;
+  let opened = null;
+  await check("session.open (greet: false, audio: false) is answered by session.opened", async (expect) => {
+    const r = await conn.request(
+      { type: "session.open", character, player, session: sid, greet: false, audio: false, vars: { player_name: "Tester" } },
+      "session.open",
+    );
+    if (!expect(r.type === "session.opened", () => `got ${show(r)}`)) return;
+    opened = r;
+    expect(r.session === sid, () => `session ${show(r.session)} is not the requested ${sid}`);
+    expect(r.character === character && isStr(r.name), () => `character/name wrong: ${show(r)}`);
+    expect(r.player === player, () => `player ${show(r.player)} is not ${player}`);
+    expect(r.audio === false, "audio must be false when the game asked for text only");
+    expect(typeof r.resumed === "boolean", "resumed must be a boolean");
+    expect(r.beat === undefined || isStr(r.beat), "beat must be a string when present");
+  });
+  if (!opened) {
+    note("cannot go on without a session");
+    conn.close();
+    finish(1);
+  }
+
+  // ---- a text turn, streamed
+  await check("text: turn.start first (id echoed), seq from 0, reply.text deltas, turn.end last with ordered timings", async (expect) => {
+    const rid = conn.newId();
+    const line = "Hello there! What do you do here?";
+    await conn.send({ type: "text", session: sid, text: line, id: rid });
+    const { tid, start } = await awaitTurnStart(conn, sid, rid, expect, ended(sid));
+    expect(start.source === "text" && start.input === line, () => `turn.start source/input wrong: ${show(start)}`);
+    const msgs = await readTurn(conn, sid, tid, start);
+    ended(sid).add(tid);
+    const end = checkTurnShape(msgs, sid, expect, { audio: false });
+    expect(msgs.some((m) => m.type === "reply.text" && m.delta.length > 0), "no reply.text delta in the turn");
+    expect(end.status === "ok" || end.status === "degraded", () => `status ${end.status}: ${show(end)}`);
+    expect(end.interrupted === false, "an uninterrupted turn reports interrupted: true");
+    const errs = msgs.filter((m) => m.type === "error");
+    expect(errs.length === 0, () => `errors inside the turn: ${show(errs)}`);
+    note(`turn ${tid}: ${msgs.length} messages, status ${end.status}, timings ${show(end.timings)}`);
+  });
+
+  // ---- cancel mid-stream
+  await check("cancel after the first reply.text ends the turn with status cancelled and nothing after it", async (expect) => {
+    for (let attempt = 1; attempt <= CANCEL_ATTEMPTS; attempt++) {
+      const rid = conn.newId();
+      await conn.send({ type: "text", session: sid, text: LONG_PROMPT, id: rid });
+      const { tid, start } = await awaitTurnStart(conn, sid, rid, expect, ended(sid));
+      let cancelledAt = -1;
+      const msgs = await readTurn(conn, sid, tid, start, async (m, all) => {
+        if (m.type === "reply.text" && cancelledAt < 0) {
+          cancelledAt = all.length;
+          await conn.send({ type: "cancel", session: sid, turn: tid, id: conn.newId() });
+        }
+      });
+      ended(sid).add(tid);
+      const end = checkTurnShape(msgs, sid, expect, { audio: false });
+      if (end.status !== "cancelled" && cancelledAt >= 0 && attempt < CANCEL_ATTEMPTS) {
+        // A cancel that reaches the engine after the turn ended is a no-op by contract.
+        note(`turn ${tid} finished (${end.status}) before the cancel arrived; trying again`);
+        continue;
+      }
+      expect(cancelledAt >= 0, "the turn had no reply.text to cancel after");
+      expect(end.status === "cancelled", () => `turn.end status is ${end.status}, not cancelled (after ${CANCEL_ATTEMPTS} tries)`);
+      expect(end.interrupted === true, "a cancelled turn must report interrupted: true");
+      await sleep(500);
+      const stale = staleAfter(conn, sid, tid);
+      expect(stale.length === 0, () => `messages of turn ${tid} after its turn.end: ${stale.map((m) => m.type).join(", ")}`);
+      return;
+    }
+  });
+
+  // ---- barge-in: a new line while a turn streams
+  await check("barge-in: a new text mid-turn cancels the old turn (turn.end first), then the new turn starts", async (expect) => {
+    for (let attempt = 1; attempt <= CANCEL_ATTEMPTS; attempt++) {
+      const ridA = conn.newId();
+      const ridB = conn.newId();
+      await conn.send({ type: "text", session: sid, text: LONG_PROMPT, id: ridA });
+      const a = await awaitTurnStart(conn, sid, ridA, expect, ended(sid));
+      const firstA = await conn.next(
+        (m) => m.session === sid && m.turn === a.tid && (m.type === "reply.text" || m.type === "turn.end"),
+        TURN_MS, `reply.text of turn ${a.tid}`);
+      await conn.send({ type: "text", session: sid, text: "Sorry, never mind. Goodbye!", id: ridB });
+      const endA = firstA.type === "turn.end" ? firstA
+        : await conn.next((m) => m.session === sid && m.turn === a.tid && m.type === "turn.end", TURN_MS, `turn.end of turn ${a.tid}`);
+      ended(sid).add(a.tid);
+      staleAfter(conn, sid, a.tid); // the rest of turn A's stream, already checked elsewhere
+      const b = await awaitTurnStart(conn, sid, ridB, expect, ended(sid));
+      const msgsB = await readTurn(conn, sid, b.tid, b.start);
+      ended(sid).add(b.tid);
+      checkTurnShape(msgsB, sid, expect, { audio: false });
+      if (endA.status !== "cancelled" && attempt < CANCEL_ATTEMPTS) {
+        note(`turn ${a.tid} finished (${endA.status}) before the new line arrived; trying again`);
+        continue;
+      }
+      expect(endA.status === "cancelled" && endA.interrupted === true,
+        () => `the interrupted turn ended with status ${endA.status}, interrupted ${endA.interrupted}`);
+      expect(endA._n < b.start._n, "the new turn.start arrived before the old turn's turn.end");
+      expect(b.tid > a.tid, () => `the new turn id ${b.tid} is not greater than ${a.tid}`);
+      return;
+    }
+  });
+
+  // ---- errors: each gets an error with its stable code; nothing dies
+  const errorCheck = async (name, code, send, { echoId = true, session } = {}) =>
+    check(`${name} -> error ${code}`, async (expect) => {
+      const id = echoId ? conn.newId() : undefined;
+      await send(id);
+      const r = echoId
+        ? await conn.next((m) => m.id === id, REPLY_MS, `reply to the ${name}`)
+        : await conn.nextAnonymousError(name);
+      if (!expect(r.type === "error", () => `got ${show(r)}`)) return;
+      expect(r.code === code, () => `code ${show(r.code)}, expected ${code} (message: ${r.message})`);
+      expect(isStr(r.message) && r.message.length > 0, "an error needs a human-readable message");
+      expect(r.v === PROTOCOL_VERSION, "error lacks v: 1");
+      if (session !== undefined) expect(r.session === session, () => `error.session ${show(r.session)}, expected ${session}`);
+    });
+
+  await errorCheck("bytes that are not msgpack", "bad_message",
+    () => conn.sendFrames([Buffer.from([0xc1, 0xc1, 0x6e, 0x6f, 0x74, 0x20, 0x6d, 0x73, 0x67, 0x70, 0x61, 0x63, 0x6b])]), { echoId: false });
+  await errorCheck("a msgpack array instead of a map", "bad_message",
+    () => conn.sendFrames([encode([1, "ping"])]), { echoId: false });
+  await errorCheck("protocol version 2", "unsupported_version", (id) => conn.sendFrames([encode({ v: 2, type: "ping", id })]));
+  await errorCheck("a message without type", "invalid_field", (id) => conn.send({ id }));
+  await errorCheck("an unknown type", "unknown_type", (id) => conn.send({ type: "teleport", session: sid, id }));
+  await errorCheck("text without its text field", "invalid_field", (id) => conn.send({ type: "text", session: sid, id }), { session: sid });
+  await errorCheck("a text to an unknown session", "unknown_session",
+    (id) => conn.send({ type: "text", session: "no-such-session", text: "hi", id }), { session: "no-such-session" });
+  await errorCheck("session.open for an unknown character", "unknown_character",
+    (id) => conn.send({ type: "session.open", character: "no_such_character_zz", player, greet: false, id }));
+  await errorCheck("session.open with an id that is already open", "invalid_field",
+    (id) => conn.send({ type: "session.open", character, player, session: sid, greet: false, audio: false, id }));
+  await errorCheck("audio at 44.1 kHz", "bad_audio",
+    (id) => conn.send({ type: "audio", session: sid, pcm: new Uint8Array(1764), rate: 44100, id }), { session: sid });
+  await errorCheck("state.load with the blob as a string (base64), not bin", "invalid_field",
+    (id) => conn.send({ type: "state.load", session: sid, blob: "bnBjLWVuZ2luZQ==", id }));
+  await errorCheck(`a message over max_message_bytes (${hello.max_message_bytes})`, "too_large",
+    () => conn.sendFrames([encode({ v: 1, type: "ping", pad: new Uint8Array(hello.max_message_bytes + 1) })]), { echoId: false });
+
+  // ---- ping / pong, with an integer id and with a REQ-style empty delimiter frame
+  await check("ping is answered by pong echoing id (an integer) and t", async (expect) => {
+    const t = Date.now() / 1000;
+    const r = await conn.request({ type: "ping", id: 4242, t }, "ping");
+    expect(r.type === "pong" && r.id === 4242 && r.t === t && isNum(r.server_time), () => `got ${show(r)}`);
+  });
+  await check("a message preceded by an empty delimiter frame is accepted", async (expect) => {
+    const id = conn.newId();
+    await conn.sendFrames([Buffer.alloc(0), encode({ v: 1, type: "ping", id })]);
+    const r = await conn.next((m) => m.id === id, REPLY_MS, "pong");
+    expect(r.type === "pong", () => `got ${show(r)}`);
+  });
+  await check("an unknown field is ignored (fields may grow)", async (expect) => {
+    const r = await conn.request({ type: "ping", future_field: { any: ["thing"] } }, "ping");
+    expect(r.type === "pong", () => `got ${show(r)}`);
+  });
+
+  // ---- event
+  await check("event is answered by event.ok with a list of effects", async (expect) => {
+    const r = await conn.request({ type: "event", session: sid, name: "conformance_probe", data: { n: 1 } }, "event");
+    expect(r.type === "event.ok" && r.name === "conformance_probe" && Array.isArray(r.effects), () => `got ${show(r)}`);
+    for (const e of r.effects ?? []) expect(isObj(e) && isStr(e.kind), () => `effect without a kind: ${show(e)}`);
+  });
+
+  // ---- save / load
+  let blob = null;
+  await check("state.save returns state.saved with a bin blob (the session survived the errors)", async (expect) => {
+    const r = await conn.request({ type: "state.save", session: sid }, "state.save");
+    if (!expect(r.type === "state.saved", () => `got ${show(r)}`)) return;
+    expect(r.blob instanceof Uint8Array && r.blob.length > 0, () => `blob must be non-empty msgpack bin, got ${typeof r.blob}`);
+    expect(r.session === sid && r.player === player, () => `session/player wrong: ${show(r)}`);
+    blob = r.blob;
+  });
+  await check("state.load of a garbage blob -> error bad_state", async (expect) => {
+    const r = await conn.request({ type: "state.load", session: sid, blob: new Uint8Array(randomBytes(64)) }, "state.load");
+    expect(r.type === "error" && r.code === "bad_state", () => `got ${show(r)}`);
+  });
+  if (blob) {
+    await check("state.load of the saved blob is answered by state.loaded", async (expect) => {
+      const r = await conn.request({ type: "state.load", session: sid, blob }, "state.load");
+      expect(r.type === "state.loaded" && r.session === sid && r.player === player, () => `got ${show(r)}`);
+    });
+  }
+
+  // ---- audio out, if the engine speaks
+  const rate = hello.audio_out?.rate;
+  if (!opts.audio) note("audio step skipped (--no-audio)");
+  else if (!rate) note("audio step skipped: the engine reports no audio_out (it runs with --tts none)");
+  else {
+    await check("audio session: reply.audio chunks (bin PCM16, contiguous offsets) with cues tied by chunk", async (expect) => {
+      const r = await conn.request({ type: "session.open", character, player, greet: false, audio: true }, "session.open");
+      if (!expect(r.type === "session.opened", () => `got ${show(r)}`)) return;
+      const asid = r.session;
+      expect(r.audio === true && r.sample_rate === rate, () => `audio/sample_rate wrong: ${show(r)}`);
+      const rid = conn.newId();
+      await conn.send({ type: "text", session: asid, text: "Good day! How are you?", id: rid });
+      const { tid, start } = await awaitTurnStart(conn, asid, rid, expect, ended(asid));
+      const msgs = await readTurn(conn, asid, tid, start);
+      ended(asid).add(tid);
+      const end = checkTurnShape(msgs, asid, expect, { audio: true });
+      checkAudioTurn(msgs, expect, rate);
+      const n = msgs.filter((m) => m.type === "reply.audio").length;
+      note(`audio turn ${tid}: ${n} chunks, ${end.audio_seconds} s of audio, timings ${show(end.timings)}`);
+      const c = await conn.request({ type: "session.close", session: asid }, "session.close");
+      expect(c.type === "session.closed", () => `closing the audio session got ${show(c)}`);
+    });
+  }
+
+  // ---- close
+  await check("session.close is answered by session.closed", async (expect) => {
+    const r = await conn.request({ type: "session.close", session: sid }, "session.close");
+    expect(r.type === "session.closed" && r.session === sid, () => `got ${show(r)}`);
+  });
+  await errorCheck("a text to a closed session", "session_closed",
+    (id) => conn.send({ type: "text", session: sid, text: "Are you still there?", id }), { session: sid });
+
+  // ---- nothing left over
+  await check("no stray messages: no undecodable replies, no turn messages after turn.end, no unanswered errors", async (expect) => {
+    await sleep(300);
+    expect(conn.undecodable.length === 0, () => `undecodable messages from the engine: ${conn.undecodable.join("; ")}`);
+    const late = conn.inbox.filter((m) => isStr(m.session) && finished.get(m.session)?.has(m.turn));
+    expect(late.length === 0, () => `turn messages after their turn.end: ${show(late).slice(0, 400)}`);
+    const errs = conn.inbox.filter((m) => m.type === "error");
+    expect(errs.length === 0, () => `errors nobody asked for: ${show(errs).slice(0, 400)}`);
+    const other = conn.inbox.filter((m) => !late.includes(m) && !errs.includes(m));
+    if (other.length) note(`other messages not consumed: ${other.map((m) => m.type).join(", ")}`);
+  });
+
+  conn.close();
+  finish();
+}
+
+main().catch((err) => {
+  console.log(`not ok - the conformance run itself crashed: ${err?.stack ?? err}`);
+  failed++;
+  finish(1);
+});

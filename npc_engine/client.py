@@ -63,6 +63,7 @@ class Turn:
             yield msg
             if msg["type"] == TERMINAL:
                 self.end = msg
+                self.session.turns.pop(self.id, None)
                 return
 
     async def collect(self, timeout: float | None = 120.0) -> list[dict[str, Any]]:
@@ -102,8 +103,9 @@ class ClientSession:
             self.turns[tid] = turn
             self._new_turns.put_nowait(turn)
         turn.queue.put_nowait(msg)
-        if msg["type"] == TERMINAL:
-            self.turns.pop(tid, None)
+        # A finished turn is forgotten once read to its end; bound those nobody reads.
+        while len(self.turns) > 64:
+            self.turns.pop(next(iter(self.turns)))
 
     # requests ----------------------------------------------------------------
 

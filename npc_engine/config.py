@@ -54,6 +54,7 @@ class EngineConfig:
 
     # Budgets (ms): over budget a stage degrades instead of stalling the turn.
     budget_llm_first_token_ms: int = 2500
+    llm_timeout_ms: int = 20000  # no first token by then: give up and speak a fallback line
     budget_tts_chunk_ms: int = 3000
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

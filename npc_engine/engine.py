@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from npc_engine.characters import Character, load_characters
+from npc_engine.characters import Character
+from npc_engine.check import load_world
 from npc_engine.config import EngineConfig
 from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.store import AsyncStore
-from npc_engine.story import Story, StoryState, load_story
+from npc_engine.story import Story, StoryState
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Engine:
         self.llm_worker = ModelWorker("llm", threads=max(1, cfg.llm_slots))
         self.tts_worker = ModelWorker("tts")
         self.stt_worker = ModelWorker("stt")
-        self._story_states: dict[str, StoryState] = {}
+        self.story_states: dict[str, StoryState] = {}
         self._state_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ start-up
@@ -96,8 +97,11 @@ class Engine:
             progress(f"loaded {what} in {time.perf_counter() - t0:.1f} s")
             return result
 
-        self.characters = await step(f"characters from {self.cfg.characters}/", lambda: load_characters(self.cfg.characters))
-        self.story = await step(f"story from {self.cfg.story}/", lambda: load_story(self.cfg.story))
+        # load_world runs every cross-file check `npc-engine check` runs: a broken world refuses to start.
+        self.characters, self.story = await step(
+            f"characters from {self.cfg.characters}/ and story from {self.cfg.story}/",
+            lambda: load_world(self.cfg.characters, self.cfg.story),
+        )
         self.store = AsyncStore(self.cfg.db_path)
         self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
         if self.cfg.tts != "none":
@@ -146,19 +150,19 @@ class Engine:
 
     async def story_state(self, player: str, vars: dict[str, Any] | None = None) -> StoryState:
         """The player's story state: in memory, else from the store, else a fresh one."""
-        state = self._story_states.get(player)
+        state = self.story_states.get(player)
         if state is None:
             saved = await self.store.call("load_story_state", player)
             state = StoryState.from_dict(saved) if saved else self.story.initial_state(vars or {})
-            self._story_states[player] = state
+            self.story_states[player] = state
         if vars:
             state.vars.update(vars)
         return state
 
     async def save_story_state(self, player: str) -> None:
-        state = self._story_states.get(player)
+        state = self.story_states.get(player)
         if state is not None:
             await self.store.call("save_story_state", player, state.to_dict())
 
     def forget_player(self, player: str) -> None:
-        self._story_states.pop(player, None)
+        self.story_states.pop(player, None)

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 AUDIO_IN_RATE = 16_000
@@ -63,6 +63,8 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------------- game -> engine
 
 RequestId = Annotated[str | int | None, Field(default=None)]
+# msgpack bin only: a str (say, base64) must not be coerced into bytes.
+Bin = Annotated[bytes, Strict()]
 
 
 class _In(BaseModel):
@@ -99,7 +101,7 @@ class Text(_InSession):
 
 class Audio(_InSession):
     type: Literal["audio"]
-    pcm: bytes
+    pcm: Bin
     rate: int = AUDIO_IN_RATE
     channels: int = 1
     format: Literal["pcm_s16le"] = "pcm_s16le"
@@ -128,7 +130,7 @@ class StateSave(_InSession):
 
 class StateLoad(_InSession):
     type: Literal["state.load"]
-    blob: bytes
+    blob: Bin
 
 
 class SessionClose(_InSession):

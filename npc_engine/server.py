@@ -44,7 +44,7 @@ from npc_engine.protocol import (
     error,
     out,
 )
-from npc_engine.session import Session, effect_message
+from npc_engine.session import Session, effect_message, scripted_speakable
 from npc_engine.store import BadBlob
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,15 @@ class Server:
             if len(frames) < 2:
                 continue
             peer, payload = frames[0], frames[-1]  # a REQ-style empty delimiter frame is tolerated
+            msg = None
             try:
                 msg = decode(payload, max_bytes=self.engine.cfg.max_message_bytes)
                 await self.dispatch(peer, msg)
             except ProtocolError as exc:
+                if msg is not None:  # every error names the request it answers
+                    exc.request_id = exc.request_id if exc.request_id is not None else msg.id
+                    exc.request_type = exc.request_type or msg.type
+                    exc.session = exc.session or getattr(msg, "session", None)
                 log.info("error %s to %s: %s", exc.code.value, peer.hex()[:8], exc.message)
                 self.send(peer, error(exc))
             except Exception as exc:  # a bug must not take the server down with it
@@ -283,14 +288,14 @@ class Server:
             effects = eng.story.on_event(state, msg.name, dict(msg.data))
             if effects:
                 await eng.save_story_state(player)
-        effects_out = [effect_message(e, state.vars) for e in effects]
+        effects_out = [effect_message(e) for e in effects]
         for eff in effects_out:
             if eff["kind"] == "say_line":
                 speaker = next(
                     (s for s in self.sessions.values() if s.player == player and s.character.id == eff.get("character")), None
                 )
                 if speaker is not None:
-                    speaker.start_turn("story", eff["text"])
+                    speaker.start_turn("story", None, scripted=scripted_speakable(eff))
         self.send(peer, out("event.ok", id=msg.id, name=msg.name, effects=effects_out))
 
     async def _state_save(self, peer: bytes, session: Session, msg: StateSave) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from npc_engine.characters import Character
+from npc_engine.lines import Line
 from npc_engine.metrics import TurnClock
 from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
 from npc_engine.pipeline.cues import Cue, CueParser
@@ -31,24 +31,9 @@ from npc_engine.store import HistoryEntry
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], None]
-_TEMPLATE = re.compile(r"\{(\w+)\}")
-
-
-def fill_template(text: str, variables: dict[str, Any]) -> str:
-    """``{player_name}`` -> its value; unknown names stay as written rather than failing a turn."""
-    return _TEMPLATE.sub(lambda m: str(variables.get(m.group(1), m.group(0))), text)
-
-
-def effect_message(effect: Any, variables: dict[str, Any]) -> dict[str, Any]:
-    """A story effect as the fields of a ``story`` message: ``kind`` plus the effect's data.
-
-    ``SayLine`` becomes ``say_line``, ``BeatEntered`` ``beat_entered``, and so on.
-    """
-    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(effect).__name__).lower()
-    fields = {k: getattr(effect, k) for k in getattr(effect, "__dataclass_fields__", {})}
-    if kind == "say_line":
-        fields["text"] = fill_template(str(fields.get("text", "")), variables)
-    return {"kind": kind, **fields}
+def effect_message(effect: Any) -> dict[str, Any]:
+    """A story effect as the fields of a ``story`` message (``kind`` plus its data; lines come templated)."""
+    return dict(effect.to_dict())
 
 
 @dataclass
@@ -56,6 +41,16 @@ class Speakable:
     text: str
     cues: list[Cue] = field(default_factory=list)
     prerendered: bool = False  # a scripted line: from the line cache, no synthesis wait
+
+
+def line_cues(emotion: str | None, gesture: str | None) -> list[Cue]:
+    cues = [Cue("emotion", emotion)] if emotion else []
+    return cues + ([Cue("gesture", gesture)] if gesture else [])
+
+
+def scripted_speakable(say_line: dict[str, Any]) -> Speakable:
+    """A story ``say_line`` effect (already templated) as something to speak."""
+    return Speakable(say_line["text"], line_cues(say_line.get("emotion"), say_line.get("gesture")), prerendered=True)
 
 
 @dataclass
@@ -66,7 +61,8 @@ class Turn:
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
     seq: itertools.count[int] = field(default_factory=itertools.count)
-    delivered: list[str] = field(default_factory=list)  # text the player got (heard, or read when text-only)
+    delivered: list[str] = field(default_factory=list)  # text of the audio chunks sent (what was heard)
+    text_sent: list[str] = field(default_factory=list)  # reply.text deltas sent (what was read)
     tokens: int = 0
     audio_seconds: float = 0.0
     status: str = "ok"
@@ -138,6 +134,19 @@ class Session:
         self.closed = True
         await self.cancel_current(interrupted=True)
 
+    # ------------------------------------------------------------------ voice in
+
+    def audio_in(self, pcm: bytes) -> None:
+        if self.engine.transcriber is None:
+            raise ProtocolError(
+                ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text",
+                session=self.id,
+            )
+        raise ProtocolError(ErrorCode.BAD_AUDIO, "voice input is not wired yet", session=self.id)
+
+    def audio_end(self) -> None:
+        self.audio_in(b"")
+
     # ------------------------------------------------------------------ messages out
 
     def emit(self, type_: str, turn: Turn | None = None, **fields: Any) -> None:
@@ -146,13 +155,26 @@ class Session:
             fields["seq"] = next(turn.seq)
         self._send(out(type_, session=self.id, **fields))
 
+    def send_text(self, turn: Turn, delta: str) -> None:
+        if not turn.cancelled:
+            turn.text_sent.append(delta)
+            self.emit("reply.text", turn, delta=delta)
+
     def emit_error(self, code: ErrorCode, message: str, turn: Turn | None = None) -> None:
-        self._send(error(ProtocolError(code, message, session=self.id, turn=turn.id if turn else None)))
+        if turn is None:
+            self._send(error(ProtocolError(code, message, session=self.id)))
+        else:  # inside a turn the error is one of its messages, in sequence
+            self.emit("error", turn, code=code.value, message=message)
 
     # ------------------------------------------------------------------ turns
 
     def start_turn(
-        self, source: str, user_text: str | None, clock: TurnClock | None = None, request_id: Any = None
+        self,
+        source: str,
+        user_text: str | None,
+        clock: TurnClock | None = None,
+        request_id: Any = None,
+        scripted: Speakable | None = None,
     ) -> Turn:
         """Start a turn now; a turn still running is cut off (the player spoke over it)."""
         previous = self.current
@@ -162,7 +184,7 @@ class Session:
         turn = Turn(next(self._turn_ids), source, clock=clock or TurnClock())
         turn.synth = self.engine.synth
         self.current = turn
-        turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id))
+        turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id, scripted))
         return turn
 
     async def cancel_current(self, turn_id: int | None = None, interrupted: bool = True) -> None:
@@ -173,21 +195,24 @@ class Session:
         turn.cancel.set()
         await asyncio.shield(turn.task)
 
-    async def _run(self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any) -> None:
+    async def _run(
+        self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any, scripted: Speakable | None
+    ) -> None:
         if previous is not None and previous.task is not None:
             await asyncio.shield(previous.task)  # its turn.end and history go first
         try:
             self.emit("turn.start", turn, id=request_id, source=turn.source, input=user_text)
             if turn.source == "greeting":
-                await self._speak(turn, [self._pick(self.character.greetings)], prerendered=True)
+                await self._speak(turn, [self._scripted(self._pick(self.character.greetings))])
             elif turn.source == "story":
-                await self._speak(turn, [user_text or ""], prerendered=True)
+                assert scripted is not None
+                await self._speak(turn, [scripted])
                 user_text = None
             else:
                 assert user_text is not None
                 lines = await self._story_for_line(turn, user_text)
                 if lines:
-                    await self._speak(turn, lines, prerendered=True)
+                    await self._speak(turn, lines)
                 else:
                     await self._reply(turn, user_text)
         except Exception as exc:
@@ -203,7 +228,9 @@ class Session:
         elif turn.clock.degraded and turn.status == "ok":
             turn.status = "degraded"
         turn.clock.mark("total")
-        spoken = " ".join(t.strip() for t in turn.delivered if t.strip())
+        # History keeps what the player actually got before any cut: heard, or read if text-only.
+        got = turn.delivered if self.audio else ["".join(turn.text_sent)]
+        spoken = " ".join(t.strip() for t in got if t.strip())
         self.emit(
             "turn.end",
             turn,
@@ -235,7 +262,7 @@ class Session:
 
     # ------------------------------------------------------------------ story
 
-    async def _story_for_line(self, turn: Turn, text: str) -> list[str]:
+    async def _story_for_line(self, turn: Turn, text: str) -> list[Speakable]:
         """Apply the story to the player's line; return scripted lines this character must say."""
         eng = self.engine
         async with eng.state_lock(self.player):
@@ -243,14 +270,15 @@ class Session:
             effects = eng.story.on_player_line(state, self.character.id, text)
             if effects:
                 await eng.save_story_state(self.player)
-        return self.apply_effects(effects, turn, state.vars)
+        return self.apply_effects(effects, turn)
 
-    def apply_effects(self, effects: Iterable[Any], turn: Turn | None, variables: dict[str, Any]) -> list[str]:
+    def apply_effects(self, effects: Iterable[Any], turn: Turn | None) -> list[Speakable]:
+        """Send the story's effects to the game; return the scripted lines this character must say."""
         lines = []
         for eff in effects:
-            msg = effect_message(eff, variables)
+            msg = effect_message(eff)
             if msg["kind"] == "say_line" and msg.get("character") == self.character.id:
-                lines.append(msg["text"])
+                lines.append(scripted_speakable(msg))
             self.emit("story", turn, **msg)
         return lines
 
@@ -259,11 +287,11 @@ class Session:
     async def _messages(self, user_text: str) -> list[Any]:
         eng = self.engine
         state = await eng.story_state(self.player)
-        beat = eng.story.active_beat(state, self.character.id)
+        cid = self.character.id
         revealed = [
-            s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state)
+            s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state, cid)
         ]
-        objective = fill_template(beat.objective, state.vars) if beat is not None and beat.objective else None
+        objective = eng.story.objective(state, cid)
         facts = [f"The player's name is {state.vars['player_name']}."] if state.vars.get("player_name") else []
         system = system_prompt(self.character, objective, revealed, facts)
         return build_messages(system, self.history, user_text, eng.cfg.history_turns)
@@ -286,7 +314,7 @@ class Session:
                 log.info("session %s: dropped cue [%s] not allowed for %s", self.id, bad, ch.id)
             pending_cues.extend(parsed.cues)
             if parsed.text:
-                self.emit("reply.text", turn, delta=parsed.text)
+                self.send_text(turn, parsed.text)
             clauses = chunker.feed(parsed.text) if parsed.text else []
             if final:
                 clauses += chunker.flush()
@@ -296,18 +324,11 @@ class Session:
                 pending_cues.clear()
 
         stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel), turn.cancel)
-        budget = eng.cfg.budget_llm_first_token_ms / 1000
         try:
-            try:
-                first = await asyncio.wait_for(anext(stream), timeout=budget)
-            except StopAsyncIteration:
-                first = None
-            except asyncio.TimeoutError:
-                turn.clock.degrade("llm", f"no first token within the {eng.cfg.budget_llm_first_token_ms} ms budget")
-                first = None
-                await stream.aclose()
-                queue.put_nowait(Speakable(self._pick(ch.fallbacks), prerendered=True))
-            if first is not None:
+            first = await self._first_token(turn, stream)
+            if first is None and not turn.cancelled:
+                self._fallback(turn, queue)
+            elif first is not None:
                 turn.clock.mark("llm_first_token")
                 turn.tokens += 1
                 take(parser.feed(first), False)
@@ -315,30 +336,61 @@ class Session:
                     turn.tokens += 1
                     take(parser.feed(delta), False)
                 turn.clock.mark("llm_done")
-            if not turn.cancelled:
-                take(parser.flush(), True)
+                if not turn.cancelled:
+                    take(parser.flush(), True)
         except ModelError as exc:
             log.error("session %s turn %d: %s", self.id, turn.id, exc)
             turn.clock.degrade("llm", str(exc))
-            self.emit_error(ErrorCode(exc.code) if exc.code in ErrorCode._value2member_map_ else ErrorCode.MODEL_ERROR, str(exc), turn)
-            if not turn.cancelled and ch.fallbacks:
-                queue.put_nowait(Speakable(self._pick(ch.fallbacks), prerendered=True))
+            code = ErrorCode.MODEL_UNAVAILABLE if exc.code == "model_unavailable" else ErrorCode.MODEL_ERROR
+            self.emit_error(code, str(exc), turn)
+            if not turn.cancelled:
+                self._fallback(turn, queue)
         finally:
             await stream.aclose()
             queue.put_nowait(None)
             await speaker
 
+    def _fallback(self, turn: Turn, queue: asyncio.Queue[Speakable | None]) -> None:
+        """Say one of the character's scripted fallback lines instead of the model's reply."""
+        if self.character.fallbacks:
+            line = self._scripted(self._pick(self.character.fallbacks))
+            self.send_text(turn, line.text)
+            queue.put_nowait(line)
+
+    async def _first_token(self, turn: Turn, stream: Any) -> str | None:
+        """Wait for the first delta: past the budget the turn is marked degraded, past the
+        hard limit it gives up (the caller speaks a fallback line). None: no reply at all."""
+        cfg = self.engine.cfg
+        nxt = asyncio.ensure_future(anext(stream))
+        try:
+            done, _ = await asyncio.wait({nxt}, timeout=cfg.budget_llm_first_token_ms / 1000)
+            if not done:
+                turn.clock.degrade("llm", f"no first token within the {cfg.budget_llm_first_token_ms} ms budget")
+                done, _ = await asyncio.wait({nxt}, timeout=cfg.llm_timeout_ms / 1000)
+            if not done:
+                turn.clock.degrade("llm", f"gave up after {cfg.llm_timeout_ms} ms; fallback line")
+                return None
+            return nxt.result()
+        except StopAsyncIteration:
+            return None
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+
     # ------------------------------------------------------------------ speech out
 
-    async def _speak(self, turn: Turn, lines: list[str], prerendered: bool) -> None:
-        state = await self.engine.story_state(self.player)
+    async def _speak(self, turn: Turn, lines: list[Speakable]) -> None:
         queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
         for line in lines:
-            text = fill_template(line, state.vars)
-            self.emit("reply.text", turn, delta=text)
-            queue.put_nowait(Speakable(text, prerendered=prerendered))
+            self.send_text(turn, line.text)
+            queue.put_nowait(line)
         queue.put_nowait(None)
         await self._speaker(turn, queue)
+
+    def _scripted(self, line: Line) -> Speakable:
+        state = self.engine.story_states.get(self.player)
+        text = self.engine.story.fill(line.text, state) if state else line.text
+        return Speakable(text, line_cues(line.emotion, line.gesture), prerendered=True)
 
     async def _speaker(self, turn: Turn, queue: asyncio.Queue[Speakable | None]) -> None:
         """Synthesize queued clauses in order and send each as soon as it is ready."""
@@ -350,7 +402,6 @@ class Session:
             if not self.audio:
                 for cue in item.cues:
                     self.emit("cue", turn, kind=cue.kind, name=cue.name)
-                turn.delivered.append(item.text)
                 continue
             speech = await self._synthesize(turn, item)
             if turn.cancelled:
@@ -417,7 +468,5 @@ class Session:
             turn.synth = eng.fallback_synth
         return speech
 
-    def _pick(self, lines: list[Any]) -> str:
-        if not lines:
-            return "..."
-        return lines[next(self._line_rotation) % len(lines)].text
+    def _pick(self, lines: list[Line]) -> Line:
+        return lines[next(self._line_rotation) % len(lines)]

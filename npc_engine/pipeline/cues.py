@@ -51,6 +51,7 @@ class CueParser:
         self._speakers = {s.lower() for s in speaker_names}
         self._pending = ""
         self._at_start = True
+        self._last = " "  # last character emitted, to avoid doubled spaces where a tag was
 
     def feed(self, delta: str) -> Parsed:
         self._pending += delta
@@ -98,7 +99,12 @@ class CueParser:
             self._classify(buf[i + 1:end], ch == "*", out)
             i = end + 1
         self._pending = buf[i:]
-        out.text = _tidy("".join(text))
+        cleaned = _tidy("".join(text))
+        if self._last.isspace():
+            cleaned = cleaned.lstrip(" ")
+        if cleaned:
+            self._last = cleaned[-1]
+        out.text = cleaned
         return out
 
     def _classify(self, body: str, stage_direction: bool, out: Parsed) -> None:

@@ -73,6 +73,9 @@ class LlamaCppChat:
             raise ModelError(f"llama.cpp could not load {path}: {exc}", code="model_unavailable") from exc
         log.info("LLM %s loaded in %.2f s (%d slots, %d thread(s))", path.name, time.perf_counter() - t0, n_parallel, threads)
         self._closed = False
+        # llama.cpp's timings of the last finished request (cache_n = prompt tokens reused
+        # from the KV cache): how we can see that the persona prefix stayed warm.
+        self.last_timings: dict[str, Any] | None = None
 
     def _request(self, messages: Sequence[ChatMessage], options: GenOptions, stream: bool) -> dict[str, Any]:
         req: dict[str, Any] = {
@@ -107,6 +110,8 @@ class LlamaCppChat:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         items.put(text)
+                if "timings" in chunk:
+                    self.last_timings = chunk["timings"]
             return cancel.is_set() or stop.is_set()
 
         def call() -> None:

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import httpx
+
 from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class OllamaChat:
                     yield text
                 if cancel.is_set():
                     break
-        except ConnectionError as exc:
+        except (ConnectionError, httpx.ConnectError) as exc:  # stream=True surfaces httpx's own error
             raise ModelError(
                 f"no Ollama server answered at {self._where()}: start one with `ollama serve`, "
                 "or pass --ollama-host",

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
+from npc_engine.pipeline.chunker import ClauseChunker
 from npc_engine.pipeline.tts_kokoro import VOICES_DIR
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         voice = resolve_voice(args.character, args.characters_dir, args.voice, args.speed)
+        text = speakable(args.text)
+        if not text:
+            raise SayError(f"nothing to say in {args.text!r}.")
         synth = _make_synth(args)
         started = time.perf_counter()
-        chunk = synth.synthesize(args.text, voice)
+        chunk = synth.synthesize(text, voice)
         elapsed = time.perf_counter() - started
     except SayError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -65,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({chunk.duration:.2f} s, {voice.id} x{voice.speed:g}, "
           f"rendered in {elapsed:.2f} s) and {tracks}")
     return 0
+
+
+def speakable(text: str) -> str:
+    """``text`` as the voice would get it in a reply: cue markup ([...], *...*, <...>) removed."""
+    chunker = ClauseChunker()
+    return " ".join([*chunker.feed(text), *chunker.flush()])
 
 
 def resolve_voice(who: str, characters_dir: Path, voice_id: str | None = None,

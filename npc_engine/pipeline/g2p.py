@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,9 @@ class EnglishG2P:
                 self.version = None
                 self.british = british
                 self.nlp = nlp
-                self.lexicon = en.Lexicon(british)
+                with warnings.catch_warnings():  # misaki uses the deprecated importlib.resources.open_text
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.lexicon = en.Lexicon(british)
                 self.fallback = fallback
                 self.unk = ""
 

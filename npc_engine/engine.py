@@ -16,7 +16,7 @@ from typing import Any
 from npc_engine.characters import Character
 from npc_engine.check import load_world
 from npc_engine.config import EngineConfig
-from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber
+from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber, Voice
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.store import AsyncStore
 from npc_engine.story import Story, StoryState
@@ -43,9 +43,9 @@ def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
         from npc_engine.pipeline.tts_espeak import EspeakSynthesizer
 
         return EspeakSynthesizer()
-    from npc_engine.pipeline.tts_kokoro import KokoroSynthesizer
+    from npc_engine.pipeline.tts_kokoro import KokoroConfig, KokoroSynthesizer
 
-    return KokoroSynthesizer(threads=cfg.tts_threads)
+    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads))
 
 
 def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
@@ -77,6 +77,7 @@ class Engine:
         self.tts_worker = ModelWorker("tts")
         self.stt_worker = ModelWorker("stt")
         self.story_states: dict[str, StoryState] = {}
+        self.live_turns = 0  # background work (pre-rendering) yields to live turns
         self._state_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ start-up
@@ -136,6 +137,37 @@ class Engine:
         except Exception as exc:
             log.warning("espeak-ng fallback voice unavailable: %s", exc)
             return None
+
+    def scripted_lines(self) -> list[tuple[str, Voice]]:
+        """Every scripted line that can be rendered ahead of time (no {templates} in it)."""
+        out = []
+        for ch in self.characters.values():
+            voice = Voice(ch.voice.id, ch.voice.speed)
+            out += [(line.text, voice) for line in ch.lines() if not line.template_vars]
+        for speaker, line in self.story.lines():
+            ch = self.characters.get(speaker)
+            if ch is not None and not line.template_vars:
+                out.append((line.text, Voice(ch.voice.id, ch.voice.speed)))
+        return out
+
+    async def prerender_lines(self) -> None:
+        """Render greetings, fallbacks and story lines into the on-disk cache, one at a time,
+        so a real turn waits behind at most one of them on the TTS thread."""
+        if self.line_cache is None:
+            return
+        todo = [(t, v) for t, v in self.scripted_lines() if not self.line_cache.has(t, v)]
+        if not todo:
+            return
+        log.info("pre-rendering %d scripted lines in the background", len(todo))
+        t0 = time.perf_counter()
+        for text, voice in todo:
+            while self.live_turns:
+                await asyncio.sleep(0.1)
+            try:
+                await self.tts_worker.run(self.line_cache.get_or_render, text, voice)
+            except Exception as exc:
+                log.warning("could not pre-render %r: %s", text, exc)
+        log.info("pre-rendered %d lines in %.1f s", len(todo), time.perf_counter() - t0)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.chat.close)

@@ -91,7 +91,9 @@ class Server:
         log.info("npc-engine %s listening on %s", __version__, self.bound_endpoint)
         sender = asyncio.create_task(self._send_loop(), name="npc-send")
         receiver = asyncio.create_task(self._recv_loop(), name="npc-recv")
+        prerender = asyncio.create_task(self.engine.prerender_lines(), name="npc-prerender")
         await self._stopping.wait()
+        prerender.cancel()
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receiver

@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,11 @@ from npc_engine.store import HistoryEntry
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], None]
+async def _empty() -> AsyncIterator[str]:
+    return
+    yield
+
+
 def effect_message(effect: Any) -> dict[str, Any]:
     """A story effect as the fields of a ``story`` message (``kind`` plus its data; lines come templated)."""
     return dict(effect.to_dict())
@@ -200,6 +205,7 @@ class Session:
     ) -> None:
         if previous is not None and previous.task is not None:
             await asyncio.shield(previous.task)  # its turn.end and history go first
+        self.engine.live_turns += 1
         try:
             self.emit("turn.start", turn, id=request_id, source=turn.source, input=user_text)
             if turn.source == "greeting":
@@ -220,6 +226,7 @@ class Session:
             turn.status = "error"
             self.emit_error(ErrorCode.INTERNAL, f"the turn failed: {exc}", turn)
         finally:
+            self.engine.live_turns -= 1
             await self._finish(turn, user_text)
 
     async def _finish(self, turn: Turn, user_text: str | None) -> None:
@@ -308,8 +315,11 @@ class Session:
         queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
         speaker = asyncio.get_running_loop().create_task(self._speaker(turn, queue))
         pending_cues: list[Cue] = []
+        sentences = 0
 
-        def take(parsed: Any, final: bool) -> None:
+        def take(parsed: Any, final: bool) -> bool:
+            """Route one parsed piece; False once the reply has its sentences (stop the model)."""
+            nonlocal sentences
             for bad in parsed.rejected:
                 log.info("session %s: dropped cue [%s] not allowed for %s", self.id, bad, ch.id)
             pending_cues.extend(parsed.cues)
@@ -322,6 +332,8 @@ class Session:
                 turn.clock.mark("first_clause")
                 queue.put_nowait(Speakable(clause, pending_cues.copy()))
                 pending_cues.clear()
+                sentences += clause.rstrip().endswith((".", "!", "?"))
+            return sentences < ch.reply.max_sentences
 
         stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel), turn.cancel)
         try:
@@ -331,13 +343,15 @@ class Session:
             elif first is not None:
                 turn.clock.mark("llm_first_token")
                 turn.tokens += 1
-                take(parser.feed(first), False)
-                async for delta in stream:
+                more = take(parser.feed(first), False)
+                async for delta in stream if more else _empty():
                     turn.tokens += 1
-                    take(parser.feed(delta), False)
+                    if not take(parser.feed(delta), False):
+                        more = False
+                        break  # enough said: small models ramble past the asked length
                 turn.clock.mark("llm_done")
-                if not turn.cancelled:
-                    take(parser.flush(), True)
+                if more and not turn.cancelled:
+                    take(parser.flush(), True)  # a reply cut at its sentence limit drops the dangling words
         except ModelError as exc:
             log.error("session %s turn %d: %s", self.id, turn.id, exc)
             turn.clock.degrade("llm", str(exc))
@@ -447,11 +461,19 @@ class Session:
         synth = turn.synth
         if synth is None:
             return None
-        t0 = time.perf_counter()
+        took: list[float] = []
+
+        def timed_synthesize() -> SpeechChunk:
+            t0 = time.perf_counter()  # on the TTS thread: synthesis time, not time queued
+            try:
+                return synth.synthesize(item.text, self.voice)
+            finally:
+                took.append((time.perf_counter() - t0) * 1000)
+
         try:
             if item.prerendered and eng.line_cache is not None and synth is eng.synth:
                 return await eng.tts_worker.run(eng.line_cache.get_or_render, item.text, self.voice)
-            speech = await eng.tts_worker.run(synth.synthesize, item.text, self.voice)
+            speech = await eng.tts_worker.run(timed_synthesize)
         except Exception as exc:
             log.error("session %s turn %d: %s failed: %s", self.id, turn.id, getattr(synth, "name", "TTS"), exc)
             fallback = eng.fallback_synth
@@ -462,7 +484,7 @@ class Session:
             turn.clock.degrade("tts", f"{synth.name} failed ({exc}); espeak-ng for the rest of the turn")
             turn.synth = fallback
             return await self._synthesize(turn, item)
-        took_ms = (time.perf_counter() - t0) * 1000
+        took_ms = took[0] if took else 0.0
         if took_ms > eng.cfg.budget_tts_chunk_ms and eng.fallback_synth is not None and synth is not eng.fallback_synth:
             turn.clock.degrade("tts", f"a chunk took {took_ms:.0f} ms (budget {eng.cfg.budget_tts_chunk_ms} ms); espeak-ng for the rest")
             turn.synth = eng.fallback_synth

@@ -49,6 +49,7 @@ class LineCache:
         self.synth = synth
         self._model_hash = model_hash_of(synth)
         self._lock = threading.Lock()
+        self.renders = 0  # lines synthesized (cache misses), for tests and stats
 
     def key(self, text: str, voice: Voice) -> str:
         return line_key(text, voice, self._model_hash)
@@ -91,6 +92,7 @@ class LineCache:
             if cached is not None:
                 return cached
             chunk = self.synth.synthesize(text, voice)
+            self.renders += 1
             self.put(text, voice, chunk)
             return chunk
 

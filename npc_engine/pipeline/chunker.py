@@ -24,8 +24,9 @@ ABBREVIATIONS = frozenset({
 # Don't end a first fragment on these: "I found the" sounds broken in a way "I found" does not.
 _WEAK_ENDINGS = frozenset({
     "a", "an", "the", "to", "of", "and", "or", "but", "in", "on", "at", "for", "with", "my", "your",
-    "his", "her", "their", "our", "its", "is", "was", "are", "be", "i", "you", "we", "they", "that",
-    "this", "from", "by", "as", "if", "so", "not", "no",
+    "his", "her", "their", "our", "its", "is", "was", "are", "were", "be", "am", "i", "you", "we",
+    "they", "that", "this", "from", "by", "as", "if", "so", "not", "no", "into", "onto", "upon", "than",
+    "has", "have", "had", "will", "would", "can", "could", "should", "shall", "must", "do", "does", "did",
 })
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)")
@@ -37,7 +38,7 @@ _CLOSERS = {"[": "]", "*": "*", "<": ">"}
 @dataclass(frozen=True, slots=True)
 class ChunkerConfig:
     first_min_words: int = 2  # a clause boundary cuts the first fragment once it has this many words
-    first_max_words: int = 6  # ... and a word gap cuts it here if no boundary came first
+    first_max_words: int = 5  # ... and a word gap cuts it here if no boundary came first
     max_chars: int = 220  # later chunks: a sentence, cut at a clause (else a word) beyond this
     weak_ending_grace: int = 2  # extra words allowed to avoid ending the fragment on "the", "to"...
 

@@ -154,8 +154,12 @@ class KokoroSynthesizer:
     # ------------------------------------------------------------------ synthesis
 
     def warm_up(self) -> None:
-        """Run one short line (with an unknown name, so the espeak fallback loads too)."""
+        """Load both lexicons and run one short line (with an unknown name, so espeak's G2P loads too).
+
+        The British lexicon takes about a second to load: better here than in a player's first turn.
+        """
         started = time.perf_counter()
+        self._g2p_for("bf_emma")
         self.synthesize("Hello, Thalgrim.", Voice(self.config.default_voice))
         log.info("Kokoro warm-up took %.2f s", time.perf_counter() - started)
 

@@ -1,0 +1,3 @@
+from demo_game.app import main
+
+raise SystemExit(main())

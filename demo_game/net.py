@@ -1,0 +1,334 @@
+"""The engine connection, on its own thread: an asyncio loop running ``npc_engine.client``.
+
+The game loop must never wait on the network, so every call here is fire-and-forget:
+it schedules a coroutine on the network thread, and whatever comes back (engine messages,
+replies, failures) lands in :attr:`Net.inbox`, a thread-safe queue the game drains once a
+frame. This is the shape a Unity/Godot integration takes too: a socket thread, a queue,
+and the main thread reading it.
+
+Every item in the inbox is a :class:`NetMsg`: the engine's own message (``type`` as on the
+wire: ``turn.start``, ``reply.audio``, ``cue``, ``story``, ``turn.end``, ``event.ok`` ...)
+tagged with the character whose session it belongs to, or a local ``net.*`` message about
+the connection itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from npc_engine.client import ClientSession, EngineClient, EngineError, EngineUnavailable
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.02
+HEARTBEAT_S = 5.0
+
+
+@dataclass
+class NetMsg:
+    type: str
+    character: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Net:
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[NetMsg] = queue.Queue()
+        self.loop = asyncio.new_event_loop()
+        self.client: EngineClient | None = None
+        self.hello: dict[str, Any] = {}
+        self.sessions: dict[str, ClientSession] = {}
+        self._pumps: dict[str, list[asyncio.Task[None]]] = {}
+        self._feeds: dict[str, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name="npc-net", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _post(self, type_: str, character: str | None = None, data: dict[str, Any] | None = None, **fields: Any) -> None:
+        self.inbox.put(NetMsg(type_, character, {**(data or {}), **fields}))
+
+    def drain(self) -> list[NetMsg]:
+        out: list[NetMsg] = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    # ------------------------------------------------------------------ game-facing calls
+
+    def connect(self, endpoint: str, timeout: float = 2.0) -> None:
+        """Posts ``net.connected`` (with the engine's hello.ok) or ``net.unavailable``."""
+        self._submit(self._connect(endpoint, timeout))
+
+    def open_session(self, character: str, player: str, vars: dict[str, Any], audio: bool = True, greet: bool = True) -> None:
+        self._submit(self._guard(character, "session.open", self._open(character, player, vars, audio, greet)))
+
+    def close_session(self, character: str) -> None:
+        self._submit(self._close(character))
+
+    def say(self, character: str, text: str) -> None:
+        self._submit(self._guard(character, "text", self._say(character, text)))
+
+    def cancel(self, character: str, turn: int | None) -> None:
+        self._submit(self._guard(character, "cancel", self._cancel(character, turn)))
+
+    def audio_frames(self, character: str, frames: list[bytes]) -> None:
+        self._submit(self._guard(character, "audio", self._audio(character, frames)))
+
+    def audio_end(self, character: str) -> None:
+        self._submit(self._guard(character, "audio.end", self._audio_end(character)))
+
+    def send_wav(self, character: str, frames: list[bytes]) -> None:
+        """Stream prepared 20 ms frames at real-time pace, then ``audio.end`` (as a mic would)."""
+        self._submit(self._start_feed(character, frames))
+
+    def stop_wav(self, character: str) -> None:
+        self._submit(self._stop_feed(character))
+
+    def event(self, name: str, data: dict[str, Any], player: str, character: str | None = None) -> None:
+        """A game event; the reply comes back as ``event.ok`` with the story's ``effects``."""
+        self._submit(self._guard(character, "event", self._event(name, data, player, character)))
+
+    def save(self, player: str) -> None:
+        """Posts ``state.saved`` with the engine's ``blob`` for this player."""
+        self._submit(self._guard(None, "state.save", self._save(player)))
+
+    def load(self, player: str, blob: bytes) -> None:
+        """Posts ``state.loaded`` once the engine has restored the player's story and memory."""
+        self._submit(self._guard(None, "state.load", self._load(player, blob)))
+
+    def query_beats(self, player: str) -> None:
+        """Posts ``net.beats`` with every character's current beat (to draw the quest log)."""
+        self._submit(self._guard(None, "session.open", self._post_beats(player)))
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Close the sessions politely and stop the thread."""
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            self._submit(self._shutdown()).result(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ coroutines (network thread)
+
+    async def _guard(self, character: str | None, what: str, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coro
+        except EngineError as exc:
+            self._post("error", character, code=exc.code, message=exc.message, request_type=what)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._post("error", character, code="timeout", message=f"the engine did not answer the {what} in time", request_type=what)
+        except KeyError:
+            self._post("error", character, code="no_session", message="that conversation is already over", request_type=what)
+        except Exception as exc:
+            log.exception("net: %s failed", what)
+            self._post("error", character, code="client", message=f"{what} failed: {exc}", request_type=what)
+
+    async def _connect(self, endpoint: str, timeout: float) -> None:
+        if self.client is not None:
+            await self._drop_client()
+        try:
+            self.client = await EngineClient.connect(endpoint, timeout=timeout, client_name="oakhollow-demo")
+        except EngineUnavailable as exc:
+            self._post("net.unavailable", reason=str(exc), endpoint=endpoint)
+            return
+        self.hello = self.client.hello
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        self._post("net.connected", None, dict(self.hello))
+
+    async def _drop_client(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for character in list(self.sessions):
+            self._stop_pumps(character)
+        self.sessions.clear()
+        if self.client is not None:
+            await self.client.close()
+        self.client = None
+
+    async def _beat(self) -> None:
+        """Notice an engine that stopped answering (ZeroMQ itself never says so)."""
+        while self.client is not None:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.client.request({"type": "ping", "t": time.time()}, timeout=HEARTBEAT_S)
+            except (asyncio.TimeoutError, TimeoutError):
+                self._post("net.lost", reason="the engine stopped answering")
+                return
+            except Exception:  # an error reply still proves the engine is alive
+                continue
+
+    def _need_client(self) -> EngineClient:
+        if self.client is None:
+            raise EngineError({"code": "not_connected", "message": "not connected to an engine"})
+        return self.client
+
+    async def _open(self, character: str, player: str, vars: dict[str, Any], audio: bool, greet: bool) -> None:
+        client = self._need_client()
+        if character in self.sessions:
+            await self._close(character)
+        try:
+            session = await client.open_session(character, player, greet=greet, audio=audio, vars=vars)
+        except EngineError as exc:
+            self._post("session.failed", character, code=exc.code, message=exc.message)
+            return
+        except (asyncio.TimeoutError, TimeoutError):
+            self._post("session.failed", character, code="timeout", message="the engine did not open the conversation in time")
+            return
+        self.sessions[character] = session
+        loop = asyncio.get_running_loop()
+        self._pumps[character] = [
+            loop.create_task(self._pump_turns(character, session)),
+            loop.create_task(self._pump_other(character, session)),
+        ]
+        self._post("session.opened", character, dict(session.info))
+
+    async def _pump_turns(self, character: str, session: ClientSession) -> None:
+        while True:
+            turn = await session.next_turn(timeout=None)
+            async for msg in turn:
+                self.inbox.put(NetMsg(msg["type"], character, msg))
+
+    async def _pump_other(self, character: str, session: ClientSession) -> None:
+        while True:
+            msg = await session.other.get()
+            self.inbox.put(NetMsg(msg["type"], character, msg))
+
+    def _stop_pumps(self, character: str) -> None:
+        for task in self._pumps.pop(character, []):
+            task.cancel()
+        feed = self._feeds.pop(character, None)
+        if feed is not None:
+            feed.cancel()
+
+    async def _close(self, character: str) -> None:
+        session = self.sessions.pop(character, None)
+        self._stop_pumps(character)
+        if session is not None:
+            with contextlib.suppress(EngineError, asyncio.TimeoutError, TimeoutError):
+                await session.close()
+        self._post("session.closed", character)
+
+    async def _say(self, character: str, text: str) -> None:
+        # The turn's messages (turn.start first) arrive through the session's turn pump.
+        await self.sessions[character].say(text)
+
+    async def _cancel(self, character: str, turn: int | None) -> None:
+        await self.sessions[character].cancel(turn)
+
+    async def _audio(self, character: str, frames: list[bytes]) -> None:
+        session = self.sessions[character]
+        for frame in frames:
+            await session.send_audio(frame)
+
+    async def _audio_end(self, character: str) -> None:
+        await self.sessions[character].end_audio()
+
+    async def _start_feed(self, character: str, frames: list[bytes]) -> None:
+        await self._stop_feed(character)
+        self._feeds[character] = asyncio.get_running_loop().create_task(
+            self._guard(character, "audio", self._feed(character, frames))
+        )
+
+    async def _stop_feed(self, character: str) -> None:
+        feed = self._feeds.pop(character, None)
+        if feed is not None:
+            feed.cancel()
+
+    async def _feed(self, character: str, frames: list[bytes]) -> None:
+        session = self.sessions[character]
+        t0 = time.monotonic()
+        for i, frame in enumerate(frames):
+            await session.send_audio(frame)
+            # Real-time pace, the way a microphone delivers it (the engine's VAD expects that).
+            delay = t0 + (i + 1) * FRAME_SECONDS - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await session.end_audio()
+        self._feeds.pop(character, None)
+        self._post("net.wav_sent", character, seconds=len(frames) * FRAME_SECONDS)
+
+    async def _event(self, name: str, data: dict[str, Any], player: str, character: str | None) -> None:
+        client = self._need_client()
+        session = self.sessions.get(character) if character else None
+        if session is not None:
+            reply = await session.event(name, data)
+        else:
+            # No conversation needed: events name the player (the protocol allows either).
+            reply = await client.request({"type": "event", "player": player, "name": name, "data": data})
+        self._post("event.ok", character, reply)
+
+    async def _any_session(self, player: str) -> tuple[ClientSession, bool]:
+        """An open session of this player, or a silent temporary one (state.save/load need one)."""
+        for session in self.sessions.values():
+            if session.info.get("player") == player:
+                return session, False
+        client = self._need_client()
+        characters = [c["id"] for c in self.hello.get("characters", [])]
+        if not characters:
+            raise EngineError({"code": "no_characters", "message": "the engine has no characters loaded"})
+        return await client.open_session(characters[0], player, greet=False, audio=False), True
+
+    async def _save(self, player: str) -> None:
+        session, temporary = await self._any_session(player)
+        try:
+            blob = await session.save()
+        finally:
+            if temporary:
+                await session.close()
+        self._post("state.saved", None, blob=blob, player=player)
+
+    async def _load(self, player: str, blob: bytes) -> None:
+        session, temporary = await self._any_session(player)
+        try:
+            reply = await session.load(blob)
+        finally:
+            if temporary:
+                await session.close()
+        self._post("state.loaded", None, reply, beats=await self._beats(player))
+
+    async def _beats(self, player: str) -> dict[str, str | None]:
+        """Each character's current story beat for this player, as ``session.opened`` reports it.
+
+        The protocol has no "get state" request; a silent session (no greeting, no audio)
+        opened and closed per character answers the question just as well.
+        """
+        client = self._need_client()
+        beats: dict[str, str | None] = {}
+        for c in self.hello.get("characters", []):
+            session = await client.open_session(c["id"], player, greet=False, audio=False)
+            beats[c["id"]] = session.info.get("beat")
+            await session.close()
+        return beats
+
+    async def _post_beats(self, player: str) -> None:
+        self._post("net.beats", None, beats=await self._beats(player))
+
+    async def _shutdown(self) -> None:
+        for character in list(self.sessions):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._close(character), 1.0)
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        for task in others:  # a connect still waiting, feeds, pumps
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._drop_client()

@@ -51,6 +51,7 @@ class Turn:
         self.id = turn_id
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.end: dict[str, Any] | None = None
+        self.claimed = False  # handed to a caller (by say()); next_turn() skips it
         if start is not None:
             self.queue.put_nowait(start)
 
@@ -110,14 +111,25 @@ class ClientSession:
     # requests ----------------------------------------------------------------
 
     async def next_turn(self, timeout: float | None = 120.0) -> Turn:
-        """The next turn the engine starts for this session (a greeting, a reply, a story line)."""
-        return await asyncio.wait_for(self._new_turns.get(), timeout)
+        """The next turn the engine starts for this session that no say() call took already
+        (a greeting, a voice turn, a scripted story line)."""
+
+        async def unclaimed() -> Turn:
+            while True:
+                turn = await self._new_turns.get()
+                if not turn.claimed:
+                    turn.claimed = True
+                    return turn
+
+        return await asyncio.wait_for(unclaimed(), timeout)
 
     async def say(self, text: str, timeout: float | None = 120.0) -> Turn:
         """Send a typed player line; returns the turn that answers it."""
         # The engine's turn.start echoes this request's id, which is how we find our turn.
         start = await self.client.request({"type": "text", "session": self.id, "text": text}, timeout=timeout)
-        return self.turns[start["turn"]]
+        turn = self.turns[start["turn"]]
+        turn.claimed = True
+        return turn
 
     async def send_audio(self, pcm: bytes, rate: int = 16_000) -> None:
         await self.client.send({"type": "audio", "session": self.id, "pcm": pcm, "rate": rate})

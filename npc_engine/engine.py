@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +54,11 @@ def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
         return None
     from npc_engine.pipeline.stt_factory import make_transcriber as factory
 
-    opts: dict[str, Any] = {"threads": cfg.stt_threads}
-    if cfg.stt == "vosk":
-        opts = {"model_path": cfg.vosk_model}
+    opts: dict[str, Any] = {}
+    if cfg.stt == "whisper":
+        opts = {"cpu_threads": cfg.stt_threads}
+    elif cfg.stt == "vosk" and cfg.vosk_model:
+        opts = {"model_dir": Path(cfg.vosk_model)}
     return factory(cfg.stt, **opts)
 
 

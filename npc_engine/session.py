@@ -137,20 +137,29 @@ class Session:
 
     async def close(self) -> None:
         self.closed = True
+        if self.voice_input is not None:
+            self.voice_input.close()
         await self.cancel_current(interrupted=True)
 
     # ------------------------------------------------------------------ voice in
 
     def audio_in(self, pcm: bytes) -> None:
-        if self.engine.transcriber is None:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text",
-                session=self.id,
-            )
-        raise ProtocolError(ErrorCode.BAD_AUDIO, "voice input is not wired yet", session=self.id)
+        self._voice().push(pcm)
 
     def audio_end(self) -> None:
-        self.audio_in(b"")
+        self._voice().end()
+
+    def _voice(self) -> Any:
+        if self.engine.transcriber is None:
+            raise ProtocolError(
+                ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text instead",
+                session=self.id,
+            )
+        if self.voice_input is None:
+            from npc_engine.voice_input import VoiceInput
+
+            self.voice_input = VoiceInput(self)
+        return self.voice_input
 
     # ------------------------------------------------------------------ messages out
 

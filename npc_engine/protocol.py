@@ -164,7 +164,7 @@ def decode(raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incomin
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not a msgpack message: {exc}") from None
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not a msgpack message ({exc or type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"a message must be a msgpack map, got {type(obj).__name__}")
     rid = obj.get("id")

@@ -45,7 +45,7 @@ from npc_engine.protocol import (
     out,
 )
 from npc_engine.session import Session, effect_message, scripted_speakable
-from npc_engine.store import BadBlob
+from npc_engine.store import BadBlob, parse_blob
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,11 @@ class Server:
                 self.send(peer, error(exc))
             except Exception as exc:  # a bug must not take the server down with it
                 log.exception("internal error handling a message")
-                self.send(peer, error(ProtocolError(ErrorCode.INTERNAL, f"internal error: {exc}")))
+                self.send(peer, error(ProtocolError(
+                    ErrorCode.INTERNAL, f"internal error: {exc}",
+                    request_id=getattr(msg, "id", None), request_type=getattr(msg, "type", None),
+                    session=getattr(msg, "session", None),
+                )))
 
     # ------------------------------------------------------------------ dispatch
 
@@ -192,16 +196,20 @@ class Server:
             elif isinstance(msg, AudioEnd):
                 session.audio_end()
             elif isinstance(msg, Cancel):
-                await session.cancel_current(msg.turn)
+                session.cancel_nowait(msg.turn)  # its turn.end follows; never block the loop on it
             elif isinstance(msg, StateSave):
                 await self._state_save(peer, session, msg)
             elif isinstance(msg, StateLoad):
                 await self._state_load(peer, session, msg)
             elif isinstance(msg, SessionClose):
-                await session.close()
+                # Closed at once for new messages; the reply follows once its turn has ended.
                 self.sessions.pop(session.id, None)
                 self._remember_closed(session.id)
-                self.send(peer, out("session.closed", id=msg.id, session=session.id))
+                asyncio.get_running_loop().create_task(self._close(peer, session, msg.id))
+
+    async def _close(self, peer: bytes, session: Session, request_id: Any) -> None:
+        await session.close()
+        self.send(peer, out("session.closed", id=request_id, session=session.id))
 
     def _hello_ok(self, msg: Hello) -> dict[str, Any]:
         eng = self.engine
@@ -308,6 +316,10 @@ class Server:
     async def _state_load(self, peer: bytes, session: Session, msg: StateLoad) -> None:
         eng = self.engine
         player = session.player
+        try:
+            parse_blob(msg.blob)  # refuse a bad blob before cutting anyone's speech
+        except BadBlob as exc:
+            raise ProtocolError(ErrorCode.BAD_STATE, str(exc), request_id=msg.id, request_type=msg.type, session=session.id) from None
         mine = [s for s in self.sessions.values() if s.player == player]
         for s in mine:
             await s.cancel_current(interrupted=True)

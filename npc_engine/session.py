@@ -38,7 +38,7 @@ async def _empty() -> AsyncIterator[str]:
 
 def effect_message(effect: Any) -> dict[str, Any]:
     """A story effect as the fields of a ``story`` message (``kind`` plus its data; lines come templated)."""
-    return dict(effect.to_dict())
+    return {k: v for k, v in effect.to_dict().items() if v is not None}
 
 
 @dataclass
@@ -105,6 +105,7 @@ class Session:
         self._line_rotation = itertools.count()
         self.closed = False
         self.voice_input: Any = None  # npc_engine.voice_input.VoiceInput, created on first audio
+        self._warm: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,7 +115,7 @@ class Session:
         state = await eng.story_state(self.player, vars)
         beat = eng.story.active_beat(state, self.character.id)
         # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
-        asyncio.get_running_loop().create_task(self._warm_llm())
+        self._warm = asyncio.get_running_loop().create_task(self._warm_llm())
         if greet and self.character.greetings:
             self.start_turn("greeting", None)
         return {
@@ -200,6 +201,13 @@ class Session:
         self.current = turn
         turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id, scripted))
         return turn
+
+    def cancel_nowait(self, turn_id: int | None = None) -> None:
+        """Cancel the running turn (or only turn ``turn_id``); its turn.end follows on its own."""
+        turn = self.current
+        if turn is not None and (turn_id is None or turn.id == turn_id):
+            turn.interrupted = True
+            turn.cancel.set()
 
     async def cancel_current(self, turn_id: int | None = None, interrupted: bool = True) -> None:
         turn = self.current
@@ -317,6 +325,10 @@ class Session:
 
         eng = self.engine
         ch = self.character
+        if self._warm is not None:
+            # A reply racing the warm-up would evaluate the same persona prompt twice, on
+            # two llama.cpp slots, at the same time.
+            await asyncio.shield(self._warm)
         messages = await self._messages(user_text)
         opts = GenOptions(max_tokens=ch.reply.max_tokens, temperature=eng.cfg.temperature)
         parser = CueParser(ch.emotions, ch.gestures, ch.actions, speaker_names=[ch.name, ch.id])

@@ -73,8 +73,8 @@ class LlamaCppChat:
             raise ModelError(f"llama.cpp could not load {path}: {exc}", code="model_unavailable") from exc
         log.info("LLM %s loaded in %.2f s (%d slots, %d thread(s))", path.name, time.perf_counter() - t0, n_parallel, threads)
         self._closed = False
-        # llama.cpp's timings of the last finished request (cache_n = prompt tokens reused
-        # from the KV cache): how we can see that the persona prefix stayed warm.
+        # llama.cpp's timings of the latest request (cache_n = prompt tokens reused from
+        # the KV cache, prompt_n = tokens evaluated): shows the persona prefix stayed warm.
         self.last_timings: dict[str, Any] | None = None
 
     def _request(self, messages: Sequence[ChatMessage], options: GenOptions, stream: bool) -> dict[str, Any]:
@@ -85,6 +85,9 @@ class LlamaCppChat:
             "temperature": options.temperature,
             "top_p": options.top_p,
             "cache_prompt": True,
+            # Timings on every chunk, not only the last: a reply cut short (barge-in, the
+            # sentence cap) still reports how much of its prompt came from the KV cache.
+            "timings_per_token": True,
         }
         if options.stop:
             req["stop"] = list(options.stop)

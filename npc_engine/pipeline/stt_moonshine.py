@@ -9,10 +9,10 @@ the package ``__init__``), which are project dependencies. It never needs torch.
 Moonshine's stream keeps its own VAD and splits the audio into "lines"; the
 text of a turn is all of its lines joined. ``accept`` asks the library for an
 update once per ``partial_interval_ms`` of new audio (the library re-runs the
-current line, ~20–130 ms as it grows). ``prepare_final`` forces an update of the
-open line and caches it; ``finalize`` returns that if no audio came since, else
-stops the stream (which completes the open line) and restarts it for the next
-turn.
+current line, ~20–130 ms as it grows). ``prepare_final`` stops the stream
+(which completes the open line), keeps its text and restarts the stream;
+``finalize`` returns that text if no audio came since, else closes the rest the
+same way.
 
 The library runs its own onnxruntime build; it exposes no thread setting.
 """
@@ -23,6 +23,7 @@ import ctypes
 import logging
 import time
 import unicodedata
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, requ
 
 log = logging.getLogger(__name__)
 
-_FORCE_UPDATE = 1  # MOONSHINE_FLAG_FORCE_UPDATE: transcribe the open line now
 
 
 def bundled_model_dir() -> Path:
@@ -54,8 +54,10 @@ def bundled_model_dir() -> Path:
 class MoonshineConfig:
     model_dir: Path | None = None  # None: the bundled tiny-en
     partial_interval_ms: int = 300
-    # Options passed to the library (names from libmoonshine); speaker ids cost
-    # time and a game knows who is talking.
+    # Options passed to the library (names from libmoonshine). Speaker ids cost
+    # ~20% more CPU per decode and a game knows who is talking; but 0.0.48 crashes
+    # freeing a transcriber loaded without them, so that one is never freed (it
+    # lives as long as the process anyway).
     identify_speakers: bool = False
     vad_threshold: float | None = None  # None: the library's default
 
@@ -84,14 +86,20 @@ class MoonshineTranscriber:
         options: dict[str, Any] = {"identify_speakers": str(self.config.identify_speakers).lower()}
         if self.config.vad_threshold is not None:
             options["vad_threshold"] = self.config.vad_threshold
+        cls = Transcriber if self.config.identify_speakers else _transcriber_never_freed(Transcriber)
         started = time.perf_counter()
         log.info("loading Moonshine tiny-en from %s", model_dir)
-        self.model = Transcriber(str(model_dir), ModelArch.TINY, update_interval=1e9, options=options)
+        self.model = cls(str(model_dir), ModelArch.TINY, update_interval=1e9, options=options)
         self._lib = self.model._lib
+        # Freeing the transcriber under live streams crashes the library: close them first.
+        self._streams: weakref.WeakSet[MoonshineStream] = weakref.WeakSet()
         log.info("Moonshine loaded in %.2f s", time.perf_counter() - started)
 
-    def open_stream(self) -> MoonshineStream:
-        return MoonshineStream(self)
+    def open_stream(self, partial_interval_ms: int | None = None) -> MoonshineStream:
+        """A new stream; ``partial_interval_ms`` overrides the configured partial cadence."""
+        stream = MoonshineStream(self, partial_interval_ms)
+        self._streams.add(stream)
+        return stream
 
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
@@ -104,21 +112,25 @@ class MoonshineTranscriber:
         return _join(transcript.lines)
 
     def close(self) -> None:
+        for stream in list(self._streams):
+            stream.close()
         self.model.close()
 
 
 class MoonshineStream:
     """One session's Moonshine stream; reused across turns (stop + start resets it)."""
 
-    def __init__(self, transcriber: MoonshineTranscriber) -> None:
+    def __init__(self, transcriber: MoonshineTranscriber, partial_interval_ms: int | None = None) -> None:
         self._tr = transcriber
         self._lib = transcriber._lib
         self._stream = transcriber.model.create_stream(update_interval=1e9)
         self._stream.start()
-        self._interval = transcriber.config.partial_interval_ms * STT_SAMPLE_RATE // 1000
+        interval_ms = partial_interval_ms if partial_interval_ms is not None else transcriber.config.partial_interval_ms
+        self._interval = interval_ms * STT_SAMPLE_RATE // 1000
         self._n = 0
         self._last_update_at = 0
         self._partial = ""
+        self._segments: list[str] = []  # text of lines closed by prepare_final
         self._cached: tuple[int, str] | None = None
         self.decodes = 0
 
@@ -136,28 +148,33 @@ class MoonshineStream:
         if self._n - self._last_update_at < self._interval:
             return None
         self._last_update_at = self._n
-        text = _join(self._stream.update_transcription(0).lines)
+        current = _join(self._stream.update_transcription(0).lines)
         self.decodes += 1
-        self._cached = None  # a plain update may leave the open line stale: not a final
+        text = _join_text([*self._segments, current])
         if text == self._partial:
             return None
         self._partial = text
         return text
 
     def prepare_final(self) -> str:
+        """Close the lines heard so far (stop + start: the same decode ``finalize`` would run).
+
+        Forcing an update of the open line instead costs a full re-run of it and
+        can disagree with the stop-time text; closing it makes the speculative
+        text the final one. Speech after this becomes a new line.
+        """
         if self._cached is not None and self._cached[0] == self._n:
             return self._cached[1]
-        text = _join(self._stream.update_transcription(_FORCE_UPDATE).lines)
-        self.decodes += 1
+        self._segments.append(self._restart(transcribe=True))
+        text = _join_text(self._segments)
         self._cached = (self._n, text)
         return text
 
     def finalize(self) -> str:
         if self._cached is not None and self._cached[0] == self._n:
-            text = self._cached[1]
-            self._restart(transcribe=False)
+            text = self._cached[1]  # the stream was restarted by prepare_final and is empty
         else:
-            text = self._restart(transcribe=True)
+            text = _join_text([*self._segments, self._restart(transcribe=True)])
         self._reset_state()
         return text
 
@@ -166,9 +183,14 @@ class MoonshineStream:
         self._reset_state()
 
     def close(self) -> None:
-        self._stream.close()
+        if self._stream._handle is not None:
+            self._stream.close()
 
     def _restart(self, transcribe: bool) -> str:
+        if transcribe and self._n > self._last_update_at:
+            # The library only runs its VAD and decoder inside an update: audio added
+            # since the last one would be lost by stop. Cheap when partials kept up.
+            self._stream.update_transcription(0)
         _check(self._lib.moonshine_stop_stream(self._tr.model._handle, self._stream._handle))
         text = ""
         if transcribe:
@@ -182,11 +204,26 @@ class MoonshineStream:
         self._n = 0
         self._last_update_at = 0
         self._partial = ""
+        self._segments.clear()
         self._cached = None
+
+
+def _transcriber_never_freed(base: type[Any]) -> type[Any]:
+    """moonshine's Transcriber, minus the free() that segfaults with identify_speakers=false."""
+
+    class _Transcriber(base):  # type: ignore[misc,valid-type]
+        def close(self) -> None:
+            self._handle = None  # deliberately leaked: see MoonshineConfig.identify_speakers
+
+    return _Transcriber
 
 
 def _join(lines: list[Any]) -> str:
     return " ".join(t for t in (_clean(line.text) for line in lines) if t)
+
+
+def _join_text(parts: list[str]) -> str:
+    return " ".join(p for p in parts if p)
 
 
 def _clean(text: str) -> str:

@@ -6,13 +6,13 @@ tiny.en in CTranslate2 int8 form), so nothing is downloaded at run time.
 Whisper has no streaming mode. The stream buffers the utterance and:
 
 * ``accept`` re-decodes the growing buffer for a partial at most once per
-  ``partial_interval_ms`` of new audio, and only when the previous decode of this
-  stream predicts the next one costs less than ``partial_max_cost`` of that
-  interval. ``accept`` runs on the STT worker thread, so a decode there delays
-  the frames queued behind it; the cap keeps partials from ever taking more than
-  that share of real time, so the worker cannot fall behind the microphone. The
-  price is coarser partials (one a second by default, none at all when a decode
-  is slow, as with ``partial_window="full"`` on one thread).
+  ``partial_interval_ms`` of new audio, and only while the partial decodes of
+  this turn have taken less than ``partial_max_cost`` of the turn's audio time.
+  ``accept`` runs on the STT worker thread, so a decode there delays the frames
+  queued behind it; the cap keeps partials from taking more than that share of
+  real time, so the worker cannot fall behind the microphone, and it adapts by
+  itself: on a busy machine partials just come less often. The price is coarse
+  partials (one a second at best by default).
   Partials use the cheap ``partial_window`` (see below), finals the accurate
   ``encoder_window``.
 * ``prepare_final`` decodes the buffer and caches the text for that exact
@@ -88,7 +88,7 @@ class WhisperConfig:
     window_margin_s: float = 1.0
     # Partials: at most one decode per this much new audio...
     partial_interval_ms: int = 1000
-    # ...and only if the predicted decode time is under this share of the interval.
+    # ...and only while this turn's partial decodes used less than this share of its audio time.
     partial_max_cost: float = 0.3
     min_partial_audio_ms: int = 400
     max_new_tokens: int = 96  # a player line; guards against a repetition loop
@@ -217,7 +217,7 @@ class WhisperStream:
         self._last_partial_at = 0
         self._partial = ""
         self._cached: tuple[int, str] | None = None  # (samples decoded, text)
-        self._cost: tuple[int, float] | None = None  # last decode: (samples, seconds)
+        self._partial_seconds = 0.0  # wall time spent on this turn's partial decodes
         self.decodes = 0  # how many decodes this stream ran (the bench reads it)
 
     def accept(self, pcm: np.ndarray) -> str | None:
@@ -228,10 +228,12 @@ class WhisperStream:
         self._n += len(pcm)
         if self._n < self._min_partial or self._n - self._last_partial_at < self._interval:
             return None
-        if self._predicted_cost() > self._tr.config.partial_max_cost * self._interval / STT_SAMPLE_RATE:
+        if self._partial_seconds > self._tr.config.partial_max_cost * self._n / STT_SAMPLE_RATE:
             return None
         self._last_partial_at = self._n
+        started = time.perf_counter()
         text = self._decode(self._tr.config.partial_window)
+        self._partial_seconds += time.perf_counter() - started
         if text == self._partial:
             return None
         self._partial = text
@@ -253,6 +255,7 @@ class WhisperStream:
         self._last_partial_at = 0
         self._partial = ""
         self._cached = None
+        self._partial_seconds = 0.0
 
     @property
     def buffered_seconds(self) -> float:
@@ -266,18 +269,7 @@ class WhisperStream:
         self.decodes += 1
         if window == cfg.encoder_window:  # only a decode made the way finals are is a final
             self._cached = (self._n, decoded.text)
-        if window == cfg.partial_window:
-            self._cost = (self._n, decoded.seconds)
         return decoded.text
-
-    def _predicted_cost(self) -> float:
-        """The next partial decode's time, scaled from the last one."""
-        if self._cost is None:
-            return 0.0
-        samples, seconds = self._cost
-        if self._tr.config.partial_window == "full":
-            return seconds  # 30 s windows: cost barely depends on the utterance length
-        return seconds * self._n / max(samples, 1)
 
 
 def _suppressed_tokens(tokenizer: object) -> tuple[int, ...]:

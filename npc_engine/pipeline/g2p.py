@@ -108,9 +108,14 @@ def load_spacy() -> Language:
 
 def _espeak_fallback(british: bool) -> Any:
     # Importing misaki.espeak points phonemizer at espeakng-loader's bundled library.
-    from misaki.espeak import EspeakFallback
+    # espeak-ng is GPL and optional: without it, unknown words just lose their phonemes.
+    try:
+        from misaki.espeak import EspeakFallback
 
-    return EspeakFallback(british=british)
+        return EspeakFallback(british=british)
+    except Exception as exc:
+        log.warning("espeak-ng fallback unavailable (%s): words missing from the lexicon will be skipped", exc)
+        return None
 
 
 class EnglishG2P:

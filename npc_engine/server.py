@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from npc_engine import __version__
+from npc_engine import __version__, prom
 from npc_engine.engine import Engine
 from npc_engine.protocol import (
     AUDIO_IN_RATE,
@@ -66,6 +66,7 @@ class Server:
         self._outbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self.bound_endpoint: str | None = None
+        prom.watch_server(self)
 
     # ------------------------------------------------------------------ run
 
@@ -123,6 +124,7 @@ class Server:
     # ------------------------------------------------------------------ transport
 
     def send(self, peer: bytes, msg: dict[str, Any]) -> None:
+        prom.message_sent(msg)
         self._outbox.put_nowait((peer, encode(msg)))
 
     def send_to_session(self, session_id: str, msg: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from npc_engine import prom
 from npc_engine.characters import Character
 from npc_engine.lines import Line
-from npc_engine.metrics import TurnClock
+from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
 from npc_engine.pipeline.cues import Cue, CueParser
 from npc_engine.pipeline.prompt import build_messages, system_prompt
@@ -266,6 +267,7 @@ class Session:
             tokens=turn.tokens,
             audio_seconds=round(turn.audio_seconds, 3),
         )
+        prom.turn_ended(turn)
         entries = []
         if user_text:
             entries.append(HistoryEntry("user", user_text))
@@ -276,13 +278,7 @@ class Session:
             await self.engine.store.call("append_history", self.player, self.character.id, entries)
         if self.current is turn:
             self.current = None
-        t = turn.clock.timings()
-        log.info(
-            "turn %s/%d %s %s: first audio %s ms, llm first token %s ms, total %s ms, %d tokens%s",
-            self.id, turn.id, self.character.id, turn.status, t.get("first_audio_sent", "-"),
-            t.get("llm_first_token", "-"), t.get("total"), turn.tokens,
-            f", degraded: {turn.clock.degraded}" if turn.clock.degraded else "",
-        )
+        log.info("%s", turn_log_line(self.id, self.character.id, turn))
 
     # ------------------------------------------------------------------ story
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npc_engine import prom
 from npc_engine.metrics import TurnClock
 from npc_engine.pipeline.base import STT_SAMPLE_RATE
 from npc_engine.pipeline.stt_turns import TurnRecognizer, TurnUpdate
@@ -148,6 +149,7 @@ class VoiceInput:
         turn = session.current
         if turn is not None and not turn.cancelled and self.detector.is_speech_ongoing(self.engine.cfg.barge_in_ms):
             log.info("session %s: barge-in, the player spoke over turn %d", session.id, turn.id)
+            prom.barge_in()
             turn.interrupted = True
             turn.cancel.set()
         if update.partial:

@@ -22,10 +22,11 @@ from demo_game.game import Game, GameOptions, player_id
 from demo_game.hud import CONV_H, Hud
 from demo_game.net import Net, NetMsg
 from demo_game.render import SceneRenderer
+from demo_game.world import TILE
 from npc_engine.config import DEFAULT_ENDPOINT
 
 EPILOG = """\
-controls: arrows/WASD walk, E talk or pick up, T/Enter type, V hold to speak, G give,
+controls: arrows/WASD (or click) walk, E talk or pick up, T/Enter type, V hold to speak, G give,
           F5 save, F9 load, J quest log, F1 help, Esc leave/quit
 
 examples:
@@ -131,6 +132,9 @@ class App:
         self.error_lines = lines
 
     def retry(self) -> None:
+        # The old connection's sessions are gone with it; start the conversation afresh.
+        self.game.conv = None
+        self.audio.stop()
         proc = self.proc
         if proc is not None and proc.exit_code is not None:
             proc.stop()
@@ -209,6 +213,12 @@ class App:
             else:
                 self.quit_armed_until = now + 2.5
                 self.game.toast("Press Esc again to quit.")
+        elif ev.type == pygame.MOUSEBUTTONDOWN and ev.button == 1:
+            # Click to walk there (screen -> world through the camera).
+            cam = self.scene.camera
+            tile = (int((ev.pos[0] + cam.x) // TILE), int((ev.pos[1] + cam.y) // TILE))
+            if not self.game.walk_to(tile):
+                self.game.toast("You can't get there from here.")
         elif ev.type == pygame.KEYDOWN and ev.key == pygame.K_F12:
             path = Path(f"oakhollow-{int(time.time())}.png")
             pygame.image.save(self.screen, str(path))
@@ -254,6 +264,11 @@ class App:
         proc = self.proc
         if proc is not None:
             log.info("stopping the engine we started")
+            try:  # the engine finishes its current model call first: say why the window waits
+                self.hud.error(self.screen, "Goodbye", ["Stopping the engine we started (it saves and unloads) ..."], "")
+                pygame.display.flip()
+            except pygame.error:
+                pass
             self.engine_exit_code = proc.stop()
             log.info("engine exited with code %s", self.engine_exit_code)
             self.proc = None

@@ -30,10 +30,10 @@ class MicUnavailable(RuntimeError):
 def _sounddevice() -> Any:
     try:
         import sounddevice
-    except OSError as exc:  # the module imports, then fails to find libportaudio
-        raise MicUnavailable(f"no microphone support: the PortAudio library is missing ({exc}); install libportaudio2") from None
+    except OSError:  # the module imports, then fails to find libportaudio
+        raise MicUnavailable("no microphone: the PortAudio library is missing (install libportaudio2); type with T") from None
     except ImportError:
-        raise MicUnavailable("no microphone support: the sounddevice package is not installed") from None
+        raise MicUnavailable("no microphone: the sounddevice package is not installed; type with T") from None
     return sounddevice
 
 

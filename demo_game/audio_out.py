@@ -148,6 +148,10 @@ class AudioOut:
         chunks = [c for c in (self.playing, self.queued, *self.pending) if c is not None]
         return any(character is None or c.character == character for c in chunks)
 
+    def has_turn(self, character: str, turn: int) -> bool:
+        """Whether any of this turn's audio is still playing or waiting to play."""
+        return any(c is not None and c.character == character and c.turn == turn for c in (self.playing, self.queued, *self.pending))
+
     def find(self, character: str, turn: int, index: int) -> PlayChunk | None:
         for c in (self.playing, self.queued, *self.pending):
             if c is not None and c.key == (character, turn, index):

@@ -119,7 +119,7 @@ class EngineProcess:
         errors = [ln for ln in self.log_tail if "ERROR" in ln or "Error" in ln or "error:" in ln]
         return (errors or self.log_tail or ["(no output)"])[-1]
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGINT (the engine saves and unloads), wait; then SIGTERM, then SIGKILL."""
         proc, self.proc = self.proc, None
         if proc is None:

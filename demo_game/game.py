@@ -67,6 +67,7 @@ class Actor:
     gift: str | None = None  # an item rising over the head (item.give)
     gift_at: float = -1e9
     talk_until: float = 0.0  # text-only mode: flap the mouth until then
+    pending_path: list[W.Tile] = field(default_factory=list)  # a walk that waits until they finish talking
 
     @property
     def tile(self) -> W.Tile:
@@ -183,6 +184,9 @@ class Game:
         self.mouth_samples: deque[tuple[float, str, Mouth, tuple[str, int, int]]] = deque(maxlen=4000)
         self.errors: list[dict[str, Any]] = []
         self.viseme_chunks = 0  # audio chunks that came with viseme cues
+        # An NPC line joins the conversation log once it has been heard, not when the engine
+        # has finished sending it (it sends faster than it is spoken).
+        self.unheard: list[tuple[str, int, LogLine]] = []
 
     # ------------------------------------------------------------------ set-up
 
@@ -396,9 +400,11 @@ class Game:
         if conv.turn is not None and speaking:
             self.dropped.add((c, conv.turn))
             self.net.cancel(c, conv.turn)
-            if conv.log and conv.log[-1].speaker == c:
-                conv.log[-1].note = "interrupted"
+            for who, _turn, line in self.unheard:
+                if who == c:
+                    line.note = "interrupted"
         self.audio.stop(c)
+        self._log_heard_lines()
         npc = self.npcs.get(c)
         if npc is not None:
             npc.face.set_mouth(Mouth.CLOSED, 0.0)
@@ -751,8 +757,18 @@ class Game:
             note = "interrupted" if d.get("interrupted") or (c, turn) in self.dropped else ""
             if d.get("status") == "degraded":
                 note = note or "degraded"
-            conv.log.append(LogLine(c, text, note))
-            del conv.log[:-30]
+            self.unheard.append((c, int(turn), LogLine(c, text, note)))
+            self._log_heard_lines()
+
+    def _log_heard_lines(self) -> None:
+        keep = []
+        for who, turn, line in self.unheard:
+            if self.audio.has_turn(who, turn):
+                keep.append((who, turn, line))
+            elif (conv := self._conv_for(who)) is not None:
+                conv.log.append(line)
+                del conv.log[:-30]
+        self.unheard = keep
 
     def _on_error(self, c: str | None, d: dict[str, Any]) -> None:
         self.errors.append(d)
@@ -870,7 +886,8 @@ class Game:
             npc = self.npcs.get(who)
             if npc is not None and spot is not None:
                 path = self.world.path(npc.tile, spot, frozenset({self.player.tile}))
-                npc.path = path[1:] if path else []
+                # Someone in mid-sentence finishes it before walking off.
+                npc.pending_path = path[1:] if path else []
         elif name == "quest.started":
             quest = str(data.get("quest", "quest"))
             title = W.QUEST_TITLES.get(quest, pretty(quest))
@@ -899,6 +916,8 @@ class Game:
         for chunk in self.audio.update():
             for cue in chunk.cues:
                 self._fire_cue(chunk.character, cue)
+        if self.unheard:
+            self._log_heard_lines()
         self._update_faces(dt, now)
         if self.conv is not None and self.conv.listening:
             frames = self.mic.frames()
@@ -952,6 +971,8 @@ class Game:
         return True
 
     def _move_npc(self, npc: Actor, dt: float) -> None:
+        if npc.pending_path and not self._talking(npc.id):
+            npc.path, npc.pending_path = npc.pending_path, []
         if not npc.path:
             npc.moving = False
             return
@@ -969,6 +990,10 @@ class Game:
             npc.facing = (round(dx / dist), round(dy / dist))
         npc.moving = True
         npc.walk += dt * 8
+
+    def _talking(self, character: str) -> bool:
+        conv = self._conv_for(character)
+        return self.audio.busy(character) or (conv is not None and (not conv.turn_done or conv.thinking))
 
     def _check_area(self) -> None:
         area = self.world.area_at(*self.player.tile)

@@ -10,7 +10,7 @@ from typing import Any
 import pygame
 
 from demo_game import sprites as S
-from demo_game.engine_proc import EngineProcess
+from demo_game.engine_proc import REPO, EngineProcess
 from demo_game.face import EMOTION_TINT, draw_head
 from demo_game.game import Conversation, Game, pretty
 
@@ -38,6 +38,15 @@ def wrap(text: str, font: pygame.font.Font, width: int) -> list[str]:
                 line = word
         lines.append(line)
     return lines
+
+
+def fit(text: str, font: pygame.font.Font, width: int) -> str:
+    """``text`` cut to ``width`` pixels with an ellipsis."""
+    if font.size(text)[0] <= width:
+        return text
+    while text and font.size(text + "…")[0] > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def panel(surf: pygame.Surface, rect: pygame.Rect, color: tuple[int, int, int] = PANEL, alpha: int = 220, border: tuple[int, int, int] = GOLD) -> None:
@@ -263,8 +272,12 @@ class Hud:
                 surf.blit(self.body.render("Say something ... (Enter sends, Esc cancels)", True, (150, 140, 130)), (ib.x + 16, ib.y + 5))
         else:
             hints = "Enter / T  type      V  hold to speak      G  give      Esc  leave"
-            if game.mic_problem and game.opts.say_wav:
+            if not game.stt:
+                hints = "Enter / T  type      G  give      Esc  leave      (no speech recognition: typing only)"
+            elif game.mic_problem and game.opts.say_wav:
                 hints = "Enter / T  type      V  send the --say WAV      G  give      Esc  leave"
+            elif game.mic_problem:
+                hints = "Enter / T  type      G  give      Esc  leave      (no microphone: typing only)"
             surf.blit(self.small.render(hints, True, DIM), (x, bottom + 4))
 
     def _history(self, surf: pygame.Surface, game: Game, conv: Conversation, area: pygame.Rect) -> None:
@@ -378,7 +391,8 @@ class Hud:
                 mark = "✓" if step.done else "…"
                 col = TEXT if step.done else (255, 236, 170)
                 secs = f"{step.seconds:.1f} s" if step.seconds is not None else f"{now - proc.started_at:.0f} s"
-                surf.blit(self.body.render(f"{mark}  {step.what}", True, col), (box.x + 28, y))
+                what = fit(f"{mark}  {step.what.replace(str(REPO) + '/', '')}", self.body, box.width - 120)
+                surf.blit(self.body.render(what, True, col), (box.x + 28, y))
                 st = self.small.render(secs, True, DIM)
                 surf.blit(st, (box.right - 28 - st.get_width(), y + 2))
                 y += 21

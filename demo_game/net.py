@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.02
 HEARTBEAT_S = 5.0
+HEARTBEAT_MISSES = 3  # a busy 2-core machine can be slow to answer once; three in a row is a dead engine
 
 
 @dataclass
@@ -166,15 +167,19 @@ class Net:
 
     async def _beat(self) -> None:
         """Notice an engine that stopped answering (ZeroMQ itself never says so)."""
+        misses = 0
         while self.client is not None:
             await asyncio.sleep(HEARTBEAT_S)
             try:
-                await self.client.request({"type": "ping", "t": time.time()}, timeout=HEARTBEAT_S)
+                await self.client.request({"type": "ping", "t": time.time()}, timeout=2 * HEARTBEAT_S)
+                misses = 0
             except (asyncio.TimeoutError, TimeoutError):
-                self._post("net.lost", reason="the engine stopped answering")
-                return
+                misses += 1
+                if misses >= HEARTBEAT_MISSES:
+                    self._post("net.lost", reason=f"no answer to {misses} pings in a row")
+                    return
             except Exception:  # an error reply still proves the engine is alive
-                continue
+                misses = 0
 
     def _need_client(self) -> EngineClient:
         if self.client is None:

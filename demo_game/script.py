@@ -85,6 +85,8 @@ def until(app: App, pred: Callable[[], bool], timeout: float, what: str, fail_on
 
 def reply_heard(app: App) -> bool:
     conv = app.game.conv
+    if conv is None:
+        raise ScriptError("the conversation ended before the reply was heard")
     return conv is not None and conv.ready and conv.turn_done and not conv.thinking and not app.audio.busy()
 
 

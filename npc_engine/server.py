@@ -267,10 +267,10 @@ class Server:
         self.peers[sid] = peer
         session = Session(
             eng, sid, character, msg.player, lambda m, sid=sid: self.send_to_session(sid, m),
-            audio=msg.audio, mode=msg.mode,
+            audio=msg.audio, mode=msg.mode, speak_elsewhere=self.speak_story_lines,
         )
         self.sessions[sid] = session
-        info = await session.open(dict(msg.vars), greet=False)
+        info = await session.open(dict(msg.vars))
         self.send(peer, out("session.opened", id=msg.id, **info))
         log.info("session %s opened: player %s talks to %s", sid, msg.player, character.id)
         if msg.greet and character.greetings:
@@ -301,14 +301,19 @@ class Server:
             if effects:
                 await eng.save_story_state(player)
         effects_out = [effect_message(e) for e in effects]
-        for eff in effects_out:
-            if eff["kind"] == "say_line":
-                speaker = next(
-                    (s for s in self.sessions.values() if s.player == player and s.character.id == eff.get("character")), None
-                )
-                if speaker is not None:
-                    speaker.start_turn("story", None, scripted=scripted_speakable(eff))
+        self.speak_story_lines(player, effects_out)
         self.send(peer, out("event.ok", id=msg.id, name=msg.name, effects=effects_out))
+
+    def speak_story_lines(self, player: str, effects: list[dict[str, Any]], skip: str | None = None) -> None:
+        """Start one story turn per character with scripted lines, in that character's open session."""
+        by_character: dict[str, list[Any]] = {}
+        for eff in effects:
+            if eff["kind"] == "say_line" and eff.get("character") != skip:
+                by_character.setdefault(eff["character"], []).append(scripted_speakable(eff))
+        for character, lines in by_character.items():
+            speaker = next((s for s in self.sessions.values() if s.player == player and s.character.id == character), None)
+            if speaker is not None:
+                speaker.start_turn("story", None, scripted=lines)
 
     async def _state_save(self, peer: bytes, session: Session, msg: StateSave) -> None:
         await self.engine.save_story_state(session.player)

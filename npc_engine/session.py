@@ -11,6 +11,7 @@ checks, and the conversation history keeps only what the player actually got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -91,6 +92,7 @@ class Session:
         *,
         audio: bool = True,
         mode: str = "push_to_talk",
+        speak_elsewhere: Callable[[str, list[dict[str, Any]], str | None], None] | None = None,
     ) -> None:
         self.engine = engine
         self.id = session_id
@@ -99,6 +101,8 @@ class Session:
         self.audio = audio and engine.synth is not None
         self.mode = mode
         self._send = send
+        # Story lines this session's turns trigger for *other* characters go to their sessions.
+        self._speak_elsewhere = speak_elsewhere
         self.voice = Voice(character.voice.id, character.voice.speed)
         self.history: list[HistoryEntry] = []
         self.current: Turn | None = None
@@ -110,15 +114,14 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self, vars: dict[str, Any], greet: bool) -> dict[str, Any]:
+    async def open(self, vars: dict[str, Any]) -> dict[str, Any]:
+        """Load memory and story state; returns the fields of ``session.opened``."""
         eng = self.engine
         self.history = await eng.store.call("load_history", self.player, self.character.id, 2 * eng.cfg.history_turns)
         state = await eng.story_state(self.player, vars)
         beat = eng.story.active_beat(state, self.character.id)
         # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
         self._warm = asyncio.get_running_loop().create_task(self._warm_llm())
-        if greet and self.character.greetings:
-            self.start_turn("greeting", None)
         return {
             "session": self.id,
             "character": self.character.id,
@@ -190,7 +193,7 @@ class Session:
         user_text: str | None,
         clock: TurnClock | None = None,
         request_id: Any = None,
-        scripted: Speakable | None = None,
+        scripted: list[Speakable] | None = None,
     ) -> Turn:
         """Start a turn now; a turn still running is cut off (the player spoke over it)."""
         previous = self.current
@@ -219,18 +222,20 @@ class Session:
         await asyncio.shield(turn.task)
 
     async def _run(
-        self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any, scripted: Speakable | None
+        self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any, scripted: list[Speakable] | None
     ) -> None:
         if previous is not None and previous.task is not None:
             await asyncio.shield(previous.task)  # its turn.end and history go first
         self.engine.live_turns += 1
         try:
             self.emit("turn.start", turn, id=request_id, source=turn.source, input=user_text)
+            if turn.cancelled:
+                return  # superseded before it began: no story effects, no model work
             if turn.source == "greeting":
                 await self._speak(turn, [self._scripted(self._pick(self.character.greetings))])
             elif turn.source == "story":
                 assert scripted is not None
-                await self._speak(turn, [scripted])
+                await self._speak(turn, scripted)
                 user_text = None
             else:
                 assert user_text is not None
@@ -290,16 +295,18 @@ class Session:
             effects = eng.story.on_player_line(state, self.character.id, text)
             if effects:
                 await eng.save_story_state(self.player)
-        return self.apply_effects(effects, turn)
+        return self._apply_effects(effects, turn)
 
-    def apply_effects(self, effects: Iterable[Any], turn: Turn | None) -> list[Speakable]:
+    def _apply_effects(self, effects: Iterable[Any], turn: Turn | None) -> list[Speakable]:
         """Send the story's effects to the game; return the scripted lines this character must say."""
         lines = []
-        for eff in effects:
-            msg = effect_message(eff)
+        msgs = [effect_message(eff) for eff in effects]
+        for msg in msgs:
             if msg["kind"] == "say_line" and msg.get("character") == self.character.id:
                 lines.append(scripted_speakable(msg))
             self.emit("story", turn, **msg)
+        if self._speak_elsewhere is not None:
+            self._speak_elsewhere(self.player, msgs, self.character.id)
         return lines
 
     # ------------------------------------------------------------------ the LLM reply
@@ -407,6 +414,8 @@ class Session:
         finally:
             if not nxt.done():
                 nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await nxt  # the stream can only be closed once this anext has let go
 
     # ------------------------------------------------------------------ speech out
 

@@ -12,7 +12,7 @@ synthesized once per run and their measured times used in both timelines.
 
 RTF is synthesis time over audio duration for the whole reply; "stall" is how
 long playback would wait for a chunk that is not ready yet (RTF near 1 shows
-up here).
+up here). The espeak-ng fallback voice gets the same treatment, for scale.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from npc_engine.pipeline.base import Voice
 from npc_engine.pipeline.chunker import ChunkerConfig, ClauseChunker
+from npc_engine.pipeline.tts_espeak import EspeakSynthesizer
 from npc_engine.pipeline.tts_kokoro import KokoroConfig, KokoroSynthesizer
 
 SHORT = [
@@ -100,7 +101,7 @@ def timeline(chunks: list[tuple[float, str]], cost: dict[str, tuple[float, float
     return Run(first_done, synth_total / audio_total, stall, audio_total, [c for _, c in chunks])
 
 
-def measure(synth: KokoroSynthesizer, text: str, voice: Voice, cost: dict[str, tuple[float, float]]) -> None:
+def measure(synth: KokoroSynthesizer | EspeakSynthesizer, text: str, voice: Voice, cost: dict[str, tuple[float, float]]) -> None:
     if text in cost:
         return
     started = time.perf_counter()
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--word-ms", type=float, default=10.0, help="LLM pace: ms per word (default 10)")
     parser.add_argument("--voice", default="af_heart")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--no-espeak", action="store_true", help="skip the espeak-ng fallback rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     synth.warm_up()
     print(f"model load + warm-up: {time.perf_counter() - started:.2f} s")
     voice = Voice(args.voice)
+    espeak = None if args.no_espeak else EspeakSynthesizer()
+    if espeak is not None:
+        espeak.warm_up()
     word_s = args.word_ms / 1000.0
 
     results: dict[str, dict[str, list[Run]]] = {}
@@ -149,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                 results[length][mode].append(timeline(plans[mode], cost))
             print(f"  {length} run {run + 1}/{args.runs}: " + ", ".join(
                 f"{m} TTFA {results[length][m][-1].ttfa:.2f} s" for m in MODES), flush=True)
+        if espeak is not None:
+            # The fallback voice, same streaming and chunking (first fragment), for scale.
+            runs = results[length]["espeak fallback"] = []
+            for run in range(args.runs):
+                plan = chunk_stream(replies[run % len(replies)], MODES["first-fragment"], word_s)
+                cost: dict[str, tuple[float, float]] = {}
+                for _, chunk in plan:
+                    measure(espeak, chunk, voice, cost)
+                runs.append(timeline(plan, cost))
 
     print()
     print(f"{'reply':6} {'chunking':15} {'TTFA med':>9} {'p95':>7} {'RTF med':>8} {'p95':>6} "

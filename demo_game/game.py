@@ -187,6 +187,7 @@ class Game:
         # An NPC line joins the conversation log once it has been heard, not when the engine
         # has finished sending it (it sends faster than it is spoken).
         self.unheard: list[tuple[str, int, LogLine]] = []
+        self.heard: dict[tuple[str, int], list[str]] = {}  # chunk texts that have started playing
 
     # ------------------------------------------------------------------ set-up
 
@@ -398,11 +399,14 @@ class Game:
         c = conv.character
         speaking = self.audio.busy(c) or not conv.turn_done
         if conv.turn is not None and speaking:
-            self.dropped.add((c, conv.turn))
-            self.net.cancel(c, conv.turn)
-            for who, _turn, line in self.unheard:
-                if who == c:
-                    line.note = "interrupted"
+            turn = conv.turn
+            self.dropped.add((c, turn))
+            self.net.cancel(c, turn)
+            # The log keeps what the player heard before cutting in, in its place.
+            heard = conv.texts.get(turn, "") if self.opts.text_only else " ".join(self.heard.get((c, turn), []))
+            if heard.strip():
+                conv.log.append(LogLine(c, heard.strip() + " …", "interrupted"))
+            self.unheard = [u for u in self.unheard if (u[0], u[1]) != (c, turn)]
         self.audio.stop(c)
         self._log_heard_lines()
         npc = self.npcs.get(c)
@@ -753,6 +757,8 @@ class Game:
             conv.greeted = True
         conv.last_timings = dict(d.get("timings") or {})
         text = str(d.get("text") or conv.texts.get(turn, "")).strip()
+        if (c, turn) in self.dropped:
+            return  # logged when we cut it off, with what had been heard
         if text:
             note = "interrupted" if d.get("interrupted") or (c, turn) in self.dropped else ""
             if d.get("status") == "degraded":
@@ -914,6 +920,7 @@ class Game:
         self._check_area()
         self._check_conversation_range()
         for chunk in self.audio.update():
+            self.heard.setdefault((chunk.character, chunk.turn), []).append(chunk.text)
             for cue in chunk.cues:
                 self._fire_cue(chunk.character, cue)
         if self.unheard:

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from npc_engine.client import ClientSession, EngineClient, EngineError, EngineUnavailable
+from npc_engine.client import ClientSession, EngineClient, EngineError, EngineUnavailable, Turn
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Net:
         self.sessions: dict[str, ClientSession] = {}
         self._pumps: dict[str, list[asyncio.Task[None]]] = {}
         self._feeds: dict[str, asyncio.Task[None]] = {}
+        self._consumed: dict[str, set[int]] = {}  # session id -> turn ids already forwarded
         self._heartbeat: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._run, name="npc-net", daemon=True)
         self._thread.start()
@@ -158,8 +159,8 @@ class Net:
     async def _drop_client(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        for character in list(self.sessions):
-            self._stop_pumps(character)
+        for character, session in list(self.sessions.items()):
+            self._stop_pumps(character, session)
         self.sessions.clear()
         if self.client is not None:
             await self.client.close()
@@ -207,17 +208,36 @@ class Net:
         self._post("session.opened", character, dict(session.info))
 
     async def _pump_turns(self, character: str, session: ClientSession) -> None:
+        """Turns nobody asked for: greetings, voice replies, story lines after a game event."""
         while True:
-            turn = await session.next_turn(timeout=None)
-            async for msg in turn:
-                self.inbox.put(NetMsg(msg["type"], character, msg))
+            self._consume(character, session, await session.next_turn(timeout=None))
+
+    def _consume(self, character: str, session: ClientSession, turn: Turn) -> None:
+        """Forward one turn's messages, in order, with exactly one reader per turn.
+
+        A turn can reach us twice: say() returns the turn of a typed line, and next_turn()
+        may hand out the same turn if it was waiting when that turn started.
+        """
+        seen = self._consumed.setdefault(session.id, set())
+        if turn.id in seen:
+            return
+        seen.add(turn.id)
+        tasks = [t for t in self._pumps.get(character, []) if not t.done()]
+        tasks.append(asyncio.get_running_loop().create_task(self._forward(character, turn)))
+        self._pumps[character] = tasks
+
+    async def _forward(self, character: str, turn: Turn) -> None:
+        async for msg in turn:
+            self.inbox.put(NetMsg(msg["type"], character, msg))
 
     async def _pump_other(self, character: str, session: ClientSession) -> None:
         while True:
             msg = await session.other.get()
             self.inbox.put(NetMsg(msg["type"], character, msg))
 
-    def _stop_pumps(self, character: str) -> None:
+    def _stop_pumps(self, character: str, session: ClientSession | None) -> None:
+        if session is not None:
+            self._consumed.pop(session.id, None)
         for task in self._pumps.pop(character, []):
             task.cancel()
         feed = self._feeds.pop(character, None)
@@ -226,15 +246,15 @@ class Net:
 
     async def _close(self, character: str) -> None:
         session = self.sessions.pop(character, None)
-        self._stop_pumps(character)
+        self._stop_pumps(character, session)
         if session is not None:
             with contextlib.suppress(EngineError, asyncio.TimeoutError, TimeoutError):
                 await session.close()
         self._post("session.closed", character)
 
     async def _say(self, character: str, text: str) -> None:
-        # The turn's messages (turn.start first) arrive through the session's turn pump.
-        await self.sessions[character].say(text)
+        session = self.sessions[character]
+        self._consume(character, session, await session.say(text))
 
     async def _cancel(self, character: str, turn: int | None) -> None:
         await self.sessions[character].cancel(turn)

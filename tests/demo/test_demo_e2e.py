@@ -117,6 +117,27 @@ def test_play_save_restart_load(tmp_path: Path) -> None:
         assert g.quest.title == "The Smith's Stolen Hammer"
         assert g.conv.log[-2].speaker == "player" and g.conv.log[-2].text.startswith("I can help")
 
+        # --- typing over Bram while he talks cuts him off, and the new line gets its own reply
+        n = len(g.turn_ends)
+        g.say("Tell me about your forge and your work, in detail.")
+        step_until(app, lambda: app.audio.current() is not None and app.audio.current()[0].character == "bram",
+                   TURN_S, "Bram starting to answer")
+        cut_turn = app.audio.current()[0].turn
+        key(pygame.K_t)
+        type_text("W")
+        app.step(0.0)
+        assert not app.audio.busy("bram"), "typing did not stop Bram's voice"
+        assert ("bram", cut_turn) in g.dropped
+        type_text("ait, where should I look?")
+        key(pygame.K_RETURN)
+        step_until(app, lambda: any(e["turn"] > cut_turn for e in g.turn_ends[n:]) and heard(app), TURN_S, "reply after barge-in")
+        assert not any(s[3][1] == cut_turn for s in g.mouth_samples if s[0] > time.monotonic() - 1.0)
+        answered = [e for e in g.turn_ends[n:] if e["turn"] > cut_turn]
+        assert answered[-1]["status"] in ("ok", "degraded")
+        # The log: Bram's cut-off line (what was heard of it), the player's interruption, the new reply.
+        assert [ln.speaker for ln in g.conv.log[-3:]] == ["bram", "player", "bram"]
+        assert g.conv.log[-3].note == "interrupted" and g.conv.log[-2].text.startswith("Wait, where")
+
         # --- a spoken line from a WAV file, fed at real-time pace like a microphone
         n = len(g.turn_ends)
         t0 = time.monotonic()

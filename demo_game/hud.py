@@ -328,7 +328,7 @@ class Hud:
 
     def _help(self, surf: pygame.Surface, game: Game) -> None:
         rows = [
-            ("Arrows / WASD", "walk"),
+            ("Arrows / WASD", "walk (or click where to go)"),
             ("E", "talk to someone in reach, or pick something up"),
             ("Enter / T", "type a line (typing over the NPC interrupts it)"),
             ("V (hold)", "push-to-talk with the microphone (speaking interrupts)"),

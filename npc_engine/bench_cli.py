@@ -1,0 +1,141 @@
+"""``npc-engine bench``: time to first audio, per stage, streaming vs naive, under concurrency.
+
+    npc-engine bench                      # spawn a sidecar, ~30 turns, naive baseline, N = 1, 2, 4, 8
+    npc-engine bench --quick              # a ~2-minute version
+    npc-engine bench --endpoint tcp://127.0.0.1:5555 --json out.json --plot out.png
+
+The library is ``npc_engine.benchmark``; ``bench/ttfa.py`` runs the same thing as a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from npc_engine.config import EngineConfig
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from npc_engine.benchmark.workload import DEFAULT_CLIPS, REPO
+
+    p.add_argument("--endpoint", help="benchmark a running sidecar here (default: spawn one on a free port with a temp data dir)")
+    p.add_argument("--quick", action="store_true", help="a ~2-minute run: fewer turns, N = 1, 2, 4")
+    p.add_argument("--turns", type=int, help="turns in the main run (default 30; --quick 8)")
+    p.add_argument("--turns-per-session", type=int, default=5, help="turns before a new session with a fresh player (default 5)")
+    p.add_argument("--voice-share", type=float, default=2 / 3, help="share of voice turns; the rest are typed (default 0.67)")
+    p.add_argument("--concurrency", default=None, help="simultaneous sessions to try, comma-separated (default 1,2,4,8; --quick 1,2,4)")
+    p.add_argument("--concurrent-turns", type=int, help="turns per concurrency level (default 16; --quick 4)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive sequential baseline")
+    p.add_argument("--clips", type=Path, default=DEFAULT_CLIPS, help=f"speech clips with a manifest.json (default {DEFAULT_CLIPS})")
+    p.add_argument("--budget-min", type=float, help="stop starting turns so the run ends within this many minutes (default 9.5; --quick 2.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write every result (per turn and summaries) here")
+    p.add_argument("--plot", type=Path, help="write a PNG: per-stage medians, TTFA distribution, concurrency curve")
+    p.add_argument("--keep", type=Path, help="keep the spawned sidecar's data dir and log in this directory")
+    g = p.add_argument_group("models (the spawned sidecar and the naive baseline)")
+    g.add_argument("--characters", type=Path, default=REPO / "characters" if (REPO / "characters").is_dir() else None)
+    g.add_argument("--story", type=Path, default=REPO / "story" if (REPO / "story").is_dir() else None)
+    g.add_argument("--stt", choices=["whisper", "moonshine", "vosk"], help="speech recognition (default whisper)")
+    g.add_argument("--tts", choices=["kokoro", "espeak"], help="speech synthesis (default kokoro)")
+    g.add_argument("--llm-threads", type=int, help="llama.cpp threads (default 1)")
+    g.add_argument("--llm-slots", type=int, help="sidecar sessions decoding at once (default 4)")
+
+
+class Progress:
+    """Timestamped progress lines, and a heartbeat when nothing was said for a while (a
+    model load or a slow turn on a busy machine), so the run never looks frozen."""
+
+    def __init__(self, quiet_s: float = 15.0) -> None:
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+        self.message = "starting"
+        self._stop = threading.Event()
+        self._quiet_s = quiet_s
+        threading.Thread(target=self._beat, name="bench-heartbeat", daemon=True).start()
+
+    def __call__(self, msg: str) -> None:
+        self.last = time.perf_counter()
+        self.message = msg.strip()
+        print(f"[{self.last - self.t0:6.1f}s] {msg}", flush=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            now = time.perf_counter()
+            if now - self.last >= self._quiet_s:
+                self.last = now
+                print(f"[{now - self.t0:6.1f}s]   ... still working (after: {self.message[:70]})", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _concurrency(raw: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(x) for x in raw.split(",") if x.strip()}))
+    except ValueError:
+        raise ValueError(f"--concurrency takes numbers separated by commas, like 1,2,4,8, not {raw!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError("--concurrency levels must be 1 or more")
+    return levels
+
+
+def run(args: argparse.Namespace) -> int:
+    from npc_engine.benchmark.runner import BenchConfig, run_benchmark
+
+    quick = bool(args.quick)
+    try:
+        levels = _concurrency(args.concurrency or ("1,2,4" if quick else "1,2,4,8"))
+        if not 0 <= args.voice_share <= 1:
+            raise ValueError("--voice-share is a share between 0 and 1")
+        overrides = {"characters": args.characters, "story": args.story, "stt": args.stt, "tts": args.tts,
+                     "llm_threads": args.llm_threads, "llm_slots": args.llm_slots}
+        engine_cfg = EngineConfig.from_env(**overrides)
+    except ValueError as exc:
+        print(f"npc-engine bench: {exc}", file=sys.stderr)
+        return 2
+    serve_args: list[str] = []
+    for flag, key in (("--characters", "characters"), ("--story", "story"), ("--stt", "stt"), ("--tts", "tts"),
+                      ("--llm-threads", "llm_threads"), ("--llm-slots", "llm_slots")):
+        if overrides[key] is not None:
+            serve_args += [flag, str(overrides[key])]
+    cfg = BenchConfig(
+        engine=engine_cfg, serve_args=serve_args, endpoint=args.endpoint,
+        turns=args.turns or (8 if quick else 30), turns_per_session=max(1, args.turns_per_session),
+        voice_share=args.voice_share if engine_cfg.stt != "none" else 0.0, concurrency=levels,
+        concurrent_turns=args.concurrent_turns or (4 if quick else 16), naive=not args.no_naive,
+        clips=args.clips, budget_s=60 * (args.budget_min or (2.5 if quick else 9.5)), seed=args.seed, keep_dir=args.keep,
+    )
+    # The models' own loading chatter would bury the progress lines.
+    for name in ("npc_engine", "faster_whisper", "phonemizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    progress = Progress()
+    try:
+        bench_run = asyncio.run(run_benchmark(cfg, progress))
+    except (FileNotFoundError, RuntimeError, ValueError, ConnectionError) as exc:
+        print(f"npc-engine bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        progress.stop()
+    from npc_engine.benchmark.report import build, format_text, write_json
+
+    report = build(bench_run)
+    print()
+    print(format_text(report), flush=True)
+    if args.json:
+        write_json(report, args.json)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        try:
+            from npc_engine.benchmark.plot import write_png
+
+            write_png(report, args.plot)
+            print(f"wrote {args.plot}")
+        except ImportError:
+            print("npc-engine bench: --plot needs matplotlib: pip install 'npc-engine[bench]'", file=sys.stderr)
+            return 1
+    return 0

@@ -92,6 +92,7 @@ class AudioOut:
         self.pending: deque[PlayChunk] = deque()
         self.playing: PlayChunk | None = None
         self.queued: PlayChunk | None = None  # handed to the channel behind `playing`
+        self._played: dict[tuple[str, int], float] = {}  # (character, turn) -> seconds finished
         self.track: str | None = None
 
     # ------------------------------------------------------------------ feeding
@@ -104,6 +105,8 @@ class AudioOut:
         now = self.clock()
         started: list[PlayChunk] = []
         while self.playing is not None and now >= self._end(self.playing):
+            done = self.playing
+            self._played[(done.character, done.turn)] = self._played.get((done.character, done.turn), 0.0) + done.duration
             self.playing, self.queued = self.queued, None
             if self.playing is not None:
                 started.append(self.playing)
@@ -143,6 +146,14 @@ class AudioOut:
             return None
         t = self.clock() - self.playing.started_at
         return (self.playing, t) if 0 <= t < self.playing.duration else None
+
+    def heard(self, character: str, turn: int) -> float:
+        """Seconds of this turn's voice played so far (for cancel's ``heard``)."""
+        played = self._played.get((character, turn), 0.0)
+        now = self.current()
+        if now is not None and now[0].character == character and now[0].turn == turn:
+            played += now[1]
+        return played
 
     def busy(self, character: str | None = None) -> bool:
         chunks = [c for c in (self.playing, self.queued, *self.pending) if c is not None]

@@ -401,7 +401,8 @@ class Game:
         if conv.turn is not None and speaking:
             turn = conv.turn
             self.dropped.add((c, turn))
-            self.net.cancel(c, turn)
+            # Tell the engine how much was heard: it usually sent the whole reply already.
+            self.net.cancel(c, turn, None if self.opts.text_only else self.audio.heard(c, turn))
             # The log keeps what the player heard before cutting in, in its place.
             heard = conv.texts.get(turn, "") if self.opts.text_only else " ".join(self.heard.get((c, turn), []))
             if heard.strip():

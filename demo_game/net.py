@@ -88,8 +88,8 @@ class Net:
     def say(self, character: str, text: str) -> None:
         self._submit(self._guard(character, "text", self._say(character, text)))
 
-    def cancel(self, character: str, turn: int | None) -> None:
-        self._submit(self._guard(character, "cancel", self._cancel(character, turn)))
+    def cancel(self, character: str, turn: int | None, heard: float | None = None) -> None:
+        self._submit(self._guard(character, "cancel", self._cancel(character, turn, heard)))
 
     def audio_frames(self, character: str, frames: list[bytes]) -> None:
         self._submit(self._guard(character, "audio", self._audio(character, frames)))
@@ -256,8 +256,8 @@ class Net:
         session = self.sessions[character]
         self._consume(character, session, await session.say(text))
 
-    async def _cancel(self, character: str, turn: int | None) -> None:
-        await self.sessions[character].cancel(turn)
+    async def _cancel(self, character: str, turn: int | None, heard: float | None) -> None:
+        await self.sessions[character].cancel(turn, heard)
 
     async def _audio(self, character: str, frames: list[bytes]) -> None:
         session = self.sessions[character]

@@ -91,7 +91,7 @@ class ClientSession:
 
     # routing ---------------------------------------------------------------
 
-    def _route(self, msg: dict[str, Any]) -> None:
+    def _route(self, msg: dict[str, Any], claimed: bool = False) -> None:
         tid = msg.get("turn")
         if tid is None:
             self.other.put_nowait(msg)
@@ -101,6 +101,7 @@ class ClientSession:
         turn = self.turns.get(tid)
         if turn is None:
             turn = Turn(self, tid)
+            turn.claimed = claimed  # a say() is waiting for exactly this turn
             self.turns[tid] = turn
             self._new_turns.put_nowait(turn)
         turn.queue.put_nowait(msg)
@@ -127,9 +128,7 @@ class ClientSession:
         """Send a typed player line; returns the turn that answers it."""
         # The engine's turn.start echoes this request's id, which is how we find our turn.
         start = await self.client.request({"type": "text", "session": self.id, "text": text}, timeout=timeout)
-        turn = self.turns[start["turn"]]
-        turn.claimed = True
-        return turn
+        return self.turns[start["turn"]]  # routed as claimed, so next_turn() never hands it out
 
     async def send_audio(self, pcm: bytes, rate: int = 16_000) -> None:
         await self.client.send({"type": "audio", "session": self.id, "pcm": pcm, "rate": rate})
@@ -137,10 +136,11 @@ class ClientSession:
     async def end_audio(self) -> None:
         await self.client.send({"type": "audio.end", "session": self.id})
 
-    async def cancel(self, turn: int | None = None) -> None:
+    async def cancel(self, turn: int | None = None, heard: float | None = None) -> None:
+        """Stop the NPC. ``heard``: seconds of the turn's audio the player heard (memory keeps those words)."""
         if turn is not None:
             self.cancelled.add(turn)
-        await self.client.send({"type": "cancel", "session": self.id, "turn": turn})
+        await self.client.send({"type": "cancel", "session": self.id, "turn": turn, "heard": heard})
 
     async def event(self, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self.client.request({"type": "event", "session": self.id, "name": name, "data": data or {}})
@@ -240,13 +240,15 @@ class EngineClient:
             if msg.get("type") == "session.opened":
                 self.sessions[msg["session"]] = ClientSession(self, msg)
             fut = self._pending.get(rid) if rid is not None else None
+            claimed = False
             if fut is not None and not fut.done():
                 fut.set_result(msg)
                 if msg.get("turn") is None:
                     continue  # a plain reply; a turn.start is also routed to its turn below
+                claimed = True
             session = self.sessions.get(msg.get("session", ""))
             if session is not None:
-                session._route(msg)
+                session._route(msg, claimed)
             elif msg.get("type") == "error":
                 self.errors.put_nowait(msg)
             else:

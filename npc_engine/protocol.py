@@ -122,6 +122,15 @@ class Event(_In):
 class Cancel(_InSession):
     type: Literal["cancel"]
     turn: int | None = None
+    # Seconds of the turn's audio the player heard before the cut. The engine usually sends
+    # a reply faster than it plays, so only the game knows; memory keeps just those words.
+    heard: float | None = Field(default=None, ge=0)
+
+
+class StateGet(_In):
+    type: Literal["state.get"]
+    session: str | None = None
+    player: str | None = None
 
 
 class StateSave(_InSession):
@@ -143,12 +152,12 @@ class Ping(_In):
 
 
 Incoming = Annotated[
-    Hello | SessionOpen | Text | Audio | AudioEnd | Event | Cancel | StateSave | StateLoad | SessionClose | Ping,
+    Hello | SessionOpen | Text | Audio | AudioEnd | Event | Cancel | StateGet | StateSave | StateLoad | SessionClose | Ping,
     Field(discriminator="type"),
 ]
 INCOMING_TYPES: frozenset[str] = frozenset(
     m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-    for m in (Hello, SessionOpen, Text, Audio, AudioEnd, Event, Cancel, StateSave, StateLoad, SessionClose, Ping)
+    for m in (Hello, SessionOpen, Text, Audio, AudioEnd, Event, Cancel, StateGet, StateSave, StateLoad, SessionClose, Ping)
 )
 _incoming = TypeAdapter(Incoming)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"npc-engine serve: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(cfg))
+        code = asyncio.run(serve(cfg))
     except Exception as exc:
         from npc_engine.pipeline.base import ModelError
 
@@ -92,3 +93,10 @@ def run(args: argparse.Namespace) -> int:
             log.error("cannot start: %s", exc)
             return 1
         raise
+    # State is saved and the store closed. A model thread may still be finishing background
+    # work (a warm-up, a line pre-render) that nobody needs now; Python would wait for it at
+    # exit (seconds, on a busy machine), so leave at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

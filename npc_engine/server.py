@@ -36,6 +36,7 @@ from npc_engine.protocol import (
     ProtocolError,
     SessionClose,
     SessionOpen,
+    StateGet,
     StateLoad,
     StateSave,
     Text,
@@ -188,6 +189,8 @@ class Server:
             await self._open(peer, msg)
         elif isinstance(msg, Event):
             await self._event(peer, msg)
+        elif isinstance(msg, StateGet):
+            await self._state_get(peer, msg)
         else:
             session = self._session(peer, msg)
             if isinstance(msg, Text):
@@ -198,7 +201,7 @@ class Server:
             elif isinstance(msg, AudioEnd):
                 session.audio_end()
             elif isinstance(msg, Cancel):
-                session.cancel_nowait(msg.turn)  # its turn.end follows; never block the loop on it
+                session.cancel_nowait(msg.turn, msg.heard)  # its turn.end follows; never block the loop on it
             elif isinstance(msg, StateSave):
                 await self._state_save(peer, session, msg)
             elif isinstance(msg, StateLoad):
@@ -287,14 +290,28 @@ class Server:
         if problem:
             raise ProtocolError(ErrorCode.BAD_AUDIO, problem, request_id=msg.id, request_type=msg.type, session=msg.session)
 
+    def _player_of(self, peer: bytes, msg: Event | StateGet) -> str:
+        if msg.session:
+            return self._session(peer, msg).player
+        if not msg.player:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"{msg.type} needs either 'session' or 'player'", request_id=msg.id, request_type=msg.type
+            )
+        return msg.player
+
+    async def _state_get(self, peer: bytes, msg: StateGet) -> None:
+        """The player's story state, for a quest log: no session (and no model work) needed."""
+        eng = self.engine
+        player = self._player_of(peer, msg)
+        state = await eng.story_state(player)
+        self.send(peer, out(
+            "state", id=msg.id, session=msg.session, player=player, beats=dict(state.current),
+            flags=dict(state.flags), vars=dict(state.vars), last_beat=state.last_beat,
+        ))
+
     async def _event(self, peer: bytes, msg: Event) -> None:
         eng = self.engine
-        session = self._session(peer, msg) if msg.session else None
-        player = session.player if session else msg.player
-        if not player:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, "an event needs either 'session' or 'player'", request_id=msg.id, request_type=msg.type
-            )
+        player = self._player_of(peer, msg)
         async with eng.state_lock(player):
             state = await eng.story_state(player)
             effects = eng.story.on_event(state, msg.name, dict(msg.data))

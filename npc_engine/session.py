@@ -75,6 +75,13 @@ class Turn:
     status: str = "ok"
     interrupted: bool = False
     synth: Any = None
+    # Timeline of what was sent, in seconds of the turn's audio: (start, text) per word, or
+    # per chunk when a voice has no word timings. Lets a late cancel trim to what was heard.
+    heard_marks: list[tuple[float, str]] = field(default_factory=list)
+    heard: float | None = None  # set by a cancel that says how much the player heard
+
+    def heard_text(self, seconds: float) -> str:
+        return " ".join(text for start, text in self.heard_marks if start < seconds)
 
     @property
     def cancelled(self) -> bool:
@@ -106,6 +113,7 @@ class Session:
         self.voice = Voice(character.voice.id, character.voice.speed)
         self.history: list[HistoryEntry] = []
         self.current: Turn | None = None
+        self.last_turn: Turn | None = None  # the latest finished turn, for a late cancel
         self._turn_ids = itertools.count(1)
         self._line_rotation = itertools.count()
         self.closed = False
@@ -206,12 +214,30 @@ class Session:
         turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id, scripted))
         return turn
 
-    def cancel_nowait(self, turn_id: int | None = None) -> None:
-        """Cancel the running turn (or only turn ``turn_id``); its turn.end follows on its own."""
+    def cancel_nowait(self, turn_id: int | None = None, heard: float | None = None) -> None:
+        """Cancel the running turn (or only turn ``turn_id``); its turn.end follows on its own.
+
+        With ``heard`` (seconds of the turn's audio the player heard), memory keeps only those
+        words, also for a turn the engine had already finished sending.
+        """
         turn = self.current
         if turn is not None and (turn_id is None or turn.id == turn_id):
             turn.interrupted = True
+            turn.heard = heard
             turn.cancel.set()
+        elif heard is not None and self.last_turn is not None and turn_id in (None, self.last_turn.id):
+            asyncio.get_running_loop().create_task(self._trim_heard(self.last_turn, heard))
+
+    async def _trim_heard(self, turn: Turn, heard: float) -> None:
+        if not turn.heard_marks or turn.audio_seconds <= heard:
+            return  # heard it all (or nothing to go by)
+        text = turn.heard_text(heard)
+        last = self.history[-1] if self.history else None
+        if last is None or last.role != "assistant":
+            return
+        self.history[-1] = HistoryEntry("assistant", text, interrupted=True)
+        await self.engine.store.call("trim_last_reply", self.player, self.character.id, text)
+        log.info("session %s turn %d: the player heard %.1f of %.1f s; memory trimmed", self.id, turn.id, heard, turn.audio_seconds)
 
     async def cancel_current(self, turn_id: int | None = None, interrupted: bool = True) -> None:
         turn = self.current
@@ -261,6 +287,8 @@ class Session:
         # History keeps what the player actually got before any cut: heard, or read if text-only.
         got = turn.delivered if self.audio else ["".join(turn.text_sent)]
         spoken = " ".join(t.strip() for t in got if t.strip())
+        if turn.heard is not None and turn.heard_marks and turn.heard < turn.audio_seconds:
+            spoken = turn.heard_text(turn.heard)
         self.emit(
             "turn.end",
             turn,
@@ -283,6 +311,7 @@ class Session:
             await self.engine.store.call("append_history", self.player, self.character.id, entries)
         if self.current is turn:
             self.current = None
+        self.last_turn = turn
         log.info("%s", turn_log_line(self.id, self.character.id, turn))
 
     # ------------------------------------------------------------------ story
@@ -478,6 +507,10 @@ class Session:
                     words=[{"word": w.label, "start": round(w.start, 4), "end": round(w.end, 4)} for w in speech.words],
                 )
             turn.delivered.append(item.text)
+            if speech.words:
+                turn.heard_marks += [(offset + w.start, w.label) for w in speech.words]
+            else:
+                turn.heard_marks.append((offset, item.text))
             turn.audio_seconds += speech.duration
             offset += speech.duration
             chunk_index += 1

@@ -98,6 +98,15 @@ class Store:
                 [(player, character, n + i, e.role, e.content, int(e.interrupted), time.time()) for i, e in enumerate(entries)],
             )
 
+    def trim_last_reply(self, player: str, character: str, content: str) -> None:
+        """Replace the character's last reply with the part the player heard (a late cut)."""
+        with self._db:
+            self._db.execute(
+                "UPDATE history SET content=?, interrupted=1 WHERE player=? AND character=? AND idx=("
+                "SELECT MAX(idx) FROM history WHERE player=? AND character=? AND role='assistant')",
+                (content, player, character, player, character),
+            )
+
     def characters_of(self, player: str) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT character FROM history WHERE player=?", (player,)).fetchall()
         return [r[0] for r in rows]

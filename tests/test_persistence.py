@@ -37,6 +37,9 @@ async def test_story_and_memory_survive_a_restart(tmp_path: Path) -> None:
         # A game event moves the story on: picking up the hammer brings Bram's scripted line.
         ok = await s.event("item.picked_up", {"item": "hammer"})
         assert ("beat_entered", "bram_hammer_back") in [(e["kind"], e.get("beat")) for e in ok["effects"]]
+        state = await c.request({"type": "state.get", "player": "p1"})
+        assert state["beats"]["bram"] == "bram_hammer_back" and state["flags"]["has_hammer"] is True
+        assert state["vars"]["player_name"] == "Ada"
         line_turn = await s.next_turn(timeout=30)
         said = await line_turn.collect()
         assert said[0]["source"] == "story"

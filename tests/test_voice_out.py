@@ -16,7 +16,10 @@ from tests.harness import Running, engine_config, running_engine
 
 @pytest.fixture(scope="module")
 async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_engine(engine_config(tmp_path_factory.mktemp("voice"), tts="kokoro")) as running:
+    # These tests are about Kokoro's stream; a generous budget keeps a busy machine from
+    # degrading a turn to the espeak fallback half-way (that path is tested elsewhere).
+    cfg = engine_config(tmp_path_factory.mktemp("voice"), tts="kokoro", budget_tts_chunk_ms=60_000)
+    async with running_engine(cfg) as running:
         yield running
 
 
@@ -105,3 +108,26 @@ async def test_greeting_plays_from_the_line_cache(client: EngineClient, engine: 
     assert again[-1]["text"] == text
     assert cache.renders == renders_before, "a repeated scripted line is not synthesized again"
     assert [m for m in again if m["type"] == "reply.audio"]
+
+
+async def test_late_cancel_trims_memory_to_the_words_heard(client: EngineClient, engine: Running) -> None:
+    """The engine sends faster than speech plays; the game says how much the player heard."""
+    s = await client.open_session("bram", "p-heard", greet=False)
+    msgs = await (await s.say("Tell me about your forge and your work.")).collect(timeout=180)
+    end = msgs[-1]
+    assert end["audio_seconds"] > 1.5
+    heard = 1.0
+    starts = {m["chunk"]: m["start"] for m in msgs if m["type"] == "reply.audio"}
+    expected = [
+        w["word"]
+        for m in msgs
+        if m["type"] == "cue" and m["kind"] == "words"
+        for w in m["words"]
+        if starts[m["chunk"]] + w["start"] < heard
+    ]
+    await client.send({"type": "cancel", "session": s.id, "turn": end["turn"], "heard": heard})
+    await asyncio.sleep(1.0)
+    npc = (await engine.engine.store.call("load_history", "p-heard", "bram"))[-1]
+    assert npc.role == "assistant" and npc.interrupted
+    assert npc.content == " ".join(expected)
+    assert len(npc.content) < len(end["text"])

@@ -331,18 +331,9 @@ class Net:
         self._post("state.loaded", None, reply, beats=await self._beats(player))
 
     async def _beats(self, player: str) -> dict[str, str | None]:
-        """Each character's current story beat for this player, as ``session.opened`` reports it.
-
-        The protocol has no "get state" request; a silent session (no greeting, no audio)
-        opened and closed per character answers the question just as well.
-        """
-        client = self._need_client()
-        beats: dict[str, str | None] = {}
-        for c in self.hello.get("characters", []):
-            session = await client.open_session(c["id"], player, greet=False, audio=False)
-            beats[c["id"]] = session.info.get("beat")
-            await session.close()
-        return beats
+        """Each character's current story beat for this player (``state.get``: no session needed)."""
+        state = await self._need_client().request({"type": "state.get", "player": player})
+        return {c["id"]: state["beats"].get(c["id"]) for c in self.hello.get("characters", [])}
 
     async def _post_beats(self, player: str) -> None:
         self._post("net.beats", None, beats=await self._beats(player))

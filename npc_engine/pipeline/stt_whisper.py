@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import zlib
@@ -193,7 +194,7 @@ class WhisperTranscriber:
             suppress_tokens=self._suppress,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
-        text = self._tokenizer.decode(tokens).strip()
+        text = _collapse_repeats(self._tokenizer.decode(tokens).strip())
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -math.inf
         if result.no_speech_prob > cfg.no_speech_threshold and avg_logprob < cfg.log_prob_threshold:
             return ""  # Whisper's own test for "that was not speech" (a cough, breath, noise)
@@ -277,6 +278,16 @@ def _suppressed_tokens(tokenizer: object) -> tuple[int, ...]:
     from faster_whisper.transcribe import get_suppressed_tokens
 
     return tuple(get_suppressed_tokens(tokenizer, [-1]))  # type: ignore[arg-type]
+
+
+_SENTENCE = re.compile(r"[^.?!]+[.?!]*")
+
+
+def _collapse_repeats(text: str) -> str:
+    """Drop a sentence repeated back to back: the cut-window decode's usual slip at a turn's end."""
+    sentences = [m.group().strip() for m in _SENTENCE.finditer(text) if m.group().strip()]
+    kept = [s for i, s in enumerate(sentences) if i == 0 or s.lower() != sentences[i - 1].lower()]
+    return " ".join(kept) if len(kept) < len(sentences) else text
 
 
 def _compression_ratio(text: str) -> float:

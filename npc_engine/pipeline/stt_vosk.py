@@ -71,11 +71,11 @@ class VoskTranscriber:
                     "folder (it contains am/, conf/ and graph/)."
                 )
             log.info("loading Vosk model from %s", path)
-            self.model = self._load(lambda: vosk.Model(str(path)), str(path))
+            self.model = self._load(lambda: _model_class(vosk)(str(path)), str(path))
         elif cfg.model_name or cfg.lang:
             what = cfg.model_name or f"the small model for language {cfg.lang!r}"
             log.info("loading Vosk model %s (downloaded into ~/.cache/vosk if not there yet)", what)
-            self.model = self._load(lambda: vosk.Model(model_name=cfg.model_name, lang=cfg.lang), what)
+            self.model = self._load(lambda: _model_class(vosk)(model_name=cfg.model_name, lang=cfg.lang), what)
         else:
             raise SttModelNotFoundError(
                 f"The Vosk recognizer needs a model: download one from {MODELS_URL} and set "
@@ -106,6 +106,17 @@ class VoskTranscriber:
         stream = self.open_stream()
         stream.accept((np.random.default_rng(0).normal(0, 300, STT_SAMPLE_RATE)).astype(np.int16))
         stream.finalize()
+
+
+def _model_class(vosk: Any) -> type[Any]:
+    """``vosk.Model`` whose ``__del__`` survives a failed ``__init__`` (an offline download)."""
+
+    class Model(vosk.Model):  # type: ignore[misc,name-defined]
+        def __del__(self) -> None:
+            if getattr(self, "_handle", None) is not None:
+                super().__del__()
+
+    return Model
 
 
 def grammar_json(phrases: Sequence[str], allow_unknown: bool = True) -> str:

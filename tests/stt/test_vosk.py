@@ -87,3 +87,9 @@ def test_missing_model_dir_names_the_dir_and_where_to_get_one(tmp_path) -> None:
 def test_no_model_configured_says_how_to_get_one() -> None:
     with pytest.raises(SttModelNotFoundError, match="model_dir"):
         make_transcriber("vosk")
+
+
+def test_model_by_name_that_cannot_be_had_is_a_sentence() -> None:
+    """Online, Vosk finds no such name; offline (CI), the list cannot be fetched: same error either way."""
+    with pytest.raises(SttModelNotFoundError, match=r"alphacephei\.com/vosk/models"):
+        VoskTranscriber(VoskConfig(model_name="vosk-model-that-does-not-exist-0.0"))

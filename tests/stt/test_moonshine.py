@@ -7,7 +7,7 @@ from npc_engine.pipeline.wer import corpus_wer
 
 from .speech import frames
 
-# Measured 0.33 on the natural voices (docs/stt.md): Moonshine tiny is the fast,
+# Measured 0.37 on the natural voices (docs/stt.md): Moonshine tiny is the fast,
 # less accurate option. The bound catches a broken adapter (dropped lines, garbage).
 WER_BOUND_NATURAL = 0.45
 

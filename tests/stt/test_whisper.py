@@ -11,10 +11,10 @@ from npc_engine.pipeline.wer import corpus_wer
 
 from .speech import frames
 
-# Measured 0.13 on the natural voices with 30 s windows (docs/stt.md); the bound
-# leaves room for a word or two of drift between CPU kernels, not for a regression
-# to the cut-window decode (0.25).
-WER_BOUND_NATURAL = 0.20
+# Measured 0.156 on the natural voices (17 clips, 109 words; docs/stt.md); the
+# bound leaves room for a few words of drift between CPU kernels, not for a
+# regression to the cut-window decode (0.36) or to Moonshine tiny (0.37).
+WER_BOUND_NATURAL = 0.22
 
 
 def test_interfaces(whisper) -> None:

@@ -81,7 +81,7 @@ class VoiceInput:
                 self._handle(update, ended_at=item[1])
                 continue
             # Take what piled up, but at most ~100 ms per recognizer call: barge-in is checked
-            # between calls, and the VAD sees one turn event at a time.
+            # between calls, so a burst of frames cannot delay it.
             frames = [item]
             n = len(item)
             while n < MAX_BATCH and not self._queue.empty() and not isinstance(self._queue._queue[0], tuple):  # type: ignore[attr-defined]

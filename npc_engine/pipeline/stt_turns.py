@@ -24,7 +24,9 @@ import numpy as np
 
 from npc_engine.pipeline.base import TranscriberStream
 from npc_engine.pipeline.stt_common import SpeculativeStream, as_int16
-from npc_engine.pipeline.vad import EndOfTurnDetector, TurnEvent
+from npc_engine.pipeline.vad import WINDOW, EndOfTurnDetector, TurnEvent
+
+STEP = WINDOW  # samples per detector step (one Silero window, 32 ms)
 
 
 @dataclass(slots=True)
@@ -46,7 +48,22 @@ class TurnRecognizer:
         self._feeding = False  # inside a turn and not in trailing silence
 
     def feed(self, pcm: np.ndarray) -> TurnUpdate:
+        """Feed any amount of audio. It is stepped through one VAD window at a time: a
+        ``speech_start`` hands over the audio since the onset from a short history, which
+        must not have been overrun by the rest of a large batch."""
         pcm = as_int16(pcm)
+        if len(pcm) <= STEP:
+            return self._feed_step(pcm)
+        update = TurnUpdate()
+        for i in range(0, len(pcm), STEP):
+            step = self._feed_step(pcm[i : i + STEP])
+            update.events += step.events
+            update.partial = step.partial if step.partial is not None else update.partial
+            if step.final is not None:  # callers feed ~100 ms at a time: one turn end at most
+                update.final, update.finalize_seconds = step.final, step.finalize_seconds
+        return update
+
+    def _feed_step(self, pcm: np.ndarray) -> TurnUpdate:
         update = TurnUpdate()
         consumed = False
         for event in self.detector.feed(pcm):

@@ -18,12 +18,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def client(engine: Running) -> AsyncIterator[EngineClient]:
-    c = await EngineClient.connect(engine.endpoint)
-    yield c
-    await c.close()
-
 
 async def next_error(client: EngineClient) -> dict:
     import asyncio

@@ -23,12 +23,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def client(engine: Running) -> AsyncIterator[EngineClient]:
-    c = await EngineClient.connect(engine.endpoint)
-    yield c
-    await c.close()
-
 
 def assert_turn_shape(msgs: list[dict[str, Any]], session: str) -> None:
     assert msgs[0]["type"] == "turn.start"

@@ -61,12 +61,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def client(engine: Running) -> AsyncIterator[EngineClient]:
-    c = await EngineClient.connect(engine.endpoint)
-    yield c
-    await c.close()
-
 
 async def test_open_mic_turn_from_real_time_frames(client: EngineClient) -> None:
     assert client.hello["stt"] is True

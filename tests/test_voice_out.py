@@ -23,12 +23,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def client(engine: Running) -> AsyncIterator[EngineClient]:
-    c = await EngineClient.connect(engine.endpoint)
-    yield c
-    await c.close()
-
 
 def audio_and_visemes(msgs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     audio = [m for m in msgs if m["type"] == "reply.audio"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from npc_engine.conditions import ConditionError, parse_condition
+from npc_engine.conditions import validate_condition_field
 from npc_engine.lines import Line
 from npc_engine.yamlsrc import (
     Sourced,
@@ -75,14 +75,7 @@ class Secret(Sourced):
     @field_validator("reveal_when", mode="before")
     @classmethod
     def _condition_parses(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            try:
-                parse_condition(value)
-            except ConditionError as e:
-                raise ValueError(str(e)) from None
-        return value
+        return validate_condition_field(value)
 
 
 class ReplyStyle(Sourced):

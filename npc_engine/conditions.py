@@ -349,3 +349,19 @@ def _eval(node: Node, env: Env) -> Value:
             return a > b  # type: ignore[operator]
         return a >= b  # type: ignore[operator]
     return False
+
+
+def validate_condition_field(value: object) -> object:
+    """Pydantic ``before`` validator for a condition field (``when:``, ``reveal_when:``).
+
+    YAML reads ``when: true`` as a bool; it becomes the condition ``"true"``. A string must
+    parse, so a syntax error is reported at load time with its line.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        try:
+            parse_condition(value)
+        except ConditionError as e:
+            raise ValueError(str(e)) from None
+    return value

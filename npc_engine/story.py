@@ -33,7 +33,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from npc_engine.conditions import RESERVED_NAMES, ConditionError, Value, parse_condition
+from npc_engine.conditions import (
+    RESERVED_NAMES,
+    Value,
+    parse_condition,
+    validate_condition_field,
+)
 from npc_engine.intents import Intent, IntentMatch, classify, rank
 from npc_engine.lines import Line, fill_template
 from npc_engine.yamlsrc import Sourced
@@ -44,16 +49,6 @@ EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 STATE_VERSION = 1
 MAX_SETTLE_STEPS = 32  # automatic exits chained in one call; more means a loop in the story
 
-
-def _condition(value: Any) -> Any:
-    if isinstance(value, bool):  # `when: true` in YAML
-        return "true" if value else "false"
-    if isinstance(value, str):
-        try:
-            parse_condition(value)
-        except ConditionError as e:
-            raise ValueError(str(e)) from None
-    return value
 
 
 def _scalars(value: Any, what: str) -> Any:
@@ -119,7 +114,7 @@ class Exit(Sourced):
     @field_validator("when", mode="before")
     @classmethod
     def _when_parses(cls, value: Any) -> Any:
-        return _condition(value)
+        return validate_condition_field(value)
 
     @field_validator("data")
     @classmethod
@@ -185,7 +180,7 @@ class Beat(Sourced):
     @field_validator("when", mode="before")
     @classmethod
     def _when_parses(cls, value: Any) -> Any:
-        return _condition(value)
+        return validate_condition_field(value)
 
     @field_validator("character", mode="before")
     @classmethod

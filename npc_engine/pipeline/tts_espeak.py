@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -163,16 +164,35 @@ def espeak_voice_name(voice: Voice) -> str:
 
 
 def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling of a short clip through the FFT (no SciPy here)."""
+    """Band-limited resampling of a short clip through the FFT (no SciPy here).
+
+    The input is zero-padded so both transform lengths have only small prime
+    factors: an FFT of a clip's raw length (often a large prime) is ~10x slower.
+    """
     if src_rate == dst_rate or len(pcm) == 0:
         return pcm.astype(np.float32)
-    n_out = round(len(pcm) * dst_rate / src_rate)
-    spectrum = np.fft.rfft(pcm.astype(np.float32))
+    step = math.gcd(src_rate, dst_rate)
+    up, down = dst_rate // step, src_rate // step
+    blocks = _smooth_at_least(-(-len(pcm) // down))
+    n_in, n_out = blocks * down, blocks * up
+    spectrum = np.fft.rfft(pcm.astype(np.float32), n_in)
     bins = n_out // 2 + 1
     if bins > len(spectrum):
         spectrum = np.concatenate([spectrum, np.zeros(bins - len(spectrum), spectrum.dtype)])
-    out = np.fft.irfft(spectrum[:bins], n_out) * (n_out / len(pcm))
-    return out.astype(np.float32)
+    out = np.fft.irfft(spectrum[:bins], n_out) * (n_out / n_in)
+    return out[: round(len(pcm) * up / down)].astype(np.float32)
+
+
+def _smooth_at_least(n: int) -> int:
+    """The smallest number >= n with no prime factor above 5."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def _ipa_shapes(ipa: str) -> tuple[str, ...]:

@@ -81,6 +81,7 @@ class Engine:
         self.stt_worker = ModelWorker("stt")
         self.story_states: dict[str, StoryState] = {}
         self.live_turns = 0  # background work (pre-rendering) yields to live turns
+        self.tts_degraded: str | None = None  # why the configured voice is not the one in use
         self._state_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ start-up
@@ -114,6 +115,7 @@ class Engine:
             except Exception as exc:  # degrade to the robotic voice rather than refuse to start
                 log.error("TTS %s failed to load (%s); falling back to espeak-ng", self.cfg.tts, exc)
                 self.synth = None
+                self.tts_degraded = f"{self.cfg.tts} failed to load ({exc}); espeak-ng voice"
             self.fallback_synth = await step("fallback TTS (espeak-ng)", self._load_espeak)
             if self.synth is None:
                 self.synth = self.fallback_synth

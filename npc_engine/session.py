@@ -210,6 +210,8 @@ class Session:
             previous.cancel.set()
         turn = Turn(next(self._turn_ids), source, clock=clock or TurnClock())
         turn.synth = self.engine.synth
+        if self.audio and self.engine.tts_degraded:
+            turn.clock.degrade("tts", self.engine.tts_degraded)
         self.current = turn
         turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id, scripted))
         return turn

@@ -125,3 +125,20 @@ async def test_late_cancel_trims_memory_to_the_words_heard(client: EngineClient,
     assert npc.role == "assistant" and npc.interrupted
     assert npc.content == " ".join(expected)
     assert len(npc.content) < len(end["text"])
+
+
+async def test_kokoro_failing_to_load_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch) -> None:
+    # A real fault, not a fake: the model cache is a path where no directory can be made.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("NPC_ENGINE_CACHE_DIR", str(blocker / "cache"))
+    async with running_engine(engine_config(tmp_path / "data", tts="kokoro")) as running:
+        assert running.engine.synth is running.engine.fallback_synth
+        c = await EngineClient.connect(running.endpoint)
+        s = await c.open_session("bram", "p-nokokoro", greet=False)
+        msgs = await (await s.say("Hello there.")).collect(timeout=120)
+        end = msgs[-1]
+        assert [m for m in msgs if m["type"] == "reply.audio"], "the game still gets a voice"
+        assert end["status"] == "degraded"
+        assert any(d["stage"] == "tts" and "espeak" in d["reason"] for d in end["degraded"])
+        await c.close()

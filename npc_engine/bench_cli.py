@@ -24,15 +24,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     from npc_engine.benchmark.workload import DEFAULT_CLIPS, REPO
 
     p.add_argument("--endpoint", help="benchmark a running sidecar here (default: spawn one on a free port with a temp data dir)")
-    p.add_argument("--quick", action="store_true", help="a ~2-minute run: fewer turns, N = 1, 2, 4")
-    p.add_argument("--turns", type=int, help="turns in the main run (default 30; --quick 8)")
+    p.add_argument("--quick", action="store_true", help="a ~2-3 minute run: 6 turns, N = 1, 2")
+    p.add_argument("--turns", type=int, help="turns in the main run (default 30; --quick 6)")
     p.add_argument("--turns-per-session", type=int, default=5, help="turns before a new session with a fresh player (default 5)")
     p.add_argument("--voice-share", type=float, default=2 / 3, help="share of voice turns; the rest are typed (default 0.67)")
-    p.add_argument("--concurrency", default=None, help="simultaneous sessions to try, comma-separated (default 1,2,4,8; --quick 1,2,4)")
-    p.add_argument("--concurrent-turns", type=int, help="turns per concurrency level (default 16; --quick 4)")
+    p.add_argument("--concurrency", default=None, help="simultaneous sessions to try, comma-separated (default 1,2,4,8; --quick 1,2)")
+    p.add_argument("--concurrent-turns", type=int, help="turns per concurrency level, at least one per session (default 8; --quick 4)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive sequential baseline")
+    p.add_argument("--naive-every", type=int, help="run the naive baseline on every k-th voice and typed input (default 3; --quick 2)")
+    p.add_argument("--full-turns", action="store_true",
+                   help="main run: let every reply finish (default: stop each turn at its first audio, which is what is measured)")
     p.add_argument("--clips", type=Path, default=DEFAULT_CLIPS, help=f"speech clips with a manifest.json (default {DEFAULT_CLIPS})")
-    p.add_argument("--budget-min", type=float, help="stop starting turns so the run ends within this many minutes (default 9.5; --quick 2.5)")
+    p.add_argument("--budget-min", type=float, help="stop starting turns so the run ends within this many minutes (default 9.25; --quick 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every result (per turn and summaries) here")
     p.add_argument("--plot", type=Path, help="write a PNG: per-stage medians, TTFA distribution, concurrency curve")
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     quick = bool(args.quick)
     try:
-        levels = _concurrency(args.concurrency or ("1,2,4" if quick else "1,2,4,8"))
+        levels = _concurrency(args.concurrency or ("1,2" if quick else "1,2,4,8"))
         if not 0 <= args.voice_share <= 1:
             raise ValueError("--voice-share is a share between 0 and 1")
         overrides = {"characters": args.characters, "story": args.story, "stt": args.stt, "tts": args.tts,
@@ -105,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
             serve_args += [flag, str(overrides[key])]
     cfg = BenchConfig(
         engine=engine_cfg, serve_args=serve_args, endpoint=args.endpoint,
-        turns=args.turns or (8 if quick else 30), turns_per_session=max(1, args.turns_per_session),
+        turns=args.turns or (6 if quick else 30), turns_per_session=max(1, args.turns_per_session),
         voice_share=args.voice_share if engine_cfg.stt != "none" else 0.0, concurrency=levels,
-        concurrent_turns=args.concurrent_turns or (4 if quick else 16), naive=not args.no_naive,
-        clips=args.clips, budget_s=60 * (args.budget_min or (2.5 if quick else 9.5)), seed=args.seed, keep_dir=args.keep,
+        concurrent_turns=args.concurrent_turns or (4 if quick else 8), concurrency_reserve_s=40.0 if quick else 150.0,
+        naive=not args.no_naive, naive_every=max(1, args.naive_every or (2 if quick else 3)), full_turns=args.full_turns,
+        clips=args.clips, budget_s=60 * (args.budget_min or (3.0 if quick else 9.25)), seed=args.seed, keep_dir=args.keep,
     )
     # The models' own loading chatter would bury the progress lines.
     for name in ("npc_engine", "faster_whisper", "phonemizer"):

@@ -43,6 +43,7 @@ class NaiveResult:
     reply_text: str = ""
     scripted: bool = False  # the story answered with a line (not a model turn; kept apart)
     stages: dict[str, float] = field(default_factory=dict)
+    index: int = 0  # the plan position of the streaming turn it pairs with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -106,6 +106,7 @@ def write_png(report: dict[str, Any], path: Path) -> None:
                              xytext=(0, 7), ha="center", fontsize=8)
         ax_conc.set_xscale("log", base=2)
         ax_conc.set_xticks(ns, [str(n) for n in ns])
+        ax_conc.set_xlim(min(ns) / 1.5, max(ns) * 1.5)
         ax_conc.set_ylim(0, max(p95) * 1.25)
         ax_conc.legend(loc="upper left", fontsize=9)
     ax_conc.set_xlabel("simultaneous sessions")

@@ -10,6 +10,7 @@ The client waits for ``turn.end`` before the next line, as a player waits for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ TURN_TIMEOUT_S = 180.0
 
 @dataclass
 class TurnResult:
+    index: int
     session: int
     character: str
     kind: str  # voice | text
@@ -75,10 +77,13 @@ async def push_clip(session: ClientSession, pcm: Any, realtime: bool = True) -> 
 
 
 async def play_turn(
-    session: ClientSession, plan: Planned, session_index: int, t_bench: float, realtime: bool = True
+    session: ClientSession, plan: Planned, session_index: int, t_bench: float, realtime: bool = True,
+    stop_after_first_audio: bool = False,
 ) -> TurnResult:
+    """Play one turn; with ``stop_after_first_audio`` the turn is cancelled once its first
+    chunk arrives (its TTFA is measured; the rest of the reply is not synthesized)."""
     utt: Utterance = plan.utterance
-    res = TurnResult(session_index, plan.character, utt.kind, utt.text, started_at=round(time.perf_counter() - t_bench, 2))
+    res = TurnResult(plan.index, session_index, plan.character, utt.kind, utt.text, started_at=round(time.perf_counter() - t_bench, 2))
     try:
         if utt.kind == "voice":
             assert utt.pcm is not None
@@ -99,6 +104,8 @@ async def play_turn(
             if msg["type"] == "reply.audio" and res.ttfa_ms is None:
                 res.ttfa_ms = round((time.perf_counter() - t_end) * 1000, 2)
                 res.first_chunk_text = msg.get("text")
+                if stop_after_first_audio:
+                    await turn.cancel()
             msgs.append(msg)
         res.end_ms = round((time.perf_counter() - t_end) * 1000, 2)
 
@@ -126,29 +133,36 @@ async def play_session(
     deadline: float | None = None,
     gap_s: float = 0.5,
     between: Callable[[int, TurnResult], Any] | None = None,
+    stop_after_first_audio: bool = False,
 ) -> list[TurnResult]:
     """One player talking to one character: open a session, play ``turns`` in order.
 
     ``deadline`` (perf_counter seconds): no new turn starts after it. ``between(i, result)``
-    is awaited after each turn (the naive baseline runs there, on an idle sidecar).
+    is awaited after each turn (the naive baseline runs there, on an idle sidecar). If the
+    task is cancelled (a hard time limit), the turn in flight and the session are closed on
+    the sidecar too, so they stop using its CPU.
     """
     if not turns:
         return []
     out: list[TurnResult] = []
     client = await EngineClient.connect(endpoint, timeout=30, client_name="npc-engine-bench")
+    s: ClientSession | None = None
     try:
         s = await client.open_session(turns[0].character, player, greet=False, audio=True, mode="push_to_talk")
         await asyncio.sleep(1.0)  # a player walks up, then speaks; the persona warm-up runs meanwhile
         for i, plan in enumerate(turns):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            res = await play_turn(s, plan, session_index, t_bench)
+            res = await play_turn(s, plan, session_index, t_bench, stop_after_first_audio=stop_after_first_audio)
             out.append(res)
             on_turn(res)
             if between is not None:
                 await between(i, res)
             await asyncio.sleep(gap_s)
-        await s.close()
     finally:
+        if s is not None:
+            # session.close cancels a turn still running; don't wait long for the reply.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(client.request({"type": "session.close", "session": s.id}), 5.0)
         await client.close()
     return out

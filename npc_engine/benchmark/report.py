@@ -82,7 +82,9 @@ def naive_summary(results: list[NaiveResult]) -> dict[str, Any]:
 
 def speedup(streaming: list[TurnResult], naive: list[NaiveResult]) -> dict[str, Any] | None:
     """Naive over streaming TTFA on the turns where both paths answered with model content."""
-    pairs = [(s, n) for s, n in zip(streaming, naive, strict=False)
+    by_index = {s.index: s for s in streaming}
+    pairs = [(by_index[n.index], n) for n in naive if n.index in by_index]
+    pairs = [(s, n) for s, n in pairs
              if s.said == n.said and s.category == "content" and s.ttfa_ms is not None and not n.scripted and n.reply_text]
     if not pairs:
         return None
@@ -181,8 +183,12 @@ def format_text(report: dict[str, Any]) -> str:
     for cat, v in st["by_category"].items():
         if cat != "content":
             out.append(_row(f"not content: {cat}", v["ttfa_ms"]))
+    stopped = report["config"].get("main_stops_at_first_audio")
     out += ["", _head("stage marks (ms since the end of the player's turn; content turns)")]
-    out += [_row(m, st["marks_ms"][m]) for m in MARKS if st["marks_ms"][m]]
+    out += [_row(m, st["marks_ms"][m]) for m in MARKS
+            if st["marks_ms"][m] and not (stopped and m in ("llm_done", "total"))]
+    if stopped:
+        out.append("  (llm_done and total are left out: each main-run turn was stopped at its first audio)")
     out += ["", _head("time spent per stage on the path to first audio (content turns)")]
     out += [_row(SPAN_LABELS[s], st["spans_ms"][s]) for s in SPANS]
     nv = report.get("naive")

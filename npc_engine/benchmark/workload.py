@@ -59,6 +59,7 @@ class Planned:
     session: int
     character: str
     utterance: Utterance
+    index: int = 0  # position in the plan (pairs a streaming turn with its naive twin)
 
 
 def load_clips(directory: Path) -> list[Utterance]:
@@ -106,5 +107,5 @@ def plan_turns(
         else:
             utt = Utterance("text", texts[ti % len(texts)])
             ti += 1
-        plan.append(Planned(session, character, utt))
+        plan.append(Planned(session, character, utt, i))
     return plan

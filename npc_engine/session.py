@@ -144,7 +144,7 @@ class Session:
     async def _warm_llm(self) -> None:
         try:
             msgs = await self._messages("Hello.")
-            await self.engine.llm_worker.run(self.engine.chat.warm_up, msgs[:1])
+            await self.engine.llm_worker.run(self.engine.chat.warm_up, msgs[:1], self.id)
         except Exception as exc:  # the first real turn will report it properly
             log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
 
@@ -390,7 +390,7 @@ class Session:
                 sentences += clause.rstrip().endswith((".", "!", "?"))
             return sentences < ch.reply.max_sentences
 
-        stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel), turn.cancel)
+        stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel, self.id), turn.cancel)
         try:
             first = await self._first_token(turn, stream)
             if first is None and not turn.cancelled:

@@ -60,16 +60,19 @@ class ChatModel(Protocol):
         messages: Sequence[ChatMessage],
         options: GenOptions,
         cancel: threading.Event,
+        affinity: str | None = None,
     ) -> Iterator[str]:
         """Yield text deltas as the model produces them; stop early once ``cancel`` is set.
 
         ``messages`` always starts with the same system prompt for a given
         character, so backends can keep that prefix's KV cache warm.
+        ``affinity`` names the conversation: requests with the same affinity should
+        reuse the same cache (a backend with several KV caches routes them there).
         Raises ``ModelError`` when the model is unreachable or dies.
         """
         ...
 
-    def warm_up(self, messages: Sequence[ChatMessage]) -> None:
+    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
         """Evaluate ``messages`` (the persona prefix) so the next turn starts fast."""
         ...
 

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,24 @@ class LlamaCppChat:
         # llama.cpp's timings of the latest request (cache_n = prompt tokens reused from
         # the KV cache, prompt_n = tokens evaluated): shows the persona prefix stayed warm.
         self.last_timings: dict[str, Any] | None = None
+        # Conversation -> llama.cpp slot, least recently used first. Without pinning, a
+        # request that follows a cut-short reply finds that slot still winding down, lands
+        # on another slot and evaluates the whole persona prompt again (seconds on a CPU).
+        self._slots: OrderedDict[str, int] = OrderedDict()
+        self._n_slots = n_parallel
+        self._slot_lock = threading.Lock()
+
+    def slot_for(self, affinity: str) -> int:
+        """The slot of this conversation: its own while it stays among the recent ones."""
+        with self._slot_lock:
+            if affinity in self._slots:
+                self._slots.move_to_end(affinity)
+                return self._slots[affinity]
+            used = set(self._slots.values())
+            free = [i for i in range(self._n_slots) if i not in used]
+            slot = free[0] if free else self._slots.popitem(last=False)[1]
+            self._slots[affinity] = slot
+            return slot
 
     def _request(self, messages: Sequence[ChatMessage], options: GenOptions, stream: bool) -> dict[str, Any]:
         req: dict[str, Any] = {
@@ -95,9 +114,14 @@ class LlamaCppChat:
             req["seed"] = options.seed
         return req
 
-    def stream(self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event) -> Iterator[str]:
+    def stream(
+        self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
+    ) -> Iterator[str]:
         if self._closed:
             raise ModelError("the LLM has been shut down")
+        request = self._request(messages, options, True)
+        if affinity is not None:
+            request["id_slot"] = self.slot_for(affinity)  # a busy slot makes the request wait: ms
         items: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
         done = object()
@@ -119,7 +143,7 @@ class LlamaCppChat:
 
         def call() -> None:
             try:
-                self._server.handle_chat_completions(self._request(messages, options, True), on_chunk)
+                self._server.handle_chat_completions(request, on_chunk)
             except Exception as exc:
                 items.put(ModelError(f"llama.cpp failed: {exc}"))
             finally:
@@ -139,10 +163,10 @@ class LlamaCppChat:
         finally:
             stop.set()
 
-    def warm_up(self, messages: Sequence[ChatMessage]) -> None:
+    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
         # One token is enough to evaluate (and so cache) the prompt prefix.
         opts = GenOptions(max_tokens=1, temperature=0.0)
-        for _ in self.stream(messages, opts, threading.Event()):
+        for _ in self.stream(messages, opts, threading.Event(), affinity):
             pass
 
     def close(self) -> None:

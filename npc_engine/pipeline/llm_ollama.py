@@ -58,7 +58,9 @@ class OllamaChat:
     def _where(self) -> str:
         return self.host or "$OLLAMA_HOST or http://127.0.0.1:11434"
 
-    def stream(self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event) -> Iterator[str]:
+    def stream(
+        self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
+    ) -> Iterator[str]:
         try:
             chunks = self._client.chat(
                 model=self.model,
@@ -89,7 +91,7 @@ class OllamaChat:
         except Exception as exc:  # a dropped stream surfaces as an httpx error
             raise ModelError(f"the Ollama stream broke off: {exc}") from exc
 
-    def warm_up(self, messages: Sequence[ChatMessage]) -> None:
+    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
         for _ in self.stream(messages, GenOptions(max_tokens=1, temperature=0.0), threading.Event()):
             pass
 

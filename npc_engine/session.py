@@ -303,6 +303,7 @@ class Session:
             audio_seconds=round(turn.audio_seconds, 3),
         )
         prom.turn_ended(turn)
+        log.info("%s", turn_log_line(self.id, self.character.id, turn))
         entries = []
         if user_text:
             entries.append(HistoryEntry("user", user_text))
@@ -314,7 +315,6 @@ class Session:
         if self.current is turn:
             self.current = None
         self.last_turn = turn
-        log.info("%s", turn_log_line(self.id, self.character.id, turn))
 
     # ------------------------------------------------------------------ story
 

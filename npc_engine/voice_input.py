@@ -51,6 +51,7 @@ class VoiceInput:
         self._samples = 0  # in the current utterance (push-to-talk: since the last audio.end)
         self._utterance = 0
         self._overlong = False
+        self._held: list[np.ndarray] | None = None  # push-to-talk frames held during a silence
 
     # ------------------------------------------------------------------ from the server
 
@@ -102,24 +103,41 @@ class VoiceInput:
     def _feed(self, pcm: np.ndarray) -> TurnUpdate:
         if not self.push_to_talk:
             return self.recognizer.feed(pcm)
-        # Push-to-talk: every sample reaches the recognizer (the key says when the turn is);
-        # the VAD only watches, for barge-in and the speculative decode.
-        update = TurnUpdate(events=self.detector.feed(pcm))
-        partial = self.recognizer.stream.accept(pcm)
+        # Push-to-talk: the key says when the turn ends; the VAD watches for barge-in and
+        # starts the speculative decode when the player falls silent. Frames after that are
+        # held back: fed, they would invalidate the decode and the key release would decode
+        # everything again. If the player goes on, the held frames are fed first.
+        events = self.detector.feed(pcm)
+        update = TurnUpdate(events=events)
+        stream = self.recognizer.stream
+        kinds = [e.kind for e in events]
+        if self._held is None:
+            self._accept(stream, pcm, update)
+            if kinds and kinds[-1] == "silence_start":
+                self._held = []
+                prepare = getattr(stream, "prepare_final", None)
+                if prepare is not None:
+                    prepare()
+        else:
+            self._held.append(pcm)
+            if any(k in ("speech_resume", "speech_start") for k in kinds):
+                held, self._held = self._held, None
+                self._accept(stream, np.concatenate(held), update)
+        return update
+
+    @staticmethod
+    def _accept(stream: Any, pcm: np.ndarray, update: TurnUpdate) -> None:
+        partial = stream.accept(pcm)
         if partial is not None:
             update.partial = partial
-        if any(e.kind == "silence_start" for e in update.events):
-            prepare = getattr(self.recognizer.stream, "prepare_final", None)
-            if prepare is not None:
-                prepare()
-        return update
 
     def _end_turn(self) -> TurnUpdate:
         if self.push_to_talk:
             started = time.perf_counter()
-            update = TurnUpdate(final=self.recognizer.stream.finalize())
+            update = TurnUpdate(final=self.recognizer.stream.finalize())  # the cached decode if silent since
             update.finalize_seconds = time.perf_counter() - started
             self.detector.reset()
+            self._held = None
             return update
         return self.recognizer.end_turn()
 

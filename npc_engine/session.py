@@ -25,6 +25,7 @@ from npc_engine.characters import Character
 from npc_engine.lines import Line
 from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
+from npc_engine.pipeline.chunker import ClauseChunker
 from npc_engine.pipeline.cues import Cue, CueParser
 from npc_engine.pipeline.prompt import build_messages, system_prompt
 from npc_engine.protocol import ErrorCode, ProtocolError, error, out
@@ -355,8 +356,6 @@ class Session:
         return build_messages(system, self.history, user_text, eng.cfg.history_turns)
 
     async def _reply(self, turn: Turn, user_text: str) -> None:
-        from npc_engine.pipeline.chunker import ClauseChunker
-
         eng = self.engine
         ch = self.character
         if self._warm is not None:

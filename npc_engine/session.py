@@ -292,6 +292,17 @@ class Session:
         spoken = " ".join(t.strip() for t in got if t.strip())
         if turn.heard is not None and turn.heard_marks and turn.heard < turn.audio_seconds:
             spoken = turn.heard_text(turn.heard)
+        entries = []
+        if user_text:
+            entries.append(HistoryEntry("user", user_text))
+        if spoken:
+            entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
+        # The session is done with this turn *before* the game hears turn.end: a cancel (with
+        # `heard`) sent right after it must find the turn finished and its reply in memory.
+        self.history.extend(entries)
+        if self.current is turn:
+            self.current = None
+        self.last_turn = turn
         self.emit(
             "turn.end",
             turn,
@@ -305,17 +316,9 @@ class Session:
         )
         prom.turn_ended(turn)
         log.info("%s", turn_log_line(self.id, self.character.id, turn))
-        entries = []
-        if user_text:
-            entries.append(HistoryEntry("user", user_text))
-        if spoken:
-            entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
         if entries:
-            self.history.extend(entries)
+            # Queued on the store's one thread, so a later trim of this reply is written after it.
             await self.engine.store.call("append_history", self.player, self.character.id, entries)
-        if self.current is turn:
-            self.current = None
-        self.last_turn = turn
 
     # ------------------------------------------------------------------ story
 

@@ -73,7 +73,6 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield running
 
 
-
 async def test_text_turn_with_tts_has_every_llm_and_audio_mark(client: EngineClient) -> None:
     s = await client.open_session("bram", "p-t-text", greet=False)
     t_end = time.perf_counter()

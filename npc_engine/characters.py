@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from npc_engine.conditions import validate_condition_field
-from npc_engine.lines import Line
+from npc_engine.story.conditions import validate_condition_field
+from npc_engine.story.lines import Line
 from npc_engine.yamlsrc import (
     Sourced,
     SourceError,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from npc_engine.characters import Character
-from npc_engine.check import load_world
+from npc_engine.world import load_world
 from npc_engine.config import EngineConfig
 from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber, Voice
 from npc_engine.pipeline.workers import ModelWorker

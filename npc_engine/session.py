@@ -22,7 +22,7 @@ from typing import Any
 
 from npc_engine import prom
 from npc_engine.characters import Character
-from npc_engine.lines import Line
+from npc_engine.story.lines import Line
 from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
 from npc_engine.pipeline.chunker import ClauseChunker

@@ -1,6 +1,6 @@
 """``npc-engine bench``: time to first audio, stage by stage, against a naive baseline.
 
-The library behind ``npc_engine/bench_cli.py`` (and the thin ``bench/ttfa.py`` script):
+The library behind ``npc_engine/cli/bench.py`` (and the thin ``bench/ttfa.py`` script):
 
 * ``workload``: the player turns replayed (fixture WAVs pushed at real-time pace, and typed lines);
 * ``sidecar``: spawn ``python -m npc_engine serve`` on a free port with a temp data dir;

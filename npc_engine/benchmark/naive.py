@@ -84,9 +84,9 @@ class NaivePipeline:
     @classmethod
     def load(cls, cfg: EngineConfig) -> NaivePipeline:
         """Load the engine's models as ``cfg`` says (one llama.cpp slot with a slot's context)."""
-        from npc_engine.check import load_world
         from npc_engine.engine import make_synthesizer, make_transcriber
         from npc_engine.pipeline.llm_llamacpp import LlamaCppChat
+        from npc_engine.world import load_world
 
         characters, story = load_world(cfg.characters, cfg.story)
         if cfg.llm == "embedded":

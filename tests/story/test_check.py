@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from npc_engine import check
+from npc_engine import world
+from npc_engine.cli import check
 from npc_engine.yamlsrc import ValidationFailed
 
 Writer = Callable[[str, str], Path]
@@ -339,9 +340,9 @@ def test_load_world_raises_with_every_error(project: Project, repo: Path) -> Non
     project.story_text = STORY.replace("character: bram", "character: bran", 1)
     project.save()
     with pytest.raises(ValidationFailed) as info:
-        check.load_world(project.root / "characters", project.root / "story")
+        world.load_world(project.root / "characters", project.root / "story")
     assert any("unknown character 'bran'" in e.message for e in info.value.errors)
-    characters, story = check.load_world(repo / "characters", repo / "story")
+    characters, story = world.load_world(repo / "characters", repo / "story")
     assert set(characters) == {"bram", "marta", "aldric"} and len(story.beats) >= 6
 
 

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from npc_engine.conditions import ConditionError, parse_condition
-from npc_engine.intents import Intent, classify, normalise, rank, stem
-from npc_engine.lines import Line, fill_template
 from npc_engine.story import (
     Beat,
     BeatEntered,
@@ -23,6 +20,9 @@ from npc_engine.story import (
     StoryState,
     load_story,
 )
+from npc_engine.story.conditions import ConditionError, parse_condition
+from npc_engine.story.intents import Intent, classify, normalise, rank, stem
+from npc_engine.story.lines import Line, fill_template
 
 Writer = Callable[[str, str], Path]
 

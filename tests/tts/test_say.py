@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from npc_engine import say
+from npc_engine.cli import say
 from npc_engine.pipeline.base import VISEMES, Voice
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
-"""Loading ``story/*.yaml`` into a :class:`~npc_engine.story.Story`, with line-accurate checks.
+"""Loading ``story/*.yaml`` into a :class:`~npc_engine.story.runtime.Story`, with line-accurate checks.
 
 Several files make one story: their beats, intents, triggers, start beats and
 variables are merged (ids must be unique across files). Checks here need only
-the story; checks against characters live in :mod:`npc_engine.check`.
+the story; checks against characters live in :mod:`npc_engine.world`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from npc_engine.conditions import RESERVED_NAMES, parse_condition
-from npc_engine.intents import Intent
-from npc_engine.lines import TEMPLATE_VAR, Line
-from npc_engine.story import IDENT, Beat, Exit, Story
+from npc_engine.story.conditions import RESERVED_NAMES, parse_condition
+from npc_engine.story.intents import Intent
+from npc_engine.story.lines import TEMPLATE_VAR, Line
+from npc_engine.story.runtime import Story
+from npc_engine.story.schema import IDENT, Beat, Exit
 from npc_engine.yamlsrc import (
     Sourced,
     SourceError,
@@ -252,12 +253,12 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
                 intents[name] = (f, intent)
         for name, value in f.model.vars.items():
             if name in declared and declared[name][2] != value:
-                file, line, _ = declared[name]
+                file, ln, _ = declared[name]
                 out.append(
                     _at(
                         f,
                         ("vars", name),
-                        f"variable '{name}' starts as {declared[name][2]!r} at {file}:{line}",
+                        f"variable '{name}' starts as {declared[name][2]!r} at {file}:{ln}",
                     )
                 )
             declared.setdefault(name, (f.file, _line(f, ("vars", name)), value))
@@ -272,12 +273,12 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
                 exits.append((f, ("beats", bid, "exits", n), e, beat))
     used_intents: set[str] = set()
     set_names: set[str] = set()
-    for f, loc, e, beat in exits:
+    for f, loc, e, in_beat in exits:
         if e.goto is not None and e.goto not in beats:
             out.append(_at(f, (*loc, "goto"), f"goto: unknown beat '{e.goto}'{suggest(e.goto, beats)}"))
         if e.on_intent is not None:
             used_intents.add(e.on_intent)
-            if beat is None:
+            if in_beat is None:
                 out.append(
                     _at(
                         f,
@@ -293,7 +294,7 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
                         f"unknown intent '{e.on_intent}'{suggest(e.on_intent, intents)}: define it under intents:",
                     )
                 )
-        if beat is None and e.is_auto:
+        if in_beat is None and e.is_auto:
             out.append(_at(f, loc, "a trigger needs on_event (triggers react to game events)"))
         set_names.update(e.set)
 

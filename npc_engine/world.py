@@ -1,21 +1,14 @@
-"""``npc-engine check``: validate characters and story files, printing ``file:line: message``.
+"""The whole world, validated: characters and story together, with every check ``npc-engine check`` runs.
 
-Wire-up (in ``npc_engine/cli.py``)::
-
-    sub = subparsers.add_parser("check", help=check.HELP)
-    check.configure(sub)
-    ...
-    return check.run(args)
-
-Also runnable on its own: ``python -m npc_engine.check [paths...]``.
+:func:`check_paths` never raises on bad content (it reports); :func:`load_world`
+raises :class:`~npc_engine.yamlsrc.ValidationFailed` on errors, for the server's start.
+The command line front is :mod:`npc_engine.cli.check`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +19,8 @@ from npc_engine.characters import (
     line_cue_problems,
     read_character,
 )
-from npc_engine.conditions import parse_condition
-from npc_engine.intents import rank
-from npc_engine.story import Beat, Exit, Story
-from npc_engine.story_loader import (
+from npc_engine.story.conditions import parse_condition
+from npc_engine.story.loader import (
     YAML_SUFFIXES,
     StoryParts,
     build_story,
@@ -37,11 +28,12 @@ from npc_engine.story_loader import (
     read_story_parts,
     template_problems,
 )
+from npc_engine.story.runtime import Story
+from npc_engine.story.schema import Beat, Exit
 from npc_engine.yamlsrc import SourceError, ValidationFailed, sort_key, suggest
 
 log = logging.getLogger(__name__)
 
-HELP = "validate characters/ and story/ files (errors as file:line: message)"
 DEFAULT_PATHS = ("characters", "story")
 _STORY_KEYS = re.compile(r"^(beats|intents|triggers|start|title|vars)\s*:", re.MULTILINE)
 
@@ -230,62 +222,3 @@ def load_world(
     for w in report.warnings:
         log.warning("%s", w)
     return report.characters, report.story
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add ``npc-engine check``'s arguments to ``parser``."""
-    parser.description = (
-        "Check characters and story files. Prints one 'file:line: message' per problem and a summary; "
-        "exits 1 if there are errors (or warnings, with --strict)."
-    )
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="files or folders to check (default: characters/ and story/ in the current folder)",
-    )
-    parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    parser.add_argument(
-        "--explain",
-        metavar="TEXT",
-        help="also show how a player line scores against every intent (to tune examples and keywords)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the check; returns the process exit code (0 clean, 1 problems)."""
-    paths = list(args.paths) or list(DEFAULT_PATHS)
-    report = check_paths(paths)
-    out = sys.stdout
-    for p in report.problems:
-        print(p, file=out)
-    explain = getattr(args, "explain", None)
-    if explain:
-        print(_explain(report.story, explain), file=out)
-    print(report.summary(), file=out)
-    failed = bool(report.errors) or (bool(getattr(args, "strict", False)) and bool(report.warnings))
-    return 1 if failed else 0
-
-
-def _explain(story: Story | None, text: str) -> str:
-    if story is None or not story.intents:
-        return f"intents for {text!r}: no story with intents loaded"
-    rows = [f"intents for {text!r} (best first; fires at or above min_score):"]
-    for m in rank(text, list(story.intents.values())):
-        intent = story.intents[m.intent]
-        mark = "*" if m.score >= intent.min_score else " "
-        rows.append(f" {mark} {m.intent:<24} {m.score:.2f} (min {intent.min_score:.2f})  {m.reason}")
-    return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="npc-engine check")
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

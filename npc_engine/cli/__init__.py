@@ -1,7 +1,7 @@
 """``npc-engine``: the command line.
 
-Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
-this file only lists them, so ``--help`` stays fast (no model imports).
+Each command lives in its own module of this package, exposing ``configure(parser)`` and
+``run(args) -> int``; this file only lists them, so ``--help`` stays fast (no model imports).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 from npc_engine import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("npc_engine.serve", "run the sidecar: load the models and listen for games over ZeroMQ"),
-    "check": ("npc_engine.check", "validate characters/ and story/ YAML; print file:line errors"),
-    "say": ("npc_engine.say", "render a line in a character's voice to a WAV (+ viseme JSON)"),
-    "models": ("npc_engine.models", "show and verify the embedded models"),
-    "bench": ("npc_engine.bench_cli", "measure time to first audio against a running or spawned sidecar"),
+    "serve": ("npc_engine.cli.serve", "run the sidecar: load the models and listen for games over ZeroMQ"),
+    "check": ("npc_engine.cli.check", "validate characters/ and story/ YAML; print file:line errors"),
+    "say": ("npc_engine.cli.say", "render a line in a character's voice to a WAV (+ viseme JSON)"),
+    "models": ("npc_engine.cli.models", "show and verify the embedded models"),
+    "bench": ("npc_engine.cli.bench", "measure time to first audio against a running or spawned sidecar"),
 }
 
 EPILOG = """\
@@ -79,6 +79,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -156,7 +156,7 @@ def write_outputs(chunk: SpeechChunk, voice: Voice, output: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m npc_engine.say`` (the CLI runs it as ``npc-engine say``)."""
+    """Stand-alone entry: ``python -m npc_engine.cli.say`` (the CLI runs it as ``npc-engine say``)."""
     parser = argparse.ArgumentParser(prog="npc-engine say", description=__doc__.splitlines()[0])
     configure(parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,3 @@
+from npc_engine.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""What changes as a story plays (:class:`StoryState`) and what each transition reports (effects).
+
+Plain data: the state round-trips through JSON via ``to_dict``/``from_dict``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+Scalar = bool | int | float | str
+STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class BeatEntered:
+    kind: ClassVar[str] = "beat_entered"
+    beat_id: str
+    character: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "beat": self.beat_id, "character": self.character}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSet:
+    kind: ClassVar[str] = "flag_set"
+    name: str
+    value: Scalar
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class EmitEvent:
+    kind: ClassVar[str] = "emit_event"
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "data": copy.deepcopy(self.data)}
+
+
+@dataclass(frozen=True, slots=True)
+class SayLine:
+    kind: ClassVar[str] = "say_line"
+    character: str
+    line_id: str
+    text: str  # templates already filled
+    emotion: str | None = None
+    gesture: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "character": self.character,
+            "line_id": self.line_id,
+            "text": self.text,
+            "emotion": self.emotion,
+            "gesture": self.gesture,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IntentMatched:
+    """Why an intent exit fired (for logs and debugging overlays); always precedes its effects."""
+
+    kind: ClassVar[str] = "intent_matched"
+    character: str
+    intent: str
+    score: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "character": self.character,
+            "intent": self.intent,
+            "score": self.score,
+            "reason": self.reason,
+        }
+
+
+StoryEffect = BeatEntered | FlagSet | EmitEvent | SayLine | IntentMatched
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class StoryState:
+    """Everything that changes as the story plays; plain data, JSON-safe via to_dict/from_dict."""
+
+    flags: dict[str, bool] = field(default_factory=dict)
+    vars: dict[str, Scalar] = field(default_factory=dict)
+    current: dict[str, str] = field(default_factory=dict)  # character id -> beat id
+    visits: dict[str, int] = field(default_factory=dict)  # beat id -> times entered
+    said_lines: set[str] = field(default_factory=set)
+    last_beat: str | None = None  # the most recently entered beat, story-wide
+
+    def value(self, name: str) -> Scalar | None:
+        if name in self.flags:
+            return self.flags[name]
+        return self.vars.get(name)
+
+    def assign(self, name: str, value: Scalar) -> None:
+        """Set a flag (true/false) or a variable (number or text); a name is one or the other.
+
+        Raises ValueError for anything else (None, lists...), which could not be saved.
+        """
+        if not isinstance(name, str) or not isinstance(value, (bool, int, float, str)):
+            raise ValueError(
+                f"story variable {name!r} must be true/false, a number or text, not {type(value).__name__}"
+            )
+        if isinstance(value, bool):
+            self.vars.pop(name, None)
+            self.flags[name] = value
+        else:
+            self.flags.pop(name, None)
+            self.vars[name] = value
+
+    def copy(self) -> StoryState:
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "flags": dict(sorted(self.flags.items())),
+            "vars": dict(sorted(self.vars.items())),
+            "current": dict(sorted(self.current.items())),
+            "visits": dict(sorted(self.visits.items())),
+            "said_lines": sorted(self.said_lines),
+            "last_beat": self.last_beat,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoryState:
+        """Rebuild a state saved by :meth:`to_dict`; raises ValueError on anything else."""
+        if not isinstance(data, Mapping):
+            raise ValueError("story state must be a mapping, as written by StoryState.to_dict()")
+        version = data.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(
+                f"story state version {version!r} is not supported (this engine reads version {STATE_VERSION})"
+            )
+
+        def mapping(key: str, types: tuple[type, ...], what: str) -> dict[str, Any]:
+            raw = data.get(key, {})
+            if not isinstance(raw, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, types) for k, v in raw.items()
+            ):
+                raise ValueError(f"story state '{key}' must map names to {what}")
+            return dict(raw)
+
+        flags = mapping("flags", (bool,), "true/false")
+        variables = mapping("vars", (bool, int, float, str), "values")
+        current = mapping("current", (str,), "beat ids")
+        visits = mapping("visits", (int,), "counts")
+        said = data.get("said_lines", [])
+        if not isinstance(said, list) or not all(isinstance(s, str) for s in said):
+            raise ValueError("story state 'said_lines' must be a list of line ids")
+        last = data.get("last_beat")
+        if last is not None and not isinstance(last, str):
+            raise ValueError("story state 'last_beat' must be a beat id or null")
+        state = cls(flags=flags, current=current, visits=visits, said_lines=set(said), last_beat=last)
+        for k, v in variables.items():
+            state.assign(k, v)
+        return state
+

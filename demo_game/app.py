@@ -22,6 +22,7 @@ from demo_game.game import Game, GameOptions, player_id
 from demo_game.hud import CONV_H, Hud
 from demo_game.net import Net, NetMsg
 from demo_game.render import SceneRenderer
+from demo_game.script import load_script, run_script
 from demo_game.world import TILE
 from npc_engine.config import DEFAULT_ENDPOINT
 
@@ -286,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         try:
-            from demo_game.script import load_script
             commands = load_script(args.headless_script)
         except (OSError, ValueError) as exc:
             print(f"python -m demo_game: --headless-script: {exc}", file=sys.stderr)
@@ -294,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     app = App(args)
     try:
         if args.headless_script is not None:
-            from demo_game.script import run_script
-
             return run_script(app, commands)
         return app.run()
     except KeyboardInterrupt:

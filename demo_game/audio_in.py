@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def load_wav_16k(path: str | Path) -> bytes:
         raise ValueError(f"no WAV file at {path}") from None
     except (wave.Error, EOFError) as exc:
         raise ValueError(f"{path} is not a PCM WAV file ({exc})") from None
+    x: npt.NDArray[np.floating[Any]]
     if width == 2:
         x = np.frombuffer(raw, dtype="<i2").astype(np.float32)
     elif width == 1:

@@ -750,17 +750,17 @@ class Game:
         conv = self._conv_for(c)
         if conv is None:
             return
-        turn = d.get("turn")
+        turn: int | None = d.get("turn")
         if conv.turn == turn:
             conv.turn_done = True
             conv.thinking = False
         if d.get("source") == "greeting" or not conv.greeted:
             conv.greeted = True
         conv.last_timings = dict(d.get("timings") or {})
-        text = str(d.get("text") or conv.texts.get(turn, "")).strip()
+        text = str(d.get("text") or (conv.texts.get(turn, "") if turn is not None else "")).strip()
         if (c, turn) in self.dropped:
             return  # logged when we cut it off, with what had been heard
-        if text:
+        if text and turn is not None:
             note = "interrupted" if d.get("interrupted") or (c, turn) in self.dropped else ""
             if d.get("status") == "degraded":
                 note = note or "degraded"

@@ -17,6 +17,7 @@ from demo_game import sprites as S
 from demo_game import world as W
 from demo_game.face import draw_head
 from demo_game.game import Actor, Game
+from demo_game.hud import wrap
 from demo_game.world import TILE
 
 DrawFn = Callable[[pygame.Surface, float, float], None]
@@ -119,7 +120,10 @@ class SceneRenderer:
 
     @staticmethod
     def _blitter(img: pygame.Surface, x: float, y: float) -> DrawFn:
-        return lambda surf, ox, oy: surf.blit(img, (x + ox, y + oy))
+        def draw(surf: pygame.Surface, ox: float, oy: float) -> None:
+            surf.blit(img, (x + ox, y + oy))
+
+        return draw
 
     def _gate_leaf(self, x: int, y: int, index: int, is_open: bool, since: float) -> DrawFn:
         def draw(surf: pygame.Surface, ox: float, oy: float) -> None:
@@ -252,8 +256,6 @@ class SceneRenderer:
             self._speech_bubble(surf, npc.bubble, x, top)
 
     def _speech_bubble(self, surf: pygame.Surface, text: str, x: float, bottom: float) -> None:
-        from demo_game.hud import wrap
-
         lines = wrap(text, self.tiny, 200)[-3:]
         imgs = [self.tiny.render(line, True, (40, 34, 28)) for line in lines]
         w = max(i.get_width() for i in imgs) + 14
@@ -318,6 +320,7 @@ def draw_actor(surf: pygame.Surface, a: Actor, x: float, y: float, now: float) -
     for side in (-1, 1):
         sx = torso.centerx + side * 11
         sy = torso.y + 4
+        ex: float
         ex, ey = sx + side * 1, sy + 11 + swing * side * 2
         if gesture == "wave" and side == 1:
             ex, ey = sx + 6 + math.sin(gp * 20) * 4, sy - 10

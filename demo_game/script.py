@@ -30,14 +30,48 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pygame
 
-if TYPE_CHECKING:
-    from demo_game.app import App
+from demo_game.audio_out import AudioOut
+from demo_game.game import Game
 
 log = logging.getLogger(__name__)
+
+
+class ScriptHost(Protocol):
+    """What the script runner needs from the app (``demo_game.app.App`` has all of it).
+
+    The runner drives the app frame by frame through ``step`` and ``tick``, reads the
+    game, the voice output and the screen, watches for the error screen, and ends the
+    run by clearing ``running``. Depending on this rather than on ``App`` keeps
+    ``script`` below ``app`` in the import graph.
+    """
+
+    running: bool
+
+    @property
+    def game(self) -> Game: ...
+
+    @property
+    def audio(self) -> AudioOut: ...
+
+    @property
+    def screen(self) -> pygame.Surface: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def error_title(self) -> str: ...
+
+    @property
+    def error_lines(self) -> list[str]: ...
+
+    def step(self, dt: float) -> None: ...
+
+    def tick(self) -> float: ...
 
 
 class ScriptError(Exception):
@@ -72,7 +106,7 @@ def load_script(path: Path) -> list[Command]:
     return out
 
 
-def until(app: App, pred: Callable[[], bool], timeout: float, what: str, fail_on_error: bool = True) -> Iterator[None]:
+def until(app: ScriptHost, pred: Callable[[], bool], timeout: float, what: str, fail_on_error: bool = True) -> Iterator[None]:
     """Yield frames until ``pred`` holds; raise ScriptError after ``timeout`` seconds."""
     t0 = time.monotonic()
     while not pred():
@@ -83,14 +117,14 @@ def until(app: App, pred: Callable[[], bool], timeout: float, what: str, fail_on
         yield
 
 
-def reply_heard(app: App) -> bool:
+def reply_heard(app: ScriptHost) -> bool:
     conv = app.game.conv
     if conv is None:
         raise ScriptError("the conversation ended before the reply was heard")
     return conv is not None and conv.ready and conv.turn_done and not conv.thinking and not app.audio.busy()
 
 
-def run_command(app: App, cmd: Command) -> Iterator[None]:
+def run_command(app: ScriptHost, cmd: Command) -> Iterator[None]:
     g = app.game
     a = cmd.args
     if cmd.name == "wait_ready":
@@ -163,7 +197,7 @@ def run_command(app: App, cmd: Command) -> Iterator[None]:
         yield
 
 
-def run_script(app: App, commands: list[Command]) -> int:
+def run_script(app: ScriptHost, commands: list[Command]) -> int:
     """Run the commands at the app's frame rate; 0 when all succeeded, 1 at the first failure."""
     dt = 0.0
     for cmd in commands:

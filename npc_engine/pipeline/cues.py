@@ -114,9 +114,9 @@ class CueParser:
         kind_name = body.split(":", 1) if ":" in body else (None, body)
         kind, name = kind_name[0], kind_name[1].strip()
         if kind is not None:
-            kind = kind.strip()
-            if kind in self.allowed and name in self.allowed[kind]:  # type: ignore[comparison-overlap]
-                out.cues.append(Cue(kind, name))  # type: ignore[arg-type]
+            cue_kind = _cue_kind(kind.strip())
+            if cue_kind is not None and name in self.allowed[cue_kind]:
+                out.cues.append(Cue(cue_kind, name))
                 return
             out.rejected.append(body)
             return
@@ -129,6 +129,14 @@ class CueParser:
                         out.cues.append(Cue(k, cand))
                         return
         out.rejected.append(body)
+
+
+def _cue_kind(text: str) -> CueKind | None:
+    """``text`` as a ``CueKind`` (typed, unlike ``text in KINDS``), or None for an unknown kind."""
+    for k in KINDS:
+        if k == text:
+            return k
+    return None
 
 
 def _tidy(text: str) -> str:

@@ -130,7 +130,7 @@ class EnglishG2P:
         nlp = load_spacy()
         fallback = _espeak_fallback(british) if espeak_fallback else None
 
-        class _MirrorG2P(en.G2P):  # type: ignore[misc]
+        class _MirrorG2P(en.G2P):
             # Same state as misaki's own __init__, minus its spacy.cli.download call.
             def __init__(self) -> None:
                 self.version = None

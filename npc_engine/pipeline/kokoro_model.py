@@ -25,8 +25,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from npc_engine.pipeline.base import ModelError
+
+if TYPE_CHECKING:  # onnx is imported only when the graph is patched (it is slow to import)
+    from onnx import GraphProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -150,22 +154,22 @@ def _join(parts: Sequence[Path], target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def find_durations_tensor(graph: object) -> str:
+def find_durations_tensor(graph: GraphProto) -> str:
     """Name of the int64 per-token durations tensor inside Kokoro's graph.
 
     Kokoro computes ``round(sigmoid(...).sum(-1) / speed).clamp(min=1).long()``:
     we follow Div(…, speed) → Round → Clip → Cast and take the Cast's output.
     """
-    nodes = list(graph.node)  # type: ignore[attr-defined]
-    consumers: dict[str, list[object]] = {}
+    nodes = list(graph.node)
+    consumers: dict[str, list[NodeProto]] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
     def follow(tensor: str, op: str) -> str | None:
         for node in consumers.get(tensor, []):
-            if node.op_type == op:  # type: ignore[attr-defined]
-                return str(node.output[0])  # type: ignore[attr-defined]
+            if node.op_type == op:
+                return str(node.output[0])
         return None
 
     for node in nodes:

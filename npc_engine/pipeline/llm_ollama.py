@@ -40,7 +40,7 @@ class OllamaChat:
         self.name = f"ollama:{model}"
         self.keep_alive = keep_alive
         self.extra_options = dict(options or {})
-        self._client = ollama.Client(host=host, timeout=timeout)
+        self._client: ollama.Client | None = ollama.Client(host=host, timeout=timeout)
 
     def _options(self, options: GenOptions) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -61,6 +61,8 @@ class OllamaChat:
     def stream(
         self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
     ) -> Iterator[str]:
+        if self._client is None:
+            raise ModelError(f"the Ollama client for {self.model!r} is closed")
         try:
             chunks = self._client.chat(
                 model=self.model,
@@ -96,4 +98,4 @@ class OllamaChat:
             pass
 
     def close(self) -> None:
-        self._client = None  # type: ignore[assignment]
+        self._client = None

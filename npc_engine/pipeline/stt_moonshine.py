@@ -210,7 +210,7 @@ class MoonshineStream:
 def _transcriber_never_freed(base: type[Any]) -> type[Any]:
     """moonshine's Transcriber, minus the free() that segfaults with identify_speakers=false."""
 
-    class _Transcriber(base):  # type: ignore[misc,valid-type]
+    class _Transcriber(base):
         def close(self) -> None:
             self._handle = None  # deliberately leaked: see MoonshineConfig.identify_speakers
 

@@ -43,7 +43,11 @@ class TurnRecognizer:
     def __init__(self, detector: EndOfTurnDetector, stream: TranscriberStream, speculative: bool = True) -> None:
         self.detector = detector
         self.stream = stream
-        self.speculative = speculative and isinstance(stream, SpeculativeStream)
+        # The same stream, typed as one that can decode ahead; None when not speculating.
+        self._speculative: SpeculativeStream | None = (
+            stream if speculative and isinstance(stream, SpeculativeStream) else None
+        )
+        self.speculative = self._speculative is not None
         self._held: list[np.ndarray] = []
         self._feeding = False  # inside a turn and not in trailing silence
 
@@ -80,8 +84,8 @@ class TurnRecognizer:
                     self._accept(pcm, update)
                     consumed = True
                 self._feeding = False
-                if self.speculative:
-                    self.stream.prepare_final()  # type: ignore[attr-defined]
+                if self._speculative is not None:
+                    self._speculative.prepare_final()
             elif event.kind == "speech_resume":
                 self._feeding = True
                 held, self._held = self._held, []

@@ -111,7 +111,7 @@ class VoskTranscriber:
 def _model_class(vosk: Any) -> type[Any]:
     """``vosk.Model`` whose ``__del__`` survives a failed ``__init__`` (an offline download)."""
 
-    class Model(vosk.Model):  # type: ignore[misc,name-defined]
+    class Model(vosk.Model):
         def __del__(self) -> None:
             if getattr(self, "_handle", None) is not None:
                 super().__del__()

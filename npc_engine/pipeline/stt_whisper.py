@@ -276,7 +276,7 @@ def _suppressed_tokens(tokenizer: object) -> tuple[int, ...]:
     """faster-whisper's default suppress list (``suppress_tokens=[-1]``) for this tokenizer."""
     from faster_whisper.transcribe import get_suppressed_tokens
 
-    return tuple(get_suppressed_tokens(tokenizer, [-1]))  # type: ignore[arg-type]
+    return tuple(get_suppressed_tokens(tokenizer, [-1]))
 
 
 _SENTENCE = re.compile(r"[^.?!]+[.?!]*")

@@ -102,7 +102,9 @@ class _Espeak:
                 cls._instance = cls()
             return cls._instance
 
-    def _on_synth(self, wav: ctypes._Pointer, count: int, events: ctypes._Pointer) -> int:
+    def _on_synth(
+        self, wav: ctypes._Pointer[ctypes.c_short], count: int, events: ctypes._Pointer[_Event]
+    ) -> int:
         capture = self._capture
         if capture is None:
             return 0

@@ -10,21 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from npc_engine.characters import Character
-from npc_engine.world import load_world
 from npc_engine.config import EngineConfig
 from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber, Voice
+from npc_engine.pipeline.line_cache import LineCache
+from npc_engine.pipeline.tts_fallback import SynthBudget
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.store import AsyncStore
 from npc_engine.story import Story, StoryState
+from npc_engine.story.state import Scalar
+from npc_engine.turns.speech import VoiceOut
+from npc_engine.world import load_world
+
+if TYPE_CHECKING:  # loaded lazily: onnxruntime is slow to import and absent with --stt none
+    from npc_engine.pipeline.vad import SileroVad
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 def make_chat_model(cfg: EngineConfig) -> ChatModel:
@@ -54,12 +62,32 @@ def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
         return None
     from npc_engine.pipeline.stt_factory import make_transcriber as factory
 
-    opts: dict[str, Any] = {}
     if cfg.stt == "whisper":
-        opts = {"cpu_threads": cfg.stt_threads}
-    elif cfg.stt == "vosk" and cfg.vosk_model:
-        opts = {"model_dir": Path(cfg.vosk_model)}
-    return factory(cfg.stt, **opts)
+        return factory(cfg.stt, cpu_threads=cfg.stt_threads)
+    if cfg.stt == "vosk" and cfg.vosk_model:
+        return factory(cfg.stt, model_dir=Path(cfg.vosk_model))
+    return factory(cfg.stt)
+
+
+class LiveTurns:
+    """How many turns are running; background work waits until none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
 
 
 class Engine:
@@ -71,8 +99,8 @@ class Engine:
         self.synth: Synthesizer | None = None
         self.fallback_synth: Synthesizer | None = None
         self.transcriber: Transcriber | None = None
-        self.line_cache: Any = None
-        self.vad_model: Any = None
+        self.line_cache: LineCache | None = None
+        self.vad_model: SileroVad | None = None
         self.store: AsyncStore
         # One worker per model. The LLM's threads only wait on llama.cpp's own decode
         # loop, so there is one per slot to let sessions decode in the same batch.
@@ -80,7 +108,8 @@ class Engine:
         self.tts_worker = ModelWorker("tts")
         self.stt_worker = ModelWorker("stt")
         self.story_states: dict[str, StoryState] = {}
-        self.live_turns = 0  # background work (pre-rendering) yields to live turns
+        self.turns = LiveTurns()  # background work (pre-rendering) yields to live turns
+        self.prerendered = asyncio.Event()  # the background pre-rendering is over (or never ran)
         self.tts_degraded: str | None = None  # why the configured voice is not the one in use
         self._state_locks: dict[str, asyncio.Lock] = {}
 
@@ -92,10 +121,35 @@ class Engine:
         await eng._load(progress or (lambda msg: log.info("%s", msg)))
         return eng
 
+    @classmethod
+    def assemble(
+        cls,
+        cfg: EngineConfig,
+        characters: Mapping[str, Character],
+        story: Story,
+        chat: ChatModel,
+        *,
+        synth: Synthesizer | None = None,
+        fallback_synth: Synthesizer | None = None,
+        transcriber: Transcriber | None = None,
+        vad_model: SileroVad | None = None,
+    ) -> Engine:
+        """An engine from parts already made: the unit tests' way in, with named test doubles."""
+        eng = cls(cfg)
+        eng.characters = dict(characters)
+        eng.story = story
+        eng.chat = chat
+        eng.synth = synth
+        eng.fallback_synth = fallback_synth
+        eng.transcriber = transcriber
+        eng.vad_model = vad_model
+        eng.store = AsyncStore(cfg.db_path)
+        return eng
+
     async def _load(self, progress: Progress) -> None:
         t_all = time.perf_counter()
 
-        async def step(what: str, fn: Callable[[], Any]) -> Any:
+        async def step(what: str, fn: Callable[[], T]) -> T:
             progress(f"loading {what} ...")
             t0 = time.perf_counter()
             result = await asyncio.to_thread(fn)
@@ -103,10 +157,11 @@ class Engine:
             return result
 
         # load_world runs every cross-file check `npc-engine check` runs: a broken world refuses to start.
-        self.characters, self.story = await step(
+        characters, self.story = await step(
             f"characters from {self.cfg.characters}/ and story from {self.cfg.story}/",
             lambda: load_world(self.cfg.characters, self.cfg.story),
         )
+        self.characters = dict(characters)
         self.store = AsyncStore(self.cfg.db_path)
         self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
         if self.cfg.tts != "none":
@@ -120,8 +175,6 @@ class Engine:
             if self.synth is None:
                 self.synth = self.fallback_synth
             if self.synth is not None:
-                from npc_engine.pipeline.line_cache import LineCache
-
                 self.line_cache = LineCache(self.cfg.cache_dir / "lines", self.synth)
                 await step("TTS warm-up", self.synth.warm_up)
         if self.cfg.stt != "none":
@@ -143,6 +196,23 @@ class Engine:
             log.warning("espeak-ng fallback voice unavailable: %s", exc)
             return None
 
+    # ------------------------------------------------------------------ what sessions borrow
+
+    def voice_out(self, character: Character, audio: bool) -> VoiceOut:
+        """How a session of ``character`` speaks: its voice chain (configured voice, then
+        espeak-ng), or none at all for a text-only session."""
+        voices: list[Synthesizer] = []
+        if audio:
+            voices = [s for s in (self.synth, self.fallback_synth) if s is not None]
+            voices = [s for i, s in enumerate(voices) if s not in voices[:i]]
+        return VoiceOut(
+            voices=voices,
+            voice=Voice(character.voice.id, character.voice.speed),
+            worker=self.tts_worker,
+            budget=SynthBudget(self.cfg.budget_tts_chunk_ms, self.cfg.tts_max_rtf),
+            line_cache=self.line_cache,
+        )
+
     def scripted_lines(self) -> list[tuple[str, Voice]]:
         """Every scripted line that can be rendered ahead of time (no {templates} in it)."""
         out = []
@@ -150,14 +220,20 @@ class Engine:
             voice = Voice(ch.voice.id, ch.voice.speed)
             out += [(line.text, voice) for line in ch.lines() if not line.template_vars]
         for speaker, line in self.story.lines():
-            ch = self.characters.get(speaker)
-            if ch is not None and not line.template_vars:
-                out.append((line.text, Voice(ch.voice.id, ch.voice.speed)))
+            who = self.characters.get(speaker)
+            if who is not None and not line.template_vars:
+                out.append((line.text, Voice(who.voice.id, who.voice.speed)))
         return out
 
     async def prerender_lines(self) -> None:
         """Render greetings, fallbacks and story lines into the on-disk cache, one at a time,
         so a real turn waits behind at most one of them on the TTS thread."""
+        try:
+            await self._prerender()
+        finally:
+            self.prerendered.set()
+
+    async def _prerender(self) -> None:
         if self.line_cache is None:
             return
         todo = [(t, v) for t, v in self.scripted_lines() if not self.line_cache.has(t, v)]
@@ -166,8 +242,7 @@ class Engine:
         log.info("pre-rendering %d scripted lines in the background", len(todo))
         t0 = time.perf_counter()
         for text, voice in todo:
-            while self.live_turns:
-                await asyncio.sleep(0.1)
+            await self.turns.idle()
             try:
                 await self.tts_worker.run(self.line_cache.get_or_render, text, voice)
             except Exception as exc:
@@ -185,11 +260,11 @@ class Engine:
     def state_lock(self, player: str) -> asyncio.Lock:
         return self._state_locks.setdefault(player, asyncio.Lock())
 
-    async def story_state(self, player: str, vars: dict[str, Any] | None = None) -> StoryState:
+    async def story_state(self, player: str, vars: Mapping[str, Scalar] | None = None) -> StoryState:
         """The player's story state: in memory, else from the store, else a fresh one."""
         state = self.story_states.get(player)
         if state is None:
-            saved = await self.store.call("load_story_state", player)
+            saved = await self.store.load_story_state(player)
             state = StoryState.from_dict(saved) if saved else self.story.initial_state(vars or {})
             self.story_states[player] = state
         if vars:
@@ -199,7 +274,7 @@ class Engine:
     async def save_story_state(self, player: str) -> None:
         state = self.story_states.get(player)
         if state is not None:
-            await self.store.call("save_story_state", player, state.to_dict())
+            await self.store.save_story_state(player, state.to_dict())
 
     def forget_player(self, player: str) -> None:
         self.story_states.pop(player, None)

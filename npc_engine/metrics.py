@@ -61,6 +61,13 @@ class TurnClock:
         if stage not in self.marks:
             self.marks[stage] = round(self.now_ms(), 2)
 
+    def rebase(self, t0: float) -> None:
+        """Restart the clock at ``t0`` (a speculative turn learns its end-of-turn decision late).
+        Marks reached before the decision count as reached at it (0 ms)."""
+        shift = (t0 - self.t0) * 1000.0
+        self.t0 = t0
+        self.marks = {k: max(0.0, round(v - shift, 2)) for k, v in self.marks.items()}
+
     def degrade(self, stage: str, reason: str) -> None:
         self.degraded.append({"stage": stage, "reason": reason})
 
@@ -101,15 +108,22 @@ def audio_path_spans(timings: dict[str, float]) -> dict[str, float]:
 
 
 class TurnLike(Protocol):
-    """What the log line and the metrics hooks read from a finished turn (session.Turn)."""
+    """What the log line and the metrics hooks read from a finished turn (``TurnHandle``)."""
 
-    id: int
-    source: str
-    status: str
-    interrupted: bool
-    tokens: int
-    audio_seconds: float
-    clock: TurnClock
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def interrupted(self) -> bool: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def audio_seconds(self) -> float: ...
+    @property
+    def clock(self) -> TurnClock: ...
 
 
 def _ms(timings: dict[str, Any], key: str) -> str:

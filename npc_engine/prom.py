@@ -83,10 +83,9 @@ def turn_ended(turn: TurnLike) -> None:
     AUDIO_SECONDS.inc(turn.audio_seconds)
 
 
-def message_sent(msg: dict[str, Any]) -> None:
-    """Look at every message the server sends; count the errors."""
-    if msg.get("type") == "error":
-        ERRORS.labels(str(msg.get("code", "unknown"))).inc()
+def error_sent(code: str) -> None:
+    """Count every ``error`` the server sends, by code."""
+    ERRORS.labels(code).inc()
 
 
 def barge_in() -> None:
@@ -104,7 +103,7 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("npc_engine_active_sessions", "Open sessions.",
                                 value=sum(len(s.sessions) for s in servers))
         yield GaugeMetricFamily("npc_engine_live_turns", "Turns running now (pre-rendering waits while any are).",
-                                value=sum(getattr(s.engine, "live_turns", 0) for s in servers))
+                                value=sum(s.engine.turns.count for s in servers))
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return self.collect()
@@ -115,7 +114,7 @@ REGISTRY.register(_LIVE)
 
 
 def watch_server(server: Any) -> None:
-    """Let the gauges read ``server.sessions`` and ``server.engine.live_turns`` (held weakly)."""
+    """Let the gauges read ``server.sessions`` and ``server.engine.turns`` (held weakly)."""
     _LIVE.servers.add(server)
 
 

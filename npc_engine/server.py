@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Mapping
 
 import zmq
 import zmq.asyncio
@@ -42,11 +44,14 @@ from npc_engine.protocol import (
     Text,
     decode,
     encode,
-    error,
-    out,
 )
-from npc_engine.session import Session, effect_message, scripted_speakable
+from npc_engine.protocol import outgoing as msg
+from npc_engine.protocol.incoming import InSession
+from npc_engine.session import Session
+from npc_engine.session.story import effect_fields, lines_by_character
 from npc_engine.store import BadBlob, parse_blob
+from npc_engine.tasks import BackgroundTasks
+from npc_engine.turns.speech import Speakable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class Server:
         self.peers: dict[str, bytes] = {}  # session id -> the peer that last spoke for it
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._outbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        self._tasks = BackgroundTasks("server")
         self._stopping = asyncio.Event()
         self.bound_endpoint: str | None = None
         prom.watch_server(self)
@@ -100,6 +106,7 @@ class Server:
         with contextlib.suppress(asyncio.CancelledError):
             await receiver
         await self._close_sessions()
+        await self._tasks.wait()
         # Let the turn.end / session.closed messages of the shutdown go out.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drain(), timeout=1.0)
@@ -113,8 +120,7 @@ class Server:
         self._stopping.set()
 
     async def _drain(self) -> None:
-        while not self._outbox.empty():
-            await asyncio.sleep(0.01)
+        await self._outbox.join()
 
     async def _close_sessions(self) -> None:
         for session in list(self.sessions.values()):
@@ -124,14 +130,15 @@ class Server:
 
     # ------------------------------------------------------------------ transport
 
-    def send(self, peer: bytes, msg: dict[str, Any]) -> None:
-        prom.message_sent(msg)
-        self._outbox.put_nowait((peer, encode(msg)))
+    def send(self, peer: bytes, message: msg.Outgoing) -> None:
+        if isinstance(message, msg.Error):
+            prom.error_sent(message.code)
+        self._outbox.put_nowait((peer, encode(message)))
 
-    def send_to_session(self, session_id: str, msg: dict[str, Any]) -> None:
+    def send_to_session(self, session_id: str, message: msg.Outgoing) -> None:
         peer = self.peers.get(session_id)
         if peer is not None:
-            self.send(peer, msg)
+            self.send(peer, message)
 
     async def _send_loop(self) -> None:
         assert self.sock is not None
@@ -144,13 +151,15 @@ class Server:
                     await self._peer_gone(peer)
                 else:
                     log.error("send failed: %s", exc)
+            finally:
+                self._outbox.task_done()
 
     async def _peer_gone(self, peer: bytes) -> None:
         # The game disconnected: stop talking to it, but keep its sessions (it may reconnect).
         for sid, p in list(self.peers.items()):
             if p == peer and (s := self.sessions.get(sid)) and s.current is not None:
                 log.info("game for session %s went away; cancelling its turn", sid)
-                s.current.cancel.set()
+                s.current.cancel()
 
     async def _recv_loop(self) -> None:
         assert self.sock is not None
@@ -159,68 +168,68 @@ class Server:
             if len(frames) < 2:
                 continue
             peer, payload = frames[0], frames[-1]  # a REQ-style empty delimiter frame is tolerated
-            msg = None
+            request: Incoming | None = None
             try:
-                msg = decode(payload, max_bytes=self.engine.cfg.max_message_bytes)
-                await self.dispatch(peer, msg)
+                request = decode(payload, max_bytes=self.engine.cfg.max_message_bytes)
+                await self.dispatch(peer, request)
             except ProtocolError as exc:
-                if msg is not None:  # every error names the request it answers
-                    exc.request_id = exc.request_id if exc.request_id is not None else msg.id
-                    exc.request_type = exc.request_type or msg.type
-                    exc.session = exc.session or getattr(msg, "session", None)
+                if request is not None:  # every error names the request it answers
+                    exc.request_id = exc.request_id if exc.request_id is not None else request.id
+                    exc.request_type = exc.request_type or request.type
+                    exc.session = exc.session or _session_of(request)
                 log.info("error %s to %s: %s", exc.code.value, peer.hex()[:8], exc.message)
-                self.send(peer, error(exc))
+                self.send(peer, msg.Error.of(exc))
             except Exception as exc:  # a bug must not take the server down with it
                 log.exception("internal error handling a message")
-                self.send(peer, error(ProtocolError(
-                    ErrorCode.INTERNAL, f"internal error: {exc}",
-                    request_id=getattr(msg, "id", None), request_type=getattr(msg, "type", None),
-                    session=getattr(msg, "session", None),
-                )))
+                self.send(peer, msg.Error(
+                    code=ErrorCode.INTERNAL.value, message=f"internal error: {exc}",
+                    id=request.id if request is not None else None,
+                    request_type=request.type if request is not None else None,
+                    session=_session_of(request),
+                ))
 
     # ------------------------------------------------------------------ dispatch
 
-    async def dispatch(self, peer: bytes, msg: Incoming) -> None:
-        if isinstance(msg, Hello):
-            self.send(peer, self._hello_ok(msg))
-        elif isinstance(msg, Ping):
-            self.send(peer, out("pong", id=msg.id, t=msg.t, server_time=time.time()))
-        elif isinstance(msg, SessionOpen):
-            await self._open(peer, msg)
-        elif isinstance(msg, Event):
-            await self._event(peer, msg)
-        elif isinstance(msg, StateGet):
-            await self._state_get(peer, msg)
+    async def dispatch(self, peer: bytes, request: Incoming) -> None:
+        if isinstance(request, Hello):
+            self.send(peer, self._hello_ok(request))
+        elif isinstance(request, Ping):
+            self.send(peer, msg.Pong(id=request.id, t=request.t, server_time=time.time()))
+        elif isinstance(request, SessionOpen):
+            await self._open(peer, request)
+        elif isinstance(request, Event):
+            await self._event(peer, request)
+        elif isinstance(request, StateGet):
+            await self._state_get(peer, request)
         else:
-            session = self._session(peer, msg)
-            if isinstance(msg, Text):
-                session.start_turn("text", msg.text, request_id=msg.id)
-            elif isinstance(msg, Audio):
-                self._check_audio(msg)
-                session.audio_in(msg.pcm)
-            elif isinstance(msg, AudioEnd):
+            session = self._session(peer, request)
+            if isinstance(request, Text):
+                session.start_turn("text", request.text, request_id=request.id)
+            elif isinstance(request, Audio):
+                self._check_audio(request)
+                session.audio_in(request.pcm)
+            elif isinstance(request, AudioEnd):
                 session.audio_end()
-            elif isinstance(msg, Cancel):
-                session.cancel_nowait(msg.turn, msg.heard)  # its turn.end follows; never block the loop on it
-            elif isinstance(msg, StateSave):
-                await self._state_save(peer, session, msg)
-            elif isinstance(msg, StateLoad):
-                await self._state_load(peer, session, msg)
-            elif isinstance(msg, SessionClose):
+            elif isinstance(request, Cancel):
+                session.cancel(request.turn, request.heard)  # its turn.end follows; never block the loop on it
+            elif isinstance(request, StateSave):
+                await self._state_save(peer, session, request)
+            elif isinstance(request, StateLoad):
+                await self._state_load(peer, session, request)
+            elif isinstance(request, SessionClose):
                 # Closed at once for new messages; the reply follows once its turn has ended.
                 self.sessions.pop(session.id, None)
                 self._remember_closed(session.id)
-                asyncio.get_running_loop().create_task(self._close(peer, session, msg.id))
+                self._tasks.spawn(self._close(peer, session, request.id), f"close {session.id}")
 
-    async def _close(self, peer: bytes, session: Session, request_id: Any) -> None:
+    async def _close(self, peer: bytes, session: Session, request_id: str | int | None) -> None:
         await session.close()
-        self.send(peer, out("session.closed", id=request_id, session=session.id))
+        self.send(peer, msg.SessionClosed(id=request_id, session=session.id))
 
-    def _hello_ok(self, msg: Hello) -> dict[str, Any]:
+    def _hello_ok(self, request: Hello) -> msg.HelloOk:
         eng = self.engine
-        return out(
-            "hello.ok",
-            id=msg.id,
+        return msg.HelloOk(
+            id=request.id,
             engine=f"npc-engine/{__version__}",
             protocol=PROTOCOL_VERSION,
             characters=[{"id": c.id, "name": c.name} for c in eng.characters.values()],
@@ -230,20 +239,20 @@ class Server:
             max_message_bytes=eng.cfg.max_message_bytes,
         )
 
-    def _session(self, peer: bytes, msg: Any) -> Session:
-        sid = msg.session
-        session = self.sessions.get(sid)
+    def _session(self, peer: bytes, request: InSession | Event | StateGet) -> Session:
+        sid = request.session
+        session = self.sessions.get(sid) if sid is not None else None
         if session is None:
             if sid in self._closed:
                 raise ProtocolError(
                     ErrorCode.SESSION_CLOSED, f"session {sid!r} is closed; open a new one",
-                    request_id=msg.id, request_type=msg.type, session=sid,
+                    request_id=request.id, request_type=request.type, session=sid,
                 )
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SESSION, f"no open session {sid!r}; send session.open first",
-                request_id=msg.id, request_type=msg.type, session=sid,
+                request_id=request.id, request_type=request.type, session=sid,
             )
-        self.peers[sid] = peer  # a reconnecting game takes its session over
+        self.peers[session.id] = peer  # a reconnecting game takes its session over
         return session
 
     def _remember_closed(self, sid: str) -> None:
@@ -251,110 +260,118 @@ class Server:
         while len(self._closed) > 10_000:
             self._closed.popitem(last=False)
 
-    async def _open(self, peer: bytes, msg: SessionOpen) -> None:
+    async def _open(self, peer: bytes, request: SessionOpen) -> None:
         eng = self.engine
-        character = eng.characters.get(msg.character)
+        character = eng.characters.get(request.character)
         if character is None:
             known = ", ".join(sorted(eng.characters)) or "none loaded"
             raise ProtocolError(
-                ErrorCode.UNKNOWN_CHARACTER, f"unknown character {msg.character!r}; known characters: {known}",
-                request_id=msg.id, request_type=msg.type,
+                ErrorCode.UNKNOWN_CHARACTER, f"unknown character {request.character!r}; known characters: {known}",
+                request_id=request.id, request_type=request.type,
             )
-        sid = msg.session or uuid.uuid4().hex[:12]
+        sid = request.session or uuid.uuid4().hex[:12]
         if sid in self.sessions:
             raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=msg.id,
-                request_type=msg.type, session=sid,
+                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
+                request_type=request.type, session=sid,
             )
         self._closed.pop(sid, None)
         self.peers[sid] = peer
         session = Session(
-            eng, sid, character, msg.player, lambda m, sid=sid: self.send_to_session(sid, m),
-            audio=msg.audio, mode=msg.mode, speak_elsewhere=self.speak_story_lines,
+            eng, sid, character, request.player, functools.partial(self.send_to_session, sid),
+            audio=request.audio, mode=request.mode, route_lines=self.speak_story_lines,
         )
         self.sessions[sid] = session
-        info = await session.open(dict(msg.vars))
-        self.send(peer, out("session.opened", id=msg.id, **info))
-        log.info("session %s opened: player %s talks to %s", sid, msg.player, character.id)
-        if msg.greet and character.greetings:
+        opened = await session.open(dict(request.vars))
+        self.send(peer, dataclasses.replace(opened, id=request.id))
+        log.info("session %s opened: player %s talks to %s", sid, request.player, character.id)
+        if request.greet and character.greetings:
             session.start_turn("greeting", None)
 
-    def _check_audio(self, msg: Audio) -> None:
+    def _check_audio(self, request: Audio) -> None:
         problem = None
-        if msg.rate != AUDIO_IN_RATE:
-            problem = f"audio must be {AUDIO_IN_RATE} Hz, got {msg.rate}"
-        elif msg.channels != 1:
-            problem = f"audio must be mono, got {msg.channels} channels"
-        elif len(msg.pcm) % 2:
+        if request.rate != AUDIO_IN_RATE:
+            problem = f"audio must be {AUDIO_IN_RATE} Hz, got {request.rate}"
+        elif request.channels != 1:
+            problem = f"audio must be mono, got {request.channels} channels"
+        elif len(request.pcm) % 2:
             problem = "PCM16 audio must have an even number of bytes"
         if problem:
-            raise ProtocolError(ErrorCode.BAD_AUDIO, problem, request_id=msg.id, request_type=msg.type, session=msg.session)
-
-    def _player_of(self, peer: bytes, msg: Event | StateGet) -> str:
-        if msg.session:
-            return self._session(peer, msg).player
-        if not msg.player:
             raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"{msg.type} needs either 'session' or 'player'", request_id=msg.id, request_type=msg.type
+                ErrorCode.BAD_AUDIO, problem, request_id=request.id, request_type=request.type, session=request.session
             )
-        return msg.player
 
-    async def _state_get(self, peer: bytes, msg: StateGet) -> None:
+    def _player_of(self, peer: bytes, request: Event | StateGet) -> str:
+        if request.session:
+            return self._session(peer, request).player
+        if not request.player:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"{request.type} needs either 'session' or 'player'",
+                request_id=request.id, request_type=request.type,
+            )
+        return request.player
+
+    async def _state_get(self, peer: bytes, request: StateGet) -> None:
         """The player's story state, for a quest log: no session (and no model work) needed."""
-        eng = self.engine
-        player = self._player_of(peer, msg)
-        state = await eng.story_state(player)
-        self.send(peer, out(
-            "state", id=msg.id, session=msg.session, player=player, beats=dict(state.current),
+        player = self._player_of(peer, request)
+        state = await self.engine.story_state(player)
+        self.send(peer, msg.StateReport(
+            id=request.id, session=request.session, player=player, beats=dict(state.current),
             flags=dict(state.flags), vars=dict(state.vars), last_beat=state.last_beat,
         ))
 
-    async def _event(self, peer: bytes, msg: Event) -> None:
+    async def _event(self, peer: bytes, request: Event) -> None:
         eng = self.engine
-        player = self._player_of(peer, msg)
+        player = self._player_of(peer, request)
         async with eng.state_lock(player):
             state = await eng.story_state(player)
-            effects = eng.story.on_event(state, msg.name, dict(msg.data))
+            effects = eng.story.on_event(state, request.name, dict(request.data))
             if effects:
                 await eng.save_story_state(player)
-        effects_out = [effect_message(e) for e in effects]
-        self.speak_story_lines(player, effects_out)
-        self.send(peer, out("event.ok", id=msg.id, name=msg.name, effects=effects_out))
+        self.speak_story_lines(player, lines_by_character(effects))
+        self.send(peer, msg.EventOk(id=request.id, name=request.name, effects=[effect_fields(e) for e in effects]))
 
-    def speak_story_lines(self, player: str, effects: list[dict[str, Any]], skip: str | None = None) -> None:
+    def speak_story_lines(self, player: str, lines: Mapping[str, list[Speakable]]) -> None:
         """Start one story turn per character with scripted lines, in that character's open session."""
-        by_character: dict[str, list[Any]] = {}
-        for eff in effects:
-            if eff["kind"] == "say_line" and eff.get("character") != skip:
-                by_character.setdefault(eff["character"], []).append(scripted_speakable(eff))
-        for character, lines in by_character.items():
+        for character, said in lines.items():
             speaker = next((s for s in self.sessions.values() if s.player == player and s.character.id == character), None)
             if speaker is not None:
-                speaker.start_turn("story", None, scripted=lines)
+                speaker.start_turn("story", None, scripted=said)
 
-    async def _state_save(self, peer: bytes, session: Session, msg: StateSave) -> None:
+    async def _state_save(self, peer: bytes, session: Session, request: StateSave) -> None:
         await self.engine.save_story_state(session.player)
-        blob = await self.engine.store.call("export_blob", session.player)
-        self.send(peer, out("state.saved", id=msg.id, session=session.id, player=session.player, blob=blob))
+        blob = await self.engine.store.export_blob(session.player)
+        self.send(peer, msg.StateSaved(id=request.id, session=session.id, player=session.player, blob=blob))
 
-    async def _state_load(self, peer: bytes, session: Session, msg: StateLoad) -> None:
+    async def _state_load(self, peer: bytes, session: Session, request: StateLoad) -> None:
         eng = self.engine
         player = session.player
+
+        def bad_state(exc: BadBlob) -> ProtocolError:
+            return ProtocolError(
+                ErrorCode.BAD_STATE, str(exc), request_id=request.id, request_type=request.type, session=session.id
+            )
+
         try:
-            parse_blob(msg.blob)  # refuse a bad blob before cutting anyone's speech
+            parse_blob(request.blob)  # refuse a bad blob before cutting anyone's speech
         except BadBlob as exc:
-            raise ProtocolError(ErrorCode.BAD_STATE, str(exc), request_id=msg.id, request_type=msg.type, session=session.id) from None
+            raise bad_state(exc) from None
         mine = [s for s in self.sessions.values() if s.player == player]
         for s in mine:
-            await s.cancel_current(interrupted=True)
+            await s.cancel_and_wait()
         try:
             async with eng.state_lock(player):
-                await eng.store.call("import_blob", player, msg.blob)
+                await eng.store.import_blob(player, request.blob)
                 eng.forget_player(player)
                 state = await eng.story_state(player)
         except BadBlob as exc:
-            raise ProtocolError(ErrorCode.BAD_STATE, str(exc), request_id=msg.id, request_type=msg.type, session=session.id) from None
+            raise bad_state(exc) from None
         for s in mine:
-            s.history = await eng.store.call("load_history", player, s.character.id, 2 * eng.cfg.history_turns)
+            await s.memory.load()
         beat = eng.story.active_beat(state, session.character.id)
-        self.send(peer, out("state.loaded", id=msg.id, session=session.id, player=player, beat=beat.id if beat else None))
+        self.send(peer, msg.StateLoaded(id=request.id, session=session.id, player=player, beat=beat.id if beat else None))
+
+
+def _session_of(request: Incoming | None) -> str | None:
+    """The session a request names, if any (for error replies)."""
+    return request.session if isinstance(request, InSession | Event | StateGet) else None

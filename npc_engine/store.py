@@ -14,7 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
@@ -42,9 +42,12 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
+Role = Literal["user", "assistant"]
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    role: str  # "user" | "assistant"
+    role: Role
     content: str
     interrupted: bool = False
 
@@ -53,7 +56,10 @@ class HistoryEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HistoryEntry:
-        return cls(str(d["role"]), str(d["content"]), bool(d.get("interrupted", False)))
+        role = d["role"]
+        if role not in ("user", "assistant"):
+            raise BadBlob(f"a history entry has role {role!r}; expected 'user' or 'assistant'")
+        return cls(role, str(d["content"]), bool(d.get("interrupted", False)))
 
 
 class BadBlob(ValueError):
@@ -85,7 +91,7 @@ class Store:
     def load_history(self, player: str, character: str, limit: int | None = None) -> list[HistoryEntry]:
         sql = "SELECT role, content, interrupted FROM history WHERE player=? AND character=? ORDER BY idx"
         rows = self._db.execute(sql, (player, character)).fetchall()
-        entries = [HistoryEntry(r, c, bool(i)) for r, c, i in rows]
+        entries = [HistoryEntry(r, c, bool(i)) for r, c, i in rows if r in ("user", "assistant")]
         return entries[-limit:] if limit else entries
 
     def append_history(self, player: str, character: str, entries: list[HistoryEntry]) -> None:
@@ -162,14 +168,33 @@ def parse_blob(blob: bytes) -> dict[str, Any]:
 
 
 class AsyncStore:
-    """The store on its own thread, awaitable from the event loop."""
+    """The store on its own thread, awaitable from the event loop: one typed method per query."""
 
     def __init__(self, path: Path) -> None:
         self._worker = ModelWorker("store")
         self._store = Store(path)
 
-    async def call(self, method: str, *args: Any) -> Any:
-        return await self._worker.run(getattr(self._store, method), *args)
+    async def load_story_state(self, player: str) -> dict[str, Any] | None:
+        return await self._worker.run(self._store.load_story_state, player)
+
+    async def save_story_state(self, player: str, state: dict[str, Any]) -> None:
+        await self._worker.run(self._store.save_story_state, player, state)
+
+    async def load_history(self, player: str, character: str, limit: int | None = None) -> list[HistoryEntry]:
+        return await self._worker.run(self._store.load_history, player, character, limit)
+
+    async def append_history(self, player: str, character: str, entries: list[HistoryEntry]) -> None:
+        # Queued on the store's one thread, in call order: a later trim of this reply lands after it.
+        await self._worker.run(self._store.append_history, player, character, entries)
+
+    async def trim_last_reply(self, player: str, character: str, content: str) -> None:
+        await self._worker.run(self._store.trim_last_reply, player, character, content)
+
+    async def export_blob(self, player: str) -> bytes:
+        return await self._worker.run(self._store.export_blob, player)
+
+    async def import_blob(self, player: str, blob: bytes) -> dict[str, Any]:
+        return await self._worker.run(self._store.import_blob, player, blob)
 
     async def close(self) -> None:
         await self._worker.run(self._store.close)

@@ -337,7 +337,7 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
 
 def field_names(model: type[BaseModel]) -> list[str]:
     """The field names an author may write for ``model``."""
-    injected = getattr(model, "INJECTED", frozenset())
+    injected: frozenset[str] = getattr(model, "INJECTED", frozenset())
     return [name for name in model.model_fields if name not in injected]
 
 

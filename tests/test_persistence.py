@@ -31,7 +31,7 @@ async def test_story_and_memory_survive_a_restart(tmp_path: Path) -> None:
         s = await c.open_session("bram", "p1", greet=False, audio=False)
         assert s.info["resumed"] is True
         assert s.info["beat"] == "bram_waiting"
-        history = await second.engine.store.call("load_history", "p1", "bram")
+        history = await second.engine.store.load_history("p1", "bram")
         assert [h.role for h in history[:2]] == ["user", "assistant"]
         assert "help you find your hammer" in history[0].content
         # A game event moves the story on: picking up the hammer brings Bram's scripted line.

@@ -14,9 +14,8 @@ from npc_engine.protocol import (
     Text,
     decode,
     encode,
-    error,
-    out,
 )
+from npc_engine.protocol import outgoing as O
 
 
 def pack(obj: object) -> bytes:
@@ -65,7 +64,7 @@ def test_malformed_messages_get_stable_codes(raw: bytes, code: ErrorCode) -> Non
 def test_errors_name_the_field_and_echo_the_request() -> None:
     err = code_of(pack({"v": 1, "type": "text", "session": "s9", "id": "req-1"}))
     assert "text" in err.message
-    wire = error(err)
+    wire = O.as_dict(O.Error.of(err))
     assert wire["type"] == "error" and wire["id"] == "req-1" and wire["session"] == "s9"
     assert wire["request_type"] == "text" and wire["code"] == "invalid_field"
 
@@ -76,9 +75,33 @@ def test_oversized_message_is_refused_before_parsing() -> None:
 
 
 def test_outgoing_messages_carry_version_and_drop_nones() -> None:
-    msg = out("pong", id=None, t=1.5)
-    assert msg == {"v": 1, "type": "pong", "t": 1.5}
-    assert msgpack.unpackb(encode(out("reply.audio", pcm=b"\x01\x02")))["pcm"] == b"\x01\x02"
+    msg = O.as_dict(O.Pong(id=None, t=1.5, server_time=2.0))
+    assert msg == {"v": 1, "type": "pong", "t": 1.5, "server_time": 2.0}
+    audio = O.ReplyAudio(session="s", turn=1, seq=3, chunk=0, pcm=b"\x01\x02", rate=24000, start=0.0, duration=0.1, text="Hm.")
+    wire = msgpack.unpackb(encode(audio))
+    assert wire["pcm"] == b"\x01\x02" and wire["type"] == "reply.audio" and wire["seq"] == 3
+    assert list(wire)[:2] == ["v", "type"]
+
+
+def test_story_messages_flatten_their_effect() -> None:
+    msg = O.StoryMessage(session="s", turn=2, seq=1, effect={"kind": "emit_event", "name": "door.open", "data": {}, "x": None})
+    assert O.as_dict(msg) == {
+        "v": 1, "type": "story", "session": "s", "turn": 2, "seq": 1, "kind": "emit_event", "name": "door.open", "data": {},
+    }
+
+
+def test_every_outgoing_type_is_documented() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    types = {cls.TYPE for cls in _subclasses(O.Outgoing) if "TYPE" in cls.__dict__}
+    assert {"reply.audio", "turn.end", "error", "hello.ok"} <= types
+    missing = [t for t in types if f"`{t}`" not in text]
+    assert not missing, f"docs/protocol.md does not document {missing}"
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def test_every_incoming_type_is_documented() -> None:

@@ -118,7 +118,7 @@ async def test_cancel_mid_stream_stops_the_turn_and_trims_history(client: Engine
     # Nothing of the cancelled turn arrives after its turn.end.
     await asyncio.sleep(0.5)
     assert turn.queue.empty()
-    history = await engine.engine.store.call("load_history", "player-cancel", "bram")
+    history = await engine.engine.store.load_history("player-cancel", "bram")
     assert history[-1].role == "assistant" and history[-1].interrupted
     assert history[-1].content == end["text"]
     # The session goes on.

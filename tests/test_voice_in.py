@@ -128,7 +128,7 @@ async def test_barge_in_cancels_the_speaking_turn_and_trims_history(client: Engi
     rest = await turn.collect(timeout=60)
     end = rest[-1]
     assert end["status"] == "cancelled" and end["interrupted"] is True
-    history = await engine.engine.store.call("load_history", "p-barge", "marta")
+    history = await engine.engine.store.load_history("p-barge", "marta")
     npc = [h for h in history if h.role == "assistant"][-1]
     assert npc.interrupted and npc.content == end["text"]
     follow = await s.next_turn(timeout=30)  # the player's interruption becomes the next turn
@@ -141,9 +141,10 @@ async def test_push_to_talk_release_reuses_the_speculative_decode(client: Engine
     s = await client.open_session("bram", "p-ptt-spec", greet=False, audio=False)
     pcm, _ = clip("kokoro_am_michael_04.wav")  # ~1 s of trailing silence: the VAD sees it begin
     await stream(s, pcm)
-    session = engine.server.sessions[s.id]
-    rec_stream = session.voice_input.recognizer.stream
-    await asyncio.sleep(0.3)  # let the STT thread drain the frames
+    voice = engine.server.sessions[s.id].voice_input
+    assert voice is not None
+    rec_stream = voice.recognizer.stream
+    await voice.drained()  # every frame recognised, the silence's speculative decode included
     before = rec_stream.decodes
     await s.end_audio()
     msgs = await (await s.next_turn(timeout=30)).collect(timeout=120)

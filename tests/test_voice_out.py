@@ -85,7 +85,7 @@ async def test_cancel_stops_audio_at_once(client: EngineClient, engine: Running)
     assert len([m for m in rest if m["type"] == "reply.audio"]) <= 1
     await asyncio.sleep(0.5)
     assert turn.queue.empty(), "no chunk of a cancelled turn after its turn.end"
-    history = await engine.engine.store.call("load_history", "p-vcancel", "aldric")
+    history = await engine.engine.store.load_history("p-vcancel", "aldric")
     assert history[-1].interrupted and history[-1].content == rest[-1]["text"]
     assert history[-1].content.startswith(heard[0].strip())
 
@@ -96,6 +96,8 @@ async def test_greeting_plays_from_the_line_cache(client: EngineClient, engine: 
     first = await (await s.next_turn(timeout=60)).collect(timeout=120)
     text = first[-1]["text"]
     assert any(cache.has(t, v) for t, v in engine.engine.scripted_lines() if t == text)
+    # The background pre-rendering renders other lines meanwhile (slowly, on a loaded machine).
+    await asyncio.wait_for(engine.engine.prerendered.wait(), timeout=600)
     renders_before = cache.renders
     s2 = await client.open_session("bram", "p-greet-2", greet=True)
     again = await (await s2.next_turn(timeout=60)).collect(timeout=120)
@@ -121,7 +123,7 @@ async def test_late_cancel_trims_memory_to_the_words_heard(client: EngineClient,
     ]
     await client.send({"type": "cancel", "session": s.id, "turn": end["turn"], "heard": heard})
     await asyncio.sleep(1.0)
-    npc = (await engine.engine.store.call("load_history", "p-heard", "bram"))[-1]
+    npc = (await engine.engine.store.load_history("p-heard", "bram"))[-1]
     assert npc.role == "assistant" and npc.interrupted
     assert npc.content == " ".join(expected)
     assert len(npc.content) < len(end["text"])

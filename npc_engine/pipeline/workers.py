@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ class ModelWorker:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def stream(self, make_iter: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncIterator[T]:
+    async def stream(self, make_iter: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncGenerator[T, None]:
         """Drive a blocking iterator on this worker, yielding its items on the event loop.
 
         Items are handed over as soon as they are produced. Setting ``cancel`` (or

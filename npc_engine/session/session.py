@@ -1,161 +1,128 @@
-"""A conversation between one player and one character, and the turns it is made of.
+"""A conversation between one player and one character: its lifecycle and its turns.
 
-A turn streams through the stages without waiting at any boundary: LLM deltas go to the
-cue parser, clean text goes out as ``reply.text`` and into the clause chunker, clauses
-queue for the synthesizer, and each synthesized chunk goes out as ``reply.audio`` with its
-viseme/word cues while the LLM is still writing the next clause. Cancelling a turn (a
-``cancel``, a new line from the player, or barge-in) sets one event that every stage
-checks, and the conversation history keeps only what the player actually got.
+The session schedules turns (one at a time: a new one cuts off the one running, whose
+``turn.end`` still goes first), composes each turn from the stages in ``npc_engine.turns``,
+and keeps the conversation's memory. Everything a turn does is stopped through its
+``TurnHandle``. Microphone audio is handled by ``VoiceInput``, which reaches the session only
+through the ``VoiceHooks`` protocol it implements.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Literal
 
 from npc_engine import prom
 from npc_engine.characters import Character
-from npc_engine.story.lines import Line
+from npc_engine.engine import Engine
 from npc_engine.metrics import TurnClock, turn_log_line
-from npc_engine.pipeline.base import GenOptions, ModelError, SpeechChunk, Voice
-from npc_engine.pipeline.chunker import ClauseChunker
-from npc_engine.pipeline.cues import Cue, CueParser
+from npc_engine.pipeline.base import ChatMessage, GenOptions
+from npc_engine.pipeline.cues import CueParser
 from npc_engine.pipeline.prompt import build_messages, system_prompt
-from npc_engine.protocol import ErrorCode, ProtocolError, error, out
-from npc_engine.store import HistoryEntry
+from npc_engine.protocol import outgoing as msg
+from npc_engine.protocol.errors import ErrorCode, ProtocolError
+from npc_engine.protocol.outgoing import Outgoing, TurnSource
+from npc_engine.session.memory import Memory
+from npc_engine.session.story import lines_by_character, story_message
+from npc_engine.session.voice import VoiceInput
+from npc_engine.story.lines import Line
+from npc_engine.story.state import Scalar, StoryEffect
+from npc_engine.tasks import BackgroundTasks
+from npc_engine.turns.handle import TurnHandle, TurnOutbox
+from npc_engine.turns.reply import Guard, LlmCall, ahead, model_reply, pass_through
+from npc_engine.turns.speech import Speakable, VoiceOut, from_list, line_cues, speak
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], None]
-async def _empty() -> AsyncIterator[str]:
-    return
-    yield
-
-
-def effect_message(effect: Any) -> dict[str, Any]:
-    """A story effect as the fields of a ``story`` message (``kind`` plus its data; lines come templated)."""
-    return {k: v for k, v in effect.to_dict().items() if v is not None}
-
-
-@dataclass
-class Speakable:
-    text: str
-    cues: list[Cue] = field(default_factory=list)
-    prerendered: bool = False  # a scripted line: from the line cache, no synthesis wait
-
-
-def line_cues(emotion: str | None, gesture: str | None) -> list[Cue]:
-    cues = [Cue("emotion", emotion)] if emotion else []
-    return cues + ([Cue("gesture", gesture)] if gesture else [])
-
-
-def scripted_speakable(say_line: dict[str, Any]) -> Speakable:
-    """A story ``say_line`` effect (already templated) as something to speak."""
-    return Speakable(say_line["text"], line_cues(say_line.get("emotion"), say_line.get("gesture")), prerendered=True)
-
-
-@dataclass
-class Turn:
-    id: int
-    source: str  # "text" | "voice" | "greeting" | "story"
-    clock: TurnClock = field(default_factory=TurnClock)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    task: asyncio.Task[None] | None = None
-    seq: itertools.count[int] = field(default_factory=itertools.count)
-    delivered: list[str] = field(default_factory=list)  # text of the audio chunks sent (what was heard)
-    text_sent: list[str] = field(default_factory=list)  # reply.text deltas sent (what was read)
-    tokens: int = 0
-    audio_seconds: float = 0.0
-    status: str = "ok"
-    interrupted: bool = False
-    synth: Any = None
-    # Timeline of what was sent, in seconds of the turn's audio: (start, text) per word, or
-    # per chunk when a voice has no word timings. Lets a late cancel trim to what was heard.
-    heard_marks: list[tuple[float, str]] = field(default_factory=list)
-    heard: float | None = None  # set by a cancel that says how much the player heard
-
-    def heard_text(self, seconds: float) -> str:
-        return " ".join(text for start, text in self.heard_marks if start < seconds)
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel.is_set()
+Send = Callable[[Outgoing], None]
+# Scripted lines a turn's story effects give to *other* characters, by character id; the
+# server starts a story turn in that player's session with each of them.
+RouteLines = Callable[[str, Mapping[str, list[Speakable]]], None]
+Mode = Literal["push_to_talk", "open_mic"]
 
 
 class Session:
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         session_id: str,
         character: Character,
         player: str,
         send: Send,
         *,
         audio: bool = True,
-        mode: str = "push_to_talk",
-        speak_elsewhere: Callable[[str, list[dict[str, Any]], str | None], None] | None = None,
+        mode: Mode = "push_to_talk",
+        route_lines: RouteLines | None = None,
+        guard: Guard = pass_through,
     ) -> None:
         self.engine = engine
         self.id = session_id
         self.character = character
         self.player = player
-        self.audio = audio and engine.synth is not None
         self.mode = mode
         self._send = send
-        # Story lines this session's turns trigger for *other* characters go to their sessions.
-        self._speak_elsewhere = speak_elsewhere
-        self.voice = Voice(character.voice.id, character.voice.speed)
-        self.history: list[HistoryEntry] = []
-        self.current: Turn | None = None
-        self.last_turn: Turn | None = None  # the latest finished turn, for a late cancel
+        self._route_lines = route_lines
+        self._guard = guard
+        self.voice_out: VoiceOut = engine.voice_out(character, audio)
+        self.memory = Memory(engine.store, player, character.id, engine.cfg.history_turns)
+        self.current: TurnHandle | None = None
+        self.last_turn: TurnHandle | None = None  # the latest finished turn, for a late cancel
         self._turn_ids = itertools.count(1)
         self._line_rotation = itertools.count()
+        self._speculative: set[TurnHandle] = set()
+        self._tasks = BackgroundTasks(f"session {session_id}")
         self.closed = False
-        self.voice_input: Any = None  # npc_engine.voice_input.VoiceInput, created on first audio
+        self.voice_input: VoiceInput | None = None  # created on the first audio frame
         self._warm: asyncio.Task[None] | None = None
+
+    @property
+    def audio(self) -> bool:
+        return self.voice_out.audio
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self, vars: dict[str, Any]) -> dict[str, Any]:
-        """Load memory and story state; returns the fields of ``session.opened``."""
+    async def open(self, vars: Mapping[str, Scalar]) -> msg.SessionOpened:
+        """Load memory and story state; returns ``session.opened`` (without the request id)."""
         eng = self.engine
-        self.history = await eng.store.call("load_history", self.player, self.character.id, 2 * eng.cfg.history_turns)
+        await self.memory.load()
         state = await eng.story_state(self.player, vars)
         beat = eng.story.active_beat(state, self.character.id)
         # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
-        self._warm = asyncio.get_running_loop().create_task(self._warm_llm())
-        return {
-            "session": self.id,
-            "character": self.character.id,
-            "name": self.character.name,
-            "player": self.player,
-            "resumed": bool(self.history),
-            "beat": beat.id if beat else None,
-            "audio": self.audio,
-            "sample_rate": eng.synth.sample_rate if self.audio else None,
-        }
+        self._warm = self._tasks.spawn(self._warm_llm(), "warm-up")
+        return msg.SessionOpened(
+            session=self.id,
+            character=self.character.id,
+            name=self.character.name,
+            player=self.player,
+            resumed=bool(self.memory.history),
+            beat=beat.id if beat else None,
+            audio=self.audio,
+            sample_rate=self.voice_out.voices[0].sample_rate if self.audio else None,
+        )
 
     async def _warm_llm(self) -> None:
         try:
-            msgs = await self._messages("Hello.")
-            await self.engine.llm_worker.run(self.engine.chat.warm_up, msgs[:1], self.id)
+            messages = await self._messages("Hello.")
+            await self.engine.llm_worker.run(self.engine.chat.warm_up, messages[:1], self.id)
         except Exception as exc:  # the first real turn will report it properly
             log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
 
     async def close(self) -> None:
         self.closed = True
         if self.voice_input is not None:
-            self.voice_input.close()
-        await self.cancel_current(interrupted=True)
+            await self.voice_input.close()
+        for spec in list(self._speculative):
+            self.drop_turn(spec)
+        turn = self.current
+        if turn is not None:
+            turn.cancel()
+            await turn.wait()
+        await self._tasks.wait()
 
-    # ------------------------------------------------------------------ voice in
+    # ------------------------------------------------------------------ voice in (VoiceHooks)
 
     def audio_in(self, pcm: bytes) -> None:
         self._voice().push(pcm)
@@ -163,61 +130,94 @@ class Session:
     def audio_end(self) -> None:
         self._voice().end()
 
-    def _voice(self) -> Any:
-        if self.engine.transcriber is None:
+    def _voice(self) -> VoiceInput:
+        eng = self.engine
+        if eng.transcriber is None or eng.vad_model is None:
             raise ProtocolError(
                 ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text instead",
                 session=self.id,
             )
         if self.voice_input is None:
-            from npc_engine.voice_input import VoiceInput
-
-            self.voice_input = VoiceInput(self)
+            self.voice_input = VoiceInput(
+                self, eng.transcriber, eng.vad_model, eng.stt_worker, eng.cfg, push_to_talk=self.mode == "push_to_talk"
+            )
         return self.voice_input
 
-    # ------------------------------------------------------------------ messages out
+    def npc_speaking(self) -> bool:
+        turn = self.current
+        return turn is not None and not turn.cancelled
 
-    def emit(self, type_: str, turn: Turn | None = None, **fields: Any) -> None:
-        if turn is not None:
-            fields["turn"] = turn.id
-            fields["seq"] = next(turn.seq)
-        self._send(out(type_, session=self.id, **fields))
+    def barge_in(self) -> None:
+        turn = self.current
+        if turn is not None and not turn.cancelled:
+            log.info("session %s: barge-in, the player spoke over turn %s", self.id, turn.id)
+            prom.barge_in()
+            turn.cancel()
 
-    def send_text(self, turn: Turn, delta: str) -> None:
-        if not turn.cancelled:
-            turn.text_sent.append(delta)
-            self.emit("reply.text", turn, delta=delta)
+    def transcript(self, text: str, final: bool, utterance: int) -> None:
+        self._send(msg.Transcript(session=self.id, text=text, final=final, utterance=utterance))
 
-    def emit_error(self, code: ErrorCode, message: str, turn: Turn | None = None) -> None:
-        if turn is None:
-            self._send(error(ProtocolError(code, message, session=self.id)))
-        else:  # inside a turn the error is one of its messages, in sequence
-            self.emit("error", turn, code=code.value, message=message)
+    def player_turn_ended(self, text: str, clock: TurnClock) -> None:
+        self.start_turn("voice", text, clock=clock)
 
-    # ------------------------------------------------------------------ turns
+    def report_error(self, code: ErrorCode, message: str) -> None:
+        self._send(msg.Error(session=self.id, code=code.value, message=message))
+
+    # ------------------------------------------------------------------ scheduling turns
 
     def start_turn(
         self,
-        source: str,
+        source: TurnSource,
         user_text: str | None,
+        *,
         clock: TurnClock | None = None,
-        request_id: Any = None,
-        scripted: list[Speakable] | None = None,
-    ) -> Turn:
-        """Start a turn now; a turn still running is cut off (the player spoke over it)."""
-        previous = self.current
-        if previous is not None and not previous.cancelled:
-            previous.interrupted = True
-            previous.cancel.set()
-        turn = Turn(next(self._turn_ids), source, clock=clock or TurnClock())
-        turn.synth = self.engine.synth
+        request_id: str | int | None = None,
+        scripted: Sequence[Speakable] = (),
+        speculative: bool = False,
+    ) -> TurnHandle:
+        """Start a turn now. A real turn cuts off the one running (the player spoke over it);
+        a speculative one runs beside it, silently, until ``commit_turn`` or ``drop``."""
+        turn_id = None if speculative else next(self._turn_ids)
+        turn = TurnHandle(
+            source, TurnOutbox(self._send, self.id, turn_id), clock=clock, user_text=user_text, request_id=request_id
+        )
         if self.audio and self.engine.tts_degraded:
             turn.clock.degrade("tts", self.engine.tts_degraded)
-        self.current = turn
-        turn.task = asyncio.get_running_loop().create_task(self._run(turn, user_text, previous, request_id, scripted))
+        previous = None
+        if speculative:
+            self._speculative.add(turn)
+        else:
+            previous = self._take_over(turn)
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(turn, previous, list(scripted)), name=f"turn {self.id}/{source}"
+        )
         return turn
 
-    def cancel_nowait(self, turn_id: int | None = None, heard: float | None = None) -> None:
+    async def commit_turn(self, turn: TurnHandle, decided_at: float | None = None) -> None:
+        """A speculative turn becomes the conversation's next turn: the one running is cut off
+        and ends first, then the speculative turn's held messages go out in order.
+        ``decided_at`` (perf_counter) restarts its clock at the end-of-turn decision."""
+        self._speculative.discard(turn)
+        previous = self._take_over(turn)
+        if previous is not None:
+            await previous.wait()
+        if decided_at is not None:
+            turn.clock.rebase(decided_at)
+        turn.commit(next(self._turn_ids))
+
+    def drop_turn(self, turn: TurnHandle) -> None:
+        """Abandon a speculative turn without a trace."""
+        self._speculative.discard(turn)
+        turn.drop()
+
+    def _take_over(self, turn: TurnHandle) -> TurnHandle | None:
+        previous = self.current
+        if previous is not None:
+            previous.cancel()
+        self.current = turn
+        return previous
+
+    def cancel(self, turn_id: int | None = None, heard: float | None = None) -> None:
         """Cancel the running turn (or only turn ``turn_id``); its turn.end follows on its own.
 
         With ``heard`` (seconds of the turn's audio the player heard), memory keeps only those
@@ -225,128 +225,120 @@ class Session:
         """
         turn = self.current
         if turn is not None and (turn_id is None or turn.id == turn_id):
-            turn.interrupted = True
-            turn.heard = heard
-            turn.cancel.set()
-        elif heard is not None and self.last_turn is not None and turn_id in (None, self.last_turn.id):
-            asyncio.get_running_loop().create_task(self._trim_heard(self.last_turn, heard))
+            turn.cancel(heard=heard)
+        elif heard is not None and (last := self.last_turn) is not None and turn_id in (None, last.id):
+            self._tasks.spawn(self.memory.trim_heard(last, heard), "trim-heard")
 
-    async def _trim_heard(self, turn: Turn, heard: float) -> None:
-        if not turn.heard_marks or turn.audio_seconds <= heard:
-            return  # heard it all (or nothing to go by)
-        text = turn.heard_text(heard)
-        last = self.history[-1] if self.history else None
-        if last is None or last.role != "assistant":
-            return
-        self.history[-1] = HistoryEntry("assistant", text, interrupted=True)
-        await self.engine.store.call("trim_last_reply", self.player, self.character.id, text)
-        log.info("session %s turn %d: the player heard %.1f of %.1f s; memory trimmed", self.id, turn.id, heard, turn.audio_seconds)
-
-    async def cancel_current(self, turn_id: int | None = None, interrupted: bool = True) -> None:
+    async def cancel_and_wait(self) -> None:
         turn = self.current
-        if turn is None or (turn_id is not None and turn.id != turn_id) or turn.task is None:
-            return
-        turn.interrupted = interrupted
-        turn.cancel.set()
-        await asyncio.shield(turn.task)
+        if turn is not None:
+            turn.cancel()
+            await turn.wait()
 
-    async def _run(
-        self, turn: Turn, user_text: str | None, previous: Turn | None, request_id: Any, scripted: list[Speakable] | None
-    ) -> None:
-        if previous is not None and previous.task is not None:
-            await asyncio.shield(previous.task)  # its turn.end and history go first
-        self.engine.live_turns += 1
+    # ------------------------------------------------------------------ a turn
+
+    async def _run(self, turn: TurnHandle, previous: TurnHandle | None, scripted: list[Speakable]) -> None:
+        if previous is not None:
+            await previous.wait()  # its turn.end and memory go first
+        self.engine.turns.enter()
         try:
-            self.emit("turn.start", turn, id=request_id, source=turn.source, input=user_text)
+            turn.emit(msg.TurnStart(id=turn.request_id, source=turn.source, input=turn.user_text))
             if turn.cancelled:
                 return  # superseded before it began: no story effects, no model work
-            if turn.source == "greeting":
-                await self._speak(turn, [self._scripted(self._pick(self.character.greetings))])
-            elif turn.source == "story":
-                assert scripted is not None
-                await self._speak(turn, scripted)
-                user_text = None
-            else:
-                assert user_text is not None
-                lines = await self._story_for_line(turn, user_text)
-                if lines:
-                    await self._speak(turn, lines)
-                else:
-                    await self._reply(turn, user_text)
+            await speak(turn, ahead(self._speakables(turn, scripted)), self.voice_out)
         except Exception as exc:
-            log.exception("session %s turn %d failed", self.id, turn.id)
+            log.exception("session %s turn %s failed", self.id, turn.id)
             turn.status = "error"
-            self.emit_error(ErrorCode.INTERNAL, f"the turn failed: {exc}", turn)
+            turn.emit(msg.Error.in_turn(ErrorCode.INTERNAL, f"the turn failed: {exc}"))
         finally:
-            self.engine.live_turns -= 1
-            await self._finish(turn, user_text)
+            self.engine.turns.leave()
+            await self._finish(turn)
 
-    async def _finish(self, turn: Turn, user_text: str | None) -> None:
+    async def _speakables(self, turn: TurnHandle, scripted: list[Speakable]) -> AsyncGenerator[Speakable, None]:
+        """What the turn says, by source: a greeting, story lines, or the answer to the player."""
+        if turn.source == "greeting":
+            lines = [self._scripted(self._pick(self.character.greetings))]
+        elif turn.source == "story":
+            lines = scripted
+        else:
+            assert turn.user_text is not None
+            lines = await self._story_for_line(turn, turn.user_text)
+            if not lines:
+                async for item in model_reply(
+                    turn, await self._llm_call(turn.user_text), self._cue_parser(),
+                    self.character.reply.max_sentences, self._fallback, self._guard,
+                ):
+                    yield item
+                return
+        async for item in from_list(lines, on_each=lambda s: self._send_text(turn, s.text)):
+            yield item
+
+    def _send_text(self, turn: TurnHandle, text: str) -> None:
+        if not turn.cancelled:
+            turn.delivered.text_sent.append(text)
+            turn.emit(msg.ReplyText(delta=text))
+
+    async def _finish(self, turn: TurnHandle) -> None:
+        if not await turn.decided():
+            return  # a dropped speculative turn: no turn.end, no memory
         if turn.cancelled and turn.status != "error":
             turn.status = "cancelled"
         elif turn.clock.degraded and turn.status == "ok":
             turn.status = "degraded"
         turn.clock.mark("total")
-        # History keeps what the player actually got before any cut: heard, or read if text-only.
-        got = turn.delivered if self.audio else ["".join(turn.text_sent)]
-        spoken = " ".join(t.strip() for t in got if t.strip())
-        if turn.heard is not None and turn.heard_marks and turn.heard < turn.audio_seconds:
-            spoken = turn.heard_text(turn.heard)
-        entries = []
-        if user_text:
-            entries.append(HistoryEntry("user", user_text))
-        if spoken:
-            entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
         # The session is done with this turn *before* the game hears turn.end: a cancel (with
         # `heard`) sent right after it must find the turn finished and its reply in memory.
-        self.history.extend(entries)
+        entries = self.memory.remember(turn, audio=self.audio)
         if self.current is turn:
             self.current = None
         self.last_turn = turn
-        self.emit(
-            "turn.end",
-            turn,
+        got = turn.delivered
+        turn.emit(msg.TurnEnd(
             status=turn.status,
             interrupted=turn.interrupted,
-            text=spoken,
+            text=entries[-1].content if entries and entries[-1].role == "assistant" else "",
             timings=turn.clock.timings(),
             degraded=turn.clock.degraded or None,
-            tokens=turn.tokens,
-            audio_seconds=round(turn.audio_seconds, 3),
-        )
+            tokens=got.tokens,
+            audio_seconds=round(got.audio_seconds, 3),
+        ))
         prom.turn_ended(turn)
         log.info("%s", turn_log_line(self.id, self.character.id, turn))
-        if entries:
-            # Queued on the store's one thread, so a later trim of this reply is written after it.
-            await self.engine.store.call("append_history", self.player, self.character.id, entries)
+        await self.memory.persist(entries)
 
     # ------------------------------------------------------------------ story
 
-    async def _story_for_line(self, turn: Turn, text: str) -> list[Speakable]:
-        """Apply the story to the player's line; return scripted lines this character must say."""
+    async def _story_for_line(self, turn: TurnHandle, text: str) -> list[Speakable]:
+        """Apply the story to the player's line; return scripted lines this character must say.
+
+        A speculative turn changes nothing: if the line would move the story, it waits to be
+        committed before applying it (a dropped turn leaves the story as it was)."""
         eng = self.engine
+        if turn.speculative:
+            probe = (await eng.story_state(self.player)).copy()
+            if eng.story.on_player_line(probe, self.character.id, text) and not await turn.decided():
+                return []
         async with eng.state_lock(self.player):
             state = await eng.story_state(self.player)
             effects = eng.story.on_player_line(state, self.character.id, text)
             if effects:
                 await eng.save_story_state(self.player)
-        return self._apply_effects(effects, turn)
+        return self.apply_effects(effects, turn)
 
-    def _apply_effects(self, effects: Iterable[Any], turn: Turn | None) -> list[Speakable]:
-        """Send the story's effects to the game; return the scripted lines this character must say."""
-        lines = []
-        msgs = [effect_message(eff) for eff in effects]
-        for msg in msgs:
-            if msg["kind"] == "say_line" and msg.get("character") == self.character.id:
-                lines.append(scripted_speakable(msg))
-            self.emit("story", turn, **msg)
-        if self._speak_elsewhere is not None:
-            self._speak_elsewhere(self.player, msgs, self.character.id)
-        return lines
+    def apply_effects(self, effects: Sequence[StoryEffect], turn: TurnHandle) -> list[Speakable]:
+        """Send the story's effects in the turn; return the lines this character says in it.
+        Lines for other characters go to their sessions."""
+        for effect in effects:
+            turn.emit(story_message(effect))
+        lines = lines_by_character(effects)
+        mine = lines.pop(self.character.id, [])
+        if lines and self._route_lines is not None:
+            self._route_lines(self.player, lines)
+        return mine
 
-    # ------------------------------------------------------------------ the LLM reply
+    # ------------------------------------------------------------------ the model's reply
 
-    async def _messages(self, user_text: str) -> list[Any]:
+    async def _messages(self, user_text: str) -> list[ChatMessage]:
         eng = self.engine
         state = await eng.story_state(self.player)
         cid = self.character.id
@@ -354,209 +346,40 @@ class Session:
             s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state, cid)
         ]
         objective = eng.story.objective(state, cid)
-        facts = [f"The player's name is {state.vars['player_name']}."] if state.vars.get("player_name") else []
+        name = state.vars.get("player_name")
+        facts = [f"The player's name is {name}."] if name else []
         system = system_prompt(self.character, objective, revealed, facts)
-        return build_messages(system, self.history, user_text, eng.cfg.history_turns)
+        return build_messages(system, self.memory.history, user_text, eng.cfg.history_turns)
 
-    async def _reply(self, turn: Turn, user_text: str) -> None:
+    async def _llm_call(self, user_text: str) -> LlmCall:
         eng = self.engine
-        ch = self.character
         if self._warm is not None:
             # A reply racing the warm-up would evaluate the same persona prompt twice, on
             # two llama.cpp slots, at the same time.
             await asyncio.shield(self._warm)
-        messages = await self._messages(user_text)
-        opts = GenOptions(max_tokens=ch.reply.max_tokens, temperature=eng.cfg.temperature)
-        parser = CueParser(ch.emotions, ch.gestures, ch.actions, speaker_names=[ch.name, ch.id])
-        chunker = ClauseChunker()
-        queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
-        speaker = asyncio.get_running_loop().create_task(self._speaker(turn, queue))
-        pending_cues: list[Cue] = []
-        sentences = 0
+        return LlmCall(
+            chat=eng.chat,
+            worker=eng.llm_worker,
+            messages=await self._messages(user_text),
+            options=GenOptions(max_tokens=self.character.reply.max_tokens, temperature=eng.cfg.temperature),
+            affinity=self.id,
+            first_token_budget_ms=eng.cfg.budget_llm_first_token_ms,
+            first_token_limit_ms=eng.cfg.llm_timeout_ms,
+        )
 
-        def take(parsed: Any, final: bool) -> bool:
-            """Route one parsed piece; False once the reply has its sentences (stop the model)."""
-            nonlocal sentences
-            for bad in parsed.rejected:
-                log.info("session %s: dropped cue [%s] not allowed for %s", self.id, bad, ch.id)
-            pending_cues.extend(parsed.cues)
-            if parsed.text:
-                self.send_text(turn, parsed.text)
-            clauses = chunker.feed(parsed.text) if parsed.text else []
-            if final:
-                clauses += chunker.flush()
-            for clause in clauses:
-                turn.clock.mark("first_clause")
-                queue.put_nowait(Speakable(clause, pending_cues.copy()))
-                pending_cues.clear()
-                sentences += clause.rstrip().endswith((".", "!", "?"))
-            return sentences < ch.reply.max_sentences
+    def _cue_parser(self) -> CueParser:
+        ch = self.character
+        return CueParser(ch.emotions, ch.gestures, ch.actions, speaker_names=[ch.name, ch.id])
 
-        stream = eng.llm_worker.stream(lambda: eng.chat.stream(messages, opts, turn.cancel, self.id), turn.cancel)
-        try:
-            first = await self._first_token(turn, stream)
-            if first is None and not turn.cancelled:
-                self._fallback(turn, queue)
-            elif first is not None:
-                turn.clock.mark("llm_first_token")
-                turn.tokens += 1
-                more = take(parser.feed(first), False)
-                async for delta in stream if more else _empty():
-                    turn.tokens += 1
-                    if not take(parser.feed(delta), False):
-                        more = False
-                        break  # enough said: small models ramble past the asked length
-                turn.clock.mark("llm_done")
-                if more and not turn.cancelled:
-                    take(parser.flush(), True)  # a reply cut at its sentence limit drops the dangling words
-        except ModelError as exc:
-            log.error("session %s turn %d: %s", self.id, turn.id, exc)
-            turn.clock.degrade("llm", str(exc))
-            code = ErrorCode.MODEL_UNAVAILABLE if exc.code == "model_unavailable" else ErrorCode.MODEL_ERROR
-            self.emit_error(code, str(exc), turn)
-            if not turn.cancelled:
-                self._fallback(turn, queue)
-        finally:
-            await stream.aclose()
-            queue.put_nowait(None)
-            await speaker
-
-    def _fallback(self, turn: Turn, queue: asyncio.Queue[Speakable | None]) -> None:
-        """Say one of the character's scripted fallback lines instead of the model's reply."""
-        if self.character.fallbacks:
-            line = self._scripted(self._pick(self.character.fallbacks))
-            self.send_text(turn, line.text)
-            queue.put_nowait(line)
-
-    async def _first_token(self, turn: Turn, stream: Any) -> str | None:
-        """Wait for the first delta: past the budget the turn is marked degraded, past the
-        hard limit it gives up (the caller speaks a fallback line). None: no reply at all."""
-        cfg = self.engine.cfg
-        nxt = asyncio.ensure_future(anext(stream))
-        try:
-            done, _ = await asyncio.wait({nxt}, timeout=cfg.budget_llm_first_token_ms / 1000)
-            if not done:
-                turn.clock.degrade("llm", f"no first token within the {cfg.budget_llm_first_token_ms} ms budget")
-                done, _ = await asyncio.wait({nxt}, timeout=cfg.llm_timeout_ms / 1000)
-            if not done:
-                turn.clock.degrade("llm", f"gave up after {cfg.llm_timeout_ms} ms; fallback line")
-                return None
-            return nxt.result()
-        except StopAsyncIteration:
-            return None
-        finally:
-            if not nxt.done():
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await nxt  # the stream can only be closed once this anext has let go
-
-    # ------------------------------------------------------------------ speech out
-
-    async def _speak(self, turn: Turn, lines: list[Speakable]) -> None:
-        queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
-        for line in lines:
-            self.send_text(turn, line.text)
-            queue.put_nowait(line)
-        queue.put_nowait(None)
-        await self._speaker(turn, queue)
+    def _fallback(self) -> Speakable | None:
+        """One of the character's scripted fallback lines, said instead of the model's reply."""
+        return self._scripted(self._pick(self.character.fallbacks)) if self.character.fallbacks else None
 
     def _scripted(self, line: Line) -> Speakable:
         state = self.engine.story_states.get(self.player)
         text = self.engine.story.fill(line.text, state) if state else line.text
         return Speakable(text, line_cues(line.emotion, line.gesture), prerendered=True)
 
-    async def _speaker(self, turn: Turn, queue: asyncio.Queue[Speakable | None]) -> None:
-        """Synthesize queued clauses in order and send each as soon as it is ready."""
-        chunk_index = 0
-        offset = 0.0
-        while (item := await queue.get()) is not None:
-            if turn.cancelled:
-                continue  # drain without speaking
-            if not self.audio:
-                for cue in item.cues:
-                    self.emit("cue", turn, kind=cue.kind, name=cue.name)
-                continue
-            speech = await self._synthesize(turn, item)
-            if turn.cancelled:
-                continue
-            if speech is None:  # no voice left for this turn: the text still counts
-                for cue in item.cues:
-                    self.emit("cue", turn, kind=cue.kind, name=cue.name)
-                turn.delivered.append(item.text)
-                continue
-            turn.clock.mark("tts_first_chunk")
-            self.emit(
-                "reply.audio",
-                turn,
-                chunk=chunk_index,
-                pcm=speech.pcm.astype("<i2", copy=False).tobytes(),
-                rate=speech.sample_rate,
-                channels=1,
-                format="pcm_s16le",
-                start=round(offset, 4),
-                duration=round(speech.duration, 4),
-                text=item.text,
-            )
-            turn.clock.mark("first_audio_sent")
-            for cue in item.cues:
-                self.emit("cue", turn, kind=cue.kind, name=cue.name, chunk=chunk_index, at=0.0)
-            if speech.visemes:
-                self.emit(
-                    "cue", turn, kind="visemes", chunk=chunk_index,
-                    visemes=[{"viseme": v.label, "start": round(v.start, 4), "end": round(v.end, 4)} for v in speech.visemes],
-                )
-            if speech.words:
-                self.emit(
-                    "cue", turn, kind="words", chunk=chunk_index,
-                    words=[{"word": w.label, "start": round(w.start, 4), "end": round(w.end, 4)} for w in speech.words],
-                )
-            turn.delivered.append(item.text)
-            if speech.words:
-                turn.heard_marks += [(offset + w.start, w.label) for w in speech.words]
-            else:
-                turn.heard_marks.append((offset, item.text))
-            turn.audio_seconds += speech.duration
-            offset += speech.duration
-            chunk_index += 1
-
-    async def _synthesize(self, turn: Turn, item: Speakable) -> SpeechChunk | None:
-        eng = self.engine
-        synth = turn.synth
-        if synth is None:
-            return None
-        took: list[float] = []
-
-        def timed_synthesize() -> SpeechChunk:
-            t0 = time.perf_counter()  # on the TTS thread: synthesis time, not time queued
-            try:
-                return synth.synthesize(item.text, self.voice)
-            finally:
-                took.append((time.perf_counter() - t0) * 1000)
-
-        try:
-            if item.prerendered and eng.line_cache is not None and synth is eng.synth:
-                return await eng.tts_worker.run(eng.line_cache.get_or_render, item.text, self.voice)
-            speech = await eng.tts_worker.run(timed_synthesize)
-        except Exception as exc:
-            log.error("session %s turn %d: %s failed: %s", self.id, turn.id, getattr(synth, "name", "TTS"), exc)
-            fallback = eng.fallback_synth
-            if fallback is None or synth is fallback:
-                turn.clock.degrade("tts", f"synthesis failed ({exc}); text only for the rest of the turn")
-                turn.synth = None
-                return None
-            turn.clock.degrade("tts", f"{synth.name} failed ({exc}); espeak-ng for the rest of the turn")
-            turn.synth = fallback
-            return await self._synthesize(turn, item)
-        took_ms = took[0] if took else 0.0
-        limit_ms = max(eng.cfg.budget_tts_chunk_ms, eng.cfg.tts_max_rtf * speech.duration * 1000)
-        if took_ms > limit_ms and eng.fallback_synth is not None and synth is not eng.fallback_synth:
-            turn.clock.degrade(
-                "tts",
-                f"a {speech.duration:.1f} s chunk took {took_ms:.0f} ms to synthesize (limit {limit_ms:.0f} ms): "
-                "the voice cannot keep up with playback; espeak-ng for the rest",
-            )
-            turn.synth = eng.fallback_synth
-        return speech
-
     def _pick(self, lines: list[Line]) -> Line:
         return lines[next(self._line_rotation) % len(lines)]
+

@@ -10,97 +10,158 @@ server loop and frames are handled strictly in order.
   barge-in and to start the speculative decode when the player falls silent.
 * barge-in: player speech of at least ``barge_in_ms`` while the NPC's turn is running
   cancels that turn; a cough is shorter and is ignored.
+
+This module knows nothing of sessions: it talks to its owner through ``VoiceHooks``
+(LiveKit Agents' ``RecognitionHooks``), which the session implements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from npc_engine import prom
+from npc_engine.config import EngineConfig
 from npc_engine.metrics import TurnClock
-from npc_engine.pipeline.base import STT_SAMPLE_RATE
+from npc_engine.pipeline.base import STT_SAMPLE_RATE, Transcriber
+from npc_engine.pipeline.stt_common import SpeculativeStream
 from npc_engine.pipeline.stt_turns import TurnRecognizer, TurnUpdate
-from npc_engine.pipeline.vad import EndOfTurnDetector, TurnConfig
-from npc_engine.protocol import ErrorCode
-
-if TYPE_CHECKING:
-    from npc_engine.session import Session
+from npc_engine.pipeline.vad import EndOfTurnDetector, SileroVad, TurnConfig
+from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
-_END = object()
 MAX_BATCH = STT_SAMPLE_RATE // 10
+Pcm = npt.NDArray[np.int16]
+
+
+class VoiceHooks(Protocol):
+    """What voice input needs from its owner (the session)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def npc_speaking(self) -> bool:
+        """A turn of the NPC is running and not yet cancelled."""
+        ...
+
+    def barge_in(self) -> None:
+        """The player has spoken over the NPC long enough: cut its turn."""
+        ...
+
+    def transcript(self, text: str, final: bool, utterance: int) -> None: ...
+
+    def player_turn_ended(self, text: str, clock: TurnClock) -> None:
+        """The player finished a non-empty utterance; ``clock`` starts at the decision."""
+        ...
+
+    def report_error(self, code: ErrorCode, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyReleased:
+    at: float  # perf_counter of the audio.end's arrival: the turn's clock starts there
 
 
 class VoiceInput:
-    def __init__(self, session: Session) -> None:
-        eng = session.engine
-        self.session = session
-        self.engine = eng
-        detector = EndOfTurnDetector(eng.vad_model, TurnConfig(end_of_turn_ms=eng.cfg.end_of_turn_ms))
-        self.push_to_talk = session.mode == "push_to_talk"
-        self.recognizer = TurnRecognizer(detector, eng.transcriber.open_stream())
-        self.detector = detector
-        self.max_samples = int(eng.cfg.max_audio_seconds * STT_SAMPLE_RATE)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+    def __init__(
+        self,
+        hooks: VoiceHooks,
+        transcriber: Transcriber,
+        vad: SileroVad,
+        worker: ModelWorker,
+        cfg: EngineConfig,
+        *,
+        push_to_talk: bool,
+    ) -> None:
+        self.hooks = hooks
+        self.worker = worker
+        self.cfg = cfg
+        self.push_to_talk = push_to_talk
+        self.detector = EndOfTurnDetector(vad, TurnConfig(end_of_turn_ms=cfg.end_of_turn_ms))
+        self.recognizer = TurnRecognizer(self.detector, transcriber.open_stream())
+        self.max_samples = int(cfg.max_audio_seconds * STT_SAMPLE_RATE)
+        self._pending: deque[Pcm | _KeyReleased] = deque()
         self._task: asyncio.Task[None] | None = None
         self._samples = 0  # in the current utterance (push-to-talk: since the last audio.end)
         self._utterance = 0
         self._overlong = False
-        self._held: list[np.ndarray] | None = None  # push-to-talk frames held during a silence
+        self._held: list[Pcm] | None = None  # push-to-talk frames held during a silence
 
     # ------------------------------------------------------------------ from the server
 
     def push(self, pcm: bytes) -> None:
-        self._queue.put_nowait(np.frombuffer(pcm, dtype="<i2"))
+        self._pending.append(np.frombuffer(pcm, dtype="<i2"))
         self._ensure_task()
 
     def end(self) -> None:
-        self._queue.put_nowait((_END, time.perf_counter()))
+        self._pending.append(_KeyReleased(time.perf_counter()))
         self._ensure_task()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        self._pending.clear()
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def drained(self) -> None:
+        """Until every frame received so far has been recognised (tests wait on this, not on time)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"voice {self.hooks.id}")
 
     # ------------------------------------------------------------------ on the STT thread
 
     async def _drain(self) -> None:
-        worker = self.engine.stt_worker
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, tuple):  # audio.end
-                update = await worker.run(self._end_turn)
-                self._handle(update, ended_at=item[1])
-                continue
-            # Take what piled up, but at most ~100 ms per recognizer call: barge-in is checked
-            # between calls, so a burst of frames cannot delay it.
-            frames = [item]
-            n = len(item)
-            while n < MAX_BATCH and not self._queue.empty() and not isinstance(self._queue._queue[0], tuple):  # type: ignore[attr-defined]
-                frames.append(self._queue.get_nowait())
-                n += len(frames[-1])
-            pcm = frames[0] if len(frames) == 1 else np.concatenate(frames)
-            if self._too_long(len(pcm)):
-                continue
+        while self._pending:
+            item = self._pending.popleft()
             try:
-                update = await worker.run(self._feed, pcm)
-            except Exception as exc:
-                log.exception("session %s: speech recognition failed", self.session.id)
-                self.session.emit_error(ErrorCode.MODEL_ERROR, f"speech recognition failed: {exc}")
-                await worker.run(self.recognizer.reset)
-                continue
-            self._handle(update, ended_at=None)
+                if isinstance(item, _KeyReleased):
+                    update = await self.worker.run(self._end_turn)
+                    self._handle(update, ended_at=item.at)
+                    continue
+                pcm = self._batch(item)
+                if self._too_long(len(pcm)):
+                    continue
+                update = await self.worker.run(self._feed, pcm)
+                self._handle(update, ended_at=None)
+            except Exception as exc:  # the player's turn is lost: say so, and listen afresh
+                log.exception("session %s: speech recognition failed", self.hooks.id)
+                self.hooks.report_error(ErrorCode.MODEL_ERROR, f"speech recognition failed: {exc}")
+                await self.worker.run(self._reset)
 
-    def _feed(self, pcm: np.ndarray) -> TurnUpdate:
+    def _batch(self, first: Pcm) -> Pcm:
+        """Take what piled up, but at most ~100 ms per recognizer call: barge-in is checked
+        between calls, so a burst of frames cannot delay it."""
+        frames = [first]
+        n = len(first)
+        while n < MAX_BATCH and self._pending and not isinstance(self._pending[0], _KeyReleased):
+            nxt = self._pending.popleft()
+            assert not isinstance(nxt, _KeyReleased)
+            frames.append(nxt)
+            n += len(nxt)
+        return frames[0] if len(frames) == 1 else np.concatenate(frames)
+
+    def _reset(self) -> None:
+        self.recognizer.reset()
+        self.detector.reset()
+        self._held = None
+
+    def _feed(self, pcm: Pcm) -> TurnUpdate:
         if not self.push_to_talk:
             return self.recognizer.feed(pcm)
         # Push-to-talk: the key says when the turn ends; the VAD watches for barge-in and
@@ -112,22 +173,20 @@ class VoiceInput:
         stream = self.recognizer.stream
         kinds = [e.kind for e in events]
         if self._held is None:
-            self._accept(stream, pcm, update)
+            self._accept(pcm, update)
             if kinds and kinds[-1] == "silence_start":
                 self._held = []
-                prepare = getattr(stream, "prepare_final", None)
-                if prepare is not None:
-                    prepare()
+                if isinstance(stream, SpeculativeStream):
+                    stream.prepare_final()
         else:
             self._held.append(pcm)
             if any(k in ("speech_resume", "speech_start") for k in kinds):
                 held, self._held = self._held, None
-                self._accept(stream, np.concatenate(held), update)
+                self._accept(np.concatenate(held), update)
         return update
 
-    @staticmethod
-    def _accept(stream: Any, pcm: np.ndarray, update: TurnUpdate) -> None:
-        partial = stream.accept(pcm)
+    def _accept(self, pcm: Pcm, update: TurnUpdate) -> None:
+        partial = self.recognizer.stream.accept(pcm)
         if partial is not None:
             update.partial = partial
 
@@ -152,26 +211,22 @@ class VoiceInput:
             return False
         if not self._overlong:
             self._overlong = True
-            self.session.emit_error(
+            self.hooks.report_error(
                 ErrorCode.BAD_AUDIO,
-                f"utterance longer than {self.engine.cfg.max_audio_seconds:.0f} s; it was dropped. "
+                f"utterance longer than {self.cfg.max_audio_seconds:.0f} s; it was dropped. "
                 "Send audio.end when the player stops talking",
             )
             self.recognizer.reset()  # safe: the drain loop is the recognizer's only user
         return True
 
     def _handle(self, update: TurnUpdate, ended_at: float | None) -> None:
-        session = self.session
-        if session.closed:
+        hooks = self.hooks
+        if hooks.closed:
             return
-        turn = session.current
-        if turn is not None and not turn.cancelled and self.detector.is_speech_ongoing(self.engine.cfg.barge_in_ms):
-            log.info("session %s: barge-in, the player spoke over turn %d", session.id, turn.id)
-            prom.barge_in()
-            turn.interrupted = True
-            turn.cancel.set()
+        if hooks.npc_speaking() and self.detector.is_speech_ongoing(self.cfg.barge_in_ms):
+            hooks.barge_in()
         if update.partial:
-            session.emit("transcript", None, text=update.partial, final=False, utterance=self._utterance)
+            hooks.transcript(update.partial, final=False, utterance=self._utterance)
         if update.final is None:
             return
         eot = next((e for e in update.events if e.kind == "end_of_turn"), None)
@@ -179,14 +234,13 @@ class VoiceInput:
         self._overlong = False
         utterance, self._utterance = self._utterance, self._utterance + 1
         text = update.final.strip()
-        session.emit("transcript", None, text=text, final=True, utterance=utterance)
+        hooks.transcript(text, final=True, utterance=utterance)
         if not text:
             return  # noise or silence: no turn
         # The turn's clock starts at the end-of-turn decision: the VAD's, or the key release.
         now = time.perf_counter()
-        t0 = ended_at if ended_at is not None else now - update.finalize_seconds
-        clock = TurnClock(t0=t0)
+        clock = TurnClock(t0=ended_at if ended_at is not None else now - update.finalize_seconds)
         if eot is not None:
             clock.before["end_of_turn_delay"] = eot.delay_ms
         clock.mark("stt_final")
-        session.start_turn("voice", text, clock=clock)
+        hooks.player_turn_ended(text, clock)

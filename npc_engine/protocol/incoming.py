@@ -1,64 +1,24 @@
-"""Wire protocol v1: one msgpack map per ZeroMQ message, ROUTER (engine) <-> DEALER (game).
+"""Game -> engine: the messages a game may send, validated into frozen pydantic models.
 
-Incoming messages are validated into pydantic models; anything malformed becomes a
-``ProtocolError`` with a stable ``ErrorCode`` that the server sends back as an ``error``
-message. Outgoing messages are plain dicts built by the small constructors at the bottom,
-so the hot path (audio chunks) does no model validation. ``docs/protocol.md`` is the
-human-readable form of this module; keep them in step.
+Anything malformed becomes a ``ProtocolError`` with a stable ``ErrorCode`` that the server
+sends back as an ``error`` message. ``docs/protocol.md`` section 4 is the human-readable
+form of this module; keep them in step.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = 1
-AUDIO_IN_RATE = 16_000
-AUDIO_OUT_RATE = 24_000
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~32 s of 16 kHz PCM16, far above a 20 ms frame
-
-
-class ErrorCode(str, Enum):
-    """Stable error codes. Clients switch on these; never rename one."""
-
-    BAD_MESSAGE = "bad_message"  # not msgpack, or not a map
-    UNSUPPORTED_VERSION = "unsupported_version"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID_FIELD = "invalid_field"  # a field is missing or of the wrong type
-    TOO_LARGE = "too_large"
-    UNKNOWN_CHARACTER = "unknown_character"
-    UNKNOWN_SESSION = "unknown_session"
-    SESSION_CLOSED = "session_closed"
-    BAD_AUDIO = "bad_audio"
-    BAD_STATE = "bad_state"  # a state.load blob that is corrupt or from another engine
-    MODEL_ERROR = "model_error"  # a model died mid-turn; the session goes on
-    MODEL_UNAVAILABLE = "model_unavailable"  # e.g. no Ollama server answers
-    OVERLOADED = "overloaded"
-    INTERNAL = "internal"
-
-
-class ProtocolError(Exception):
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        request_id: Any = None,
-        request_type: str | None = None,
-        session: str | None = None,
-        turn: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.request_type = request_type
-        self.session = session
-        self.turn = turn
-
+from npc_engine.protocol.errors import (
+    AUDIO_IN_RATE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+)
 
 # --------------------------------------------------------------------------- game -> engine
 
@@ -70,11 +30,14 @@ Bin = Annotated[bytes, Strict()]
 class _In(BaseModel):
     # Fields may grow in later minor versions: unknown keys are ignored, not errors.
     model_config = ConfigDict(extra="ignore", frozen=True)
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION; decode() refuses any other before validating
     id: RequestId = None
+    type: str  # narrowed to one Literal by each message
 
 
-class _InSession(_In):
+class InSession(_In):
+    """A message that names an open session."""
+
     session: str = Field(min_length=1, max_length=128)
 
 
@@ -94,12 +57,12 @@ class SessionOpen(_In):
     mode: Literal["push_to_talk", "open_mic"] = "push_to_talk"
 
 
-class Text(_InSession):
+class Text(InSession):
     type: Literal["text"]
     text: str = Field(min_length=1, max_length=2000)
 
 
-class Audio(_InSession):
+class Audio(InSession):
     type: Literal["audio"]
     pcm: Bin
     rate: int = AUDIO_IN_RATE
@@ -107,7 +70,7 @@ class Audio(_InSession):
     format: Literal["pcm_s16le"] = "pcm_s16le"
 
 
-class AudioEnd(_InSession):
+class AudioEnd(InSession):
     type: Literal["audio.end"]
 
 
@@ -119,7 +82,7 @@ class Event(_In):
     player: str | None = None
 
 
-class Cancel(_InSession):
+class Cancel(InSession):
     type: Literal["cancel"]
     turn: int | None = None
     # Seconds of the turn's audio the player heard before the cut. The engine usually sends
@@ -133,16 +96,16 @@ class StateGet(_In):
     player: str | None = None
 
 
-class StateSave(_InSession):
+class StateSave(InSession):
     type: Literal["state.save"]
 
 
-class StateLoad(_InSession):
+class StateLoad(InSession):
     type: Literal["state.load"]
     blob: Bin
 
 
-class SessionClose(_InSession):
+class SessionClose(InSession):
     type: Literal["session.close"]
 
 
@@ -176,13 +139,12 @@ def decode(raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incomin
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not a msgpack message ({exc or type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"a message must be a msgpack map, got {type(obj).__name__}")
-    rid = obj.get("id")
-    rid = rid if isinstance(rid, str | int) else None
-    mtype = obj.get("type")
-    ctx = {"request_id": rid, "request_type": mtype if isinstance(mtype, str) else None}
-    sess = obj.get("session")
-    if isinstance(sess, str):
-        ctx["session"] = sess
+    raw_id, mtype, sess = obj.get("id"), obj.get("type"), obj.get("session")
+    ctx = _Context(
+        request_id=raw_id if isinstance(raw_id, str | int) else None,
+        request_type=mtype if isinstance(mtype, str) else None,
+        session=sess if isinstance(sess, str) else None,
+    )
     if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
@@ -203,35 +165,17 @@ def decode(raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incomin
         raise ProtocolError(ErrorCode.INVALID_FIELD, _describe(exc), **ctx) from None
 
 
+class _Context(TypedDict):
+    """What an error reply echoes of a request it could not fully read."""
+
+    request_id: str | int | None
+    request_type: str | None
+    session: str | None
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
         loc = ".".join(str(p) for p in err["loc"][1:]) or "message"  # loc[0] is the union tag
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
-
-
-# --------------------------------------------------------------------------- engine -> game
-
-
-def encode(msg: dict[str, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
-
-
-def out(type_: str, **fields: Any) -> dict[str, Any]:
-    """An outgoing message: ``v`` and ``type`` first, ``None`` fields dropped."""
-    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": type_}
-    msg.update((k, v) for k, v in fields.items() if v is not None)
-    return msg
-
-
-def error(err: ProtocolError) -> dict[str, Any]:
-    return out(
-        "error",
-        code=err.code.value,
-        message=err.message,
-        id=err.request_id,
-        request_type=err.request_type,
-        session=err.session,
-        turn=err.turn,
-    )

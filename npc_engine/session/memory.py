@@ -1,0 +1,57 @@
+"""A conversation's memory: what was said between one player and one character.
+
+The history the prompt is built from lives here and in the store. It records only what the
+player actually got from a turn (heard, or read in a text-only session), so a reply cut off
+by barge-in is remembered as cut; a ``cancel`` with ``heard`` that arrives after the turn
+ended trims the remembered reply to the words the player heard.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from npc_engine.store import AsyncStore, HistoryEntry
+from npc_engine.turns.handle import TurnHandle
+
+log = logging.getLogger(__name__)
+
+
+class Memory:
+    def __init__(self, store: AsyncStore, player: str, character: str, window_turns: int) -> None:
+        self._store = store
+        self.player = player
+        self.character = character
+        self._window = window_turns
+        self.history: list[HistoryEntry] = []
+
+    async def load(self) -> None:
+        # Twice the prompt's window: user and assistant entries count separately.
+        self.history = await self._store.load_history(self.player, self.character, 2 * self._window)
+
+    def remember(self, turn: TurnHandle, *, audio: bool) -> list[HistoryEntry]:
+        """Record a finished turn in memory (not yet on disk); returns the new entries."""
+        entries = []
+        if turn.user_text:
+            entries.append(HistoryEntry("user", turn.user_text))
+        spoken = turn.delivered.spoken(audio, turn.heard)
+        if spoken:
+            entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
+        self.history.extend(entries)
+        return entries
+
+    async def persist(self, entries: list[HistoryEntry]) -> None:
+        if entries:
+            await self._store.append_history(self.player, self.character, entries)
+
+    async def trim_heard(self, turn: TurnHandle, heard: float) -> None:
+        """A late cancel: the player heard only ``heard`` seconds of a turn that already ended."""
+        got = turn.delivered
+        if not got.heard_marks or got.audio_seconds <= heard:
+            return  # heard it all (or nothing to go by)
+        last = self.history[-1] if self.history else None
+        if last is None or last.role != "assistant":
+            return
+        text = got.heard_text(heard)
+        self.history[-1] = HistoryEntry("assistant", text, interrupted=True)
+        await self._store.trim_last_reply(self.player, self.character, text)
+        log.info("turn %s: the player heard %.1f of %.1f s; memory trimmed", turn.id, heard, got.audio_seconds)

@@ -1,0 +1,191 @@
+"""A turn as a value: one NPC utterance, its messages, its one cancel path, and what it delivered.
+
+A ``TurnHandle`` is what the rest of the engine holds on to (LiveKit Agents' ``SpeechHandle``):
+``cancel(heard=...)`` is the only way to stop a turn, whoever asks (a ``cancel`` message, a
+new line from the player, barge-in, ``state.load``, closing the session, a vanished game).
+It sets one ``threading.Event`` that the model threads poll between tokens and chunks, and
+that every stage checks between items.
+
+A turn can start **speculatively**: it runs (model work, synthesis) but its messages are
+held in its outbox and it has no turn id yet. ``commit(turn_id)`` numbers it and lets its
+messages out in order; ``drop()`` cancels it and throws the held messages away, so nothing
+of it reaches the game or the conversation's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from npc_engine.metrics import TurnClock
+from npc_engine.protocol.outgoing import Outgoing, SessionMessage, TurnSource, TurnStatus
+
+
+class Decision(Enum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    DROPPED = "dropped"
+
+
+class TurnOutbox:
+    """Stamps a turn's messages with session, turn id and sequence number, in send order.
+
+    While the turn is speculative (no id yet) messages are held; they are numbered only when
+    they go out, so a dropped turn leaves no gap in anyone's sequence.
+    """
+
+    def __init__(self, send: Callable[[Outgoing], None], session: str, turn_id: int | None) -> None:
+        self._send = send
+        self.session = session
+        self.turn_id = turn_id
+        self._seq = itertools.count()
+        self._held: list[SessionMessage] | None = [] if turn_id is None else None
+
+    def emit(self, msg: SessionMessage) -> None:
+        if self._held is not None:
+            self._held.append(msg)
+        else:
+            self._send(dataclasses.replace(msg, session=self.session, turn=self.turn_id, seq=next(self._seq)))
+
+    def open(self, turn_id: int) -> None:
+        """Number the turn and send what was held, in order."""
+        held, self._held = self._held or [], None
+        self.turn_id = turn_id
+        for msg in held:
+            self.emit(msg)
+
+    def discard(self) -> int:
+        held, self._held = self._held or [], []
+        return len(held)
+
+
+@dataclass
+class Delivered:
+    """What the player actually got from a turn: the basis of its memory and of ``turn.end``."""
+
+    audio_text: list[str] = field(default_factory=list)  # text of each audio chunk sent (heard)
+    text_sent: list[str] = field(default_factory=list)  # reply.text deltas sent (read)
+    # Timeline of the audio sent, in seconds of the turn's audio: (start, text) per word, or
+    # per chunk when a voice has no word timings. A late cancel trims memory to what was heard.
+    heard_marks: list[tuple[float, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    tokens: int = 0
+
+    def heard_text(self, seconds: float) -> str:
+        return " ".join(text for start, text in self.heard_marks if start < seconds)
+
+    def spoken(self, audio: bool, heard: float | None) -> str:
+        """The reply as the player got it: heard (audio session) or read (text-only)."""
+        got = self.audio_text if audio else ["".join(self.text_sent)]
+        text = " ".join(t.strip() for t in got if t.strip())
+        if heard is not None and self.heard_marks and heard < self.audio_seconds:
+            text = self.heard_text(heard)
+        return text
+
+
+class TurnHandle:
+    def __init__(
+        self,
+        source: TurnSource,
+        outbox: TurnOutbox,
+        *,
+        clock: TurnClock | None = None,
+        user_text: str | None = None,
+        request_id: str | int | None = None,
+    ) -> None:
+        self.source: TurnSource = source
+        self.user_text = user_text
+        self.request_id = request_id
+        self.clock = clock or TurnClock()
+        self.outbox = outbox
+        self.delivered = Delivered()
+        self.status: TurnStatus = "ok"
+        self.interrupted = False
+        self.heard: float | None = None  # seconds of audio the player heard, from a cancel
+        self.stop = threading.Event()  # polled by model threads; set only through cancel()
+        self.task: asyncio.Task[None] | None = None
+        self._decision = Decision.PENDING if outbox.turn_id is None else Decision.COMMITTED
+        self._decided = asyncio.Event()
+        if self._decision is Decision.COMMITTED:
+            self._decided.set()
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def id(self) -> int | None:
+        """The turn id the game sees; None while the turn is speculative."""
+        return self.outbox.turn_id
+
+    @property
+    def speculative(self) -> bool:
+        return self._decision is Decision.PENDING
+
+    @property
+    def dropped(self) -> bool:
+        return self._decision is Decision.DROPPED
+
+    @property
+    def tokens(self) -> int:
+        return self.delivered.tokens
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.delivered.audio_seconds
+
+    # ------------------------------------------------------------------ the one cancel path
+
+    def cancel(self, *, heard: float | None = None, interrupted: bool = True) -> None:
+        """Stop the turn at the next token / chunk; its ``turn.end`` follows on its own."""
+        if heard is not None:
+            self.heard = heard
+        if not self.stop.is_set():
+            self.interrupted = interrupted
+            self.stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def wait(self) -> None:
+        """Until the turn has ended (its ``turn.end`` sent and its memory recorded)."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    # ------------------------------------------------------------------ speculation
+
+    def commit(self, turn_id: int) -> None:
+        """Make a speculative turn real: number it and send what it held, in order."""
+        if self._decision is not Decision.PENDING:
+            raise RuntimeError(f"turn already {self._decision.value}")
+        self._decision = Decision.COMMITTED
+        self.outbox.open(turn_id)
+        self._decided.set()
+
+    def drop(self) -> None:
+        """Abandon a speculative turn without a trace: stop it, discard its messages."""
+        if self._decision is not Decision.PENDING:
+            raise RuntimeError(f"turn already {self._decision.value}")
+        self._decision = Decision.DROPPED
+        self.outbox.discard()
+        self.stop.set()
+        self._decided.set()
+
+    async def decided(self) -> bool:
+        """Wait until the turn is committed (True) or dropped (False)."""
+        await self._decided.wait()
+        return self._decision is Decision.COMMITTED
+
+    # ------------------------------------------------------------------ messages
+
+    def emit(self, msg: SessionMessage) -> None:
+        if self._decision is not Decision.DROPPED:
+            self.outbox.emit(msg)

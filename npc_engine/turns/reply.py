@@ -1,0 +1,223 @@
+"""The model's reply as a chain of stages over async iterators.
+
+    llm_deltas -> parse_cues -> guard -> send_text -> clauses -> (ahead) -> speak
+
+Each stage is a small async generator that takes the previous stage's iterator and the
+turn; none waits for a whole result it does not need. Stopping is the same everywhere: a
+cancelled turn (``turn.stop``) makes the model thread stop at its next token, and every
+stage stops pulling; a stage that has had enough (the sentence limit) simply returns, and
+closing its input (``aclosing``) ripples the stop up to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TypeVar
+
+from npc_engine.pipeline.base import ChatMessage, ChatModel, GenOptions, ModelError
+from npc_engine.pipeline.chunker import ClauseChunker
+from npc_engine.pipeline.cues import Cue, CueParser, Parsed
+from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.protocol import outgoing as msg
+from npc_engine.protocol.errors import ErrorCode
+from npc_engine.turns.handle import TurnHandle
+from npc_engine.turns.speech import Speakable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A guard sees the parsed reply before anything of it is sent or spoken, and may drop or
+# rewrite pieces of it (issue: the guard stage). The default lets everything through.
+Guard = Callable[[AsyncGenerator[Parsed, None]], AsyncGenerator[Parsed, None]]
+
+
+def pass_through(parsed: AsyncGenerator[Parsed, None]) -> AsyncGenerator[Parsed, None]:
+    return parsed
+
+
+class NoFirstToken(Exception):
+    """The model gave no first token within the hard limit (or ended without a word)."""
+
+
+@dataclass(frozen=True)
+class LlmCall:
+    """One generation request: the model, its thread, and the first-token budgets (ms)."""
+
+    chat: ChatModel
+    worker: ModelWorker
+    messages: Sequence[ChatMessage]
+    options: GenOptions
+    affinity: str  # the conversation: backends keep its KV cache on one slot
+    first_token_budget_ms: float
+    first_token_limit_ms: float
+
+
+async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, None]:
+    """Stream the model's text deltas. Past the first-token budget the turn is marked degraded;
+    past the hard limit ``NoFirstToken`` is raised (the caller speaks a fallback line)."""
+    stream = call.worker.stream(lambda: call.chat.stream(call.messages, call.options, turn.stop, call.affinity), turn.stop)
+    spoke = False
+    try:
+        first = await _first(turn, stream, call)
+        if first is None:
+            if turn.cancelled:
+                return
+            raise NoFirstToken("the model ended without a word")
+        spoke = True
+        turn.clock.mark("llm_first_token")
+        turn.delivered.tokens += 1
+        yield first
+        async for delta in stream:
+            turn.delivered.tokens += 1
+            yield delta
+    finally:
+        if spoke:  # also when a later stage had enough and closed this one
+            turn.clock.mark("llm_done")
+        await stream.aclose()
+
+
+async def _first(turn: TurnHandle, stream: AsyncGenerator[str, None], call: LlmCall) -> str | None:
+    nxt: asyncio.Future[str] = asyncio.ensure_future(anext(stream))
+    try:
+        done, _ = await asyncio.wait({nxt}, timeout=call.first_token_budget_ms / 1000)
+        if not done:
+            turn.clock.degrade("llm", f"no first token within the {call.first_token_budget_ms:.0f} ms budget")
+            done, _ = await asyncio.wait({nxt}, timeout=call.first_token_limit_ms / 1000)
+        if not done:
+            turn.clock.degrade("llm", f"gave up after {call.first_token_limit_ms:.0f} ms; fallback line")
+            raise NoFirstToken(f"no first token after {call.first_token_limit_ms:.0f} ms")
+        return nxt.result()
+    except StopAsyncIteration:
+        return None
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt  # the stream can only be closed once this anext has let go
+
+
+async def parse_cues(
+    turn: TurnHandle, deltas: AsyncGenerator[str, None], parser: CueParser, on_rejected: Callable[[str], None]
+) -> AsyncGenerator[Parsed, None]:
+    """Take ``[emotion:happy]``-style cues and stage directions out of the text."""
+    async with aclosing(deltas):
+        async for delta in deltas:
+            parsed = parser.feed(delta)
+            for bad in parsed.rejected:
+                on_rejected(bad)
+            yield parsed
+    if not turn.cancelled:
+        yield parser.flush()  # the stream ended on its own: release what was held back
+
+
+async def send_text(turn: TurnHandle, parsed: AsyncGenerator[Parsed, None]) -> AsyncGenerator[Parsed, None]:
+    """Send the clean text as ``reply.text`` as soon as it is known (ahead of the audio)."""
+    async with aclosing(parsed):
+        async for piece in parsed:
+            if piece.text and not turn.cancelled:
+                turn.delivered.text_sent.append(piece.text)
+                turn.emit(msg.ReplyText(delta=piece.text))
+            yield piece
+
+
+async def clauses(
+    turn: TurnHandle, parsed: AsyncGenerator[Parsed, None], chunker: ClauseChunker, max_sentences: int
+) -> AsyncGenerator[Speakable, None]:
+    """Cut the text into speakable clauses (a short first one, then sentences), each carrying
+    the cues that came before it. Stops the model once the reply has its sentences: small
+    models ramble past the asked length, and a reply cut there drops its dangling words."""
+    pending: list[Cue] = []
+    sentences = 0
+    async with aclosing(parsed):
+        async for piece in parsed:
+            pending.extend(piece.cues)
+            for clause in chunker.feed(piece.text) if piece.text else []:
+                turn.clock.mark("first_clause")
+                yield Speakable(clause, pending.copy())
+                pending.clear()
+                sentences += clause.rstrip().endswith((".", "!", "?"))
+                if sentences >= max_sentences:
+                    return
+    if turn.cancelled:
+        return
+    for clause in chunker.flush():
+        turn.clock.mark("first_clause")
+        yield Speakable(clause, pending.copy())
+        pending.clear()
+
+
+async def model_reply(
+    turn: TurnHandle,
+    call: LlmCall,
+    parser: CueParser,
+    max_sentences: int,
+    fallback: Callable[[], Speakable | None],
+    guard: Guard = pass_through,
+) -> AsyncGenerator[Speakable, None]:
+    """The model's reply as speakables; a model that fails or stays silent gives way to a
+    scripted fallback line, and a failure is reported in the turn (``error``, ``degraded``)."""
+
+    def rejected(tag: str) -> None:
+        log.info("turn %s: dropped cue [%s] the character is not allowed", turn.id, tag)
+
+    chain = clauses(turn, send_text(turn, guard(parse_cues(turn, llm_deltas(turn, call), parser, rejected))),
+                    ClauseChunker(), max_sentences)
+    try:
+        async with aclosing(chain):
+            async for item in chain:
+                yield item
+        return
+    except NoFirstToken:
+        pass
+    except ModelError as exc:
+        log.error("turn %s: %s", turn.id, exc)
+        turn.clock.degrade("llm", str(exc))
+        code = ErrorCode.MODEL_UNAVAILABLE if exc.code == "model_unavailable" else ErrorCode.MODEL_ERROR
+        turn.emit(msg.Error.in_turn(code, str(exc)))
+    if not turn.cancelled and (line := fallback()) is not None:
+        turn.delivered.text_sent.append(line.text)
+        turn.emit(msg.ReplyText(delta=line.text))
+        yield line
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    exc: Exception
+
+
+class _End:
+    pass
+
+
+async def ahead(items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """Run ``items``' producer in its own task so it keeps going while the consumer works
+    (the model writes the next clause while this one is synthesized). The task is held and
+    always awaited or cancelled; a producer's exception reaches the consumer in order."""
+    queue: asyncio.Queue[T | _Failed | _End] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async with aclosing(items):
+                async for item in items:
+                    queue.put_nowait(item)
+        except Exception as exc:
+            queue.put_nowait(_Failed(exc))
+            return
+        queue.put_nowait(_End())
+
+    task = asyncio.get_running_loop().create_task(pump(), name="turn-ahead")
+    try:
+        while not isinstance(got := await queue.get(), _End):
+            if isinstance(got, _Failed):
+                raise got.exc
+            yield got
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

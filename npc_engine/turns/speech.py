@@ -1,0 +1,135 @@
+"""The last stages of a turn: synthesize each speakable and send it with its cues.
+
+``speak`` consumes ``Speakable`` items in order. For each it renders audio (through the turn's
+``FallbackSynthesizer``, on the TTS thread) and sends ``reply.audio`` followed by that chunk's
+cues, visemes and word timings: the one place a chunk's messages are put together. In a
+text-only session (or once no voice is left) only the emotion/gesture/action cues go out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
+from npc_engine.pipeline.cues import Cue
+from npc_engine.pipeline.line_cache import LineCache
+from npc_engine.pipeline.tts_fallback import FallbackSynthesizer, NoVoiceLeft, SynthBudget
+from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.protocol import outgoing as msg
+from npc_engine.turns.handle import TurnHandle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Speakable:
+    """A piece of the reply ready for the voice: clean text and the cues that go with it."""
+
+    text: str
+    cues: list[Cue] = field(default_factory=list)
+    prerendered: bool = False  # a scripted line: from the line cache, no synthesis wait
+
+
+def line_cues(emotion: str | None, gesture: str | None) -> list[Cue]:
+    cues = [Cue("emotion", emotion)] if emotion else []
+    return cues + ([Cue("gesture", gesture)] if gesture else [])
+
+
+@dataclass
+class VoiceOut:
+    """Everything a turn needs to speak: its voice chain (empty: text only) and where it runs."""
+
+    voices: Sequence[Synthesizer]
+    voice: Voice
+    worker: ModelWorker
+    budget: SynthBudget = field(default_factory=SynthBudget)
+    line_cache: LineCache | None = None
+
+    @property
+    def audio(self) -> bool:
+        return bool(self.voices)
+
+    def for_turn(self) -> FallbackSynthesizer:
+        return FallbackSynthesizer(self.voices, self.budget)
+
+
+async def synthesize(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable) -> SpeechChunk | None:
+    """Render one item; None once no voice is left (the turn goes on as text)."""
+    if chain.current is None:
+        return None
+    try:
+        if item.prerendered and out.line_cache is not None and chain.on_primary:
+            return await out.worker.run(out.line_cache.get_or_render, item.text, out.voice)
+        return await out.worker.run(chain.synthesize, item.text, out.voice)
+    except NoVoiceLeft:
+        return None
+    except Exception as exc:  # the line cache's voice failed: the chain takes over from here
+        log.error("turn %s: cached line failed to render: %s", turn.id, exc)
+        return await synthesize(turn, out, chain, Speakable(item.text, item.cues))
+    finally:
+        for reason in chain.take_degradations():
+            turn.clock.degrade("tts", reason)
+
+
+def emit_cues(turn: TurnHandle, cues: Sequence[Cue], chunk: int | None = None) -> None:
+    for cue in cues:
+        turn.emit(msg.Cue(kind=cue.kind, name=cue.name, chunk=chunk, at=0.0 if chunk is not None else None))
+
+
+def emit_chunk(turn: TurnHandle, index: int, offset: float, item: Speakable, speech: SpeechChunk) -> None:
+    """``reply.audio`` then its cues, visemes and words: the order docs/protocol.md promises."""
+    turn.emit(msg.ReplyAudio(
+        chunk=index,
+        pcm=speech.pcm.astype("<i2", copy=False).tobytes(),
+        rate=speech.sample_rate,
+        start=round(offset, 4),
+        duration=round(speech.duration, 4),
+        text=item.text,
+    ))
+    turn.clock.mark("first_audio_sent")
+    emit_cues(turn, item.cues, chunk=index)
+    if speech.visemes:
+        turn.emit(msg.Cue.track("visemes", index, [msg.Span(label=v.label, start=v.start, end=v.end) for v in speech.visemes]))
+    if speech.words:
+        turn.emit(msg.Cue.track("words", index, [msg.Span(label=w.label, start=w.start, end=w.end) for w in speech.words]))
+
+
+async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: VoiceOut) -> None:
+    """Synthesize items in order and send each as soon as it is ready; what was sent is recorded."""
+    chain = out.for_turn()
+    index = 0
+    got = turn.delivered
+    async with aclosing(items):
+        async for item in items:
+            if turn.cancelled:
+                continue  # drain without speaking: the producer stops on its own
+            if not out.audio:
+                emit_cues(turn, item.cues)
+                continue
+            speech = await synthesize(turn, out, chain, item)
+            if turn.cancelled:
+                continue
+            if speech is None:  # no voice left for this turn: the text still counts
+                emit_cues(turn, item.cues)
+                got.audio_text.append(item.text)
+                continue
+            turn.clock.mark("tts_first_chunk")
+            emit_chunk(turn, index, got.audio_seconds, item, speech)
+            got.audio_text.append(item.text)
+            if speech.words:
+                got.heard_marks += [(got.audio_seconds + w.start, w.label) for w in speech.words]
+            else:
+                got.heard_marks.append((got.audio_seconds, item.text))
+            got.audio_seconds += speech.duration
+            index += 1
+
+
+async def from_list(items: Sequence[Speakable], on_each: Callable[[Speakable], None] | None = None) -> AsyncGenerator[Speakable, None]:
+    """Scripted lines as a stage input (greetings, story lines, fallbacks)."""
+    for item in items:
+        if on_each is not None:
+            on_each(item)
+        yield item

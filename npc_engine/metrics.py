@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 # Stage marks in pipeline order; `turn.end` reports those that happened.
 STAGES: tuple[str, ...] = (
@@ -71,8 +71,8 @@ class TurnClock:
     def degrade(self, stage: str, reason: str) -> None:
         self.degraded.append({"stage": stage, "reason": reason})
 
-    def timings(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: round(v, 2) for k, v in self.before.items()}
+    def timings(self) -> dict[str, float]:
+        out: dict[str, float] = {k: round(v, 2) for k, v in self.before.items()}
         out.update({k: self.marks[k] for k in STAGES if k in self.marks})
         return out
 
@@ -126,7 +126,7 @@ class TurnLike(Protocol):
     def clock(self) -> TurnClock: ...
 
 
-def _ms(timings: dict[str, Any], key: str) -> str:
+def _ms(timings: dict[str, float], key: str) -> str:
     return f"{timings[key]:.0f}" if key in timings else "-"
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -92,11 +92,30 @@ def barge_in() -> None:
     BARGE_INS.inc()
 
 
+class _Turns(Protocol):
+    @property
+    def count(self) -> int: ...
+
+
+class _Engine(Protocol):
+    @property
+    def turns(self) -> _Turns: ...
+
+
+class Watched(Protocol):
+    """What the gauges read from a running server."""
+
+    @property
+    def sessions(self) -> Sized: ...
+    @property
+    def engine(self) -> _Engine: ...
+
+
 class _LiveCollector(Collector):
     """Gauges read from the running servers at scrape time (nothing to keep in sync)."""
 
     def __init__(self) -> None:
-        self.servers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.servers: weakref.WeakSet[Watched] = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         servers = list(self.servers)
@@ -113,7 +132,7 @@ _LIVE = _LiveCollector()
 REGISTRY.register(_LIVE)
 
 
-def watch_server(server: Any) -> None:
+def watch_server(server: Watched) -> None:
     """Let the gauges read ``server.sessions`` and ``server.engine.turns`` (held weakly)."""
     _LIVE.servers.add(server)
 

@@ -12,13 +12,13 @@ cannot be trusted to keep a secret it has been told.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from npc_engine.characters import Character
 from npc_engine.pipeline.base import ChatMessage
 from npc_engine.store import HistoryEntry
 
 
-def persona_prompt(character: Any) -> str:
+def persona_prompt(character: Character) -> str:
     """The stable part of a character's system prompt (cached across turns)."""
     lines = [
         f"You are {character.name}. {character.persona.strip()}",
@@ -40,7 +40,7 @@ def persona_prompt(character: Any) -> str:
     return "\n".join(lines)
 
 
-def _cue_help(character: Any) -> str:
+def _cue_help(character: Character) -> str:
     parts = []
     if character.emotions:
         parts.append(f"[emotion:X] with X one of {', '.join(character.emotions)}")
@@ -51,7 +51,7 @@ def _cue_help(character: Any) -> str:
     return "You may begin a sentence with " + " or ".join(parts) + "."
 
 
-def system_prompt(character: Any, objective: str | None, revealed_secrets: Iterable[str], facts: Iterable[str] = ()) -> str:
+def system_prompt(character: Character, objective: str | None, revealed_secrets: Iterable[str], facts: Iterable[str] = ()) -> str:
     text = persona_prompt(character)
     extra = [_sentence(f) for f in facts]
     secrets = [_sentence(s) for s in revealed_secrets]

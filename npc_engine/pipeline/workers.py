@@ -10,10 +10,16 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from typing_extensions import TypeVarTuple, Unpack
 
 T = TypeVar("T")
-_DONE = object()
+Ts = TypeVarTuple("Ts")
+
+
+class _Done:
+    """The producer finished."""
 
 
 class ModelWorker:
@@ -23,7 +29,7 @@ class ModelWorker:
         self.name = name
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"npc-{name}")
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def stream(self, make_iter: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncGenerator[T, None]:
@@ -33,7 +39,7 @@ class ModelWorker:
         closing the async iterator) makes the producer stop at its next item.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[T | _Done | BaseException] = asyncio.Queue()
         closed = threading.Event()
 
         def produce() -> None:
@@ -43,7 +49,7 @@ class ModelWorker:
                     loop.call_soon_threadsafe(queue.put_nowait, item)
                     if cancel.is_set() or closed.is_set():
                         break
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                loop.call_soon_threadsafe(queue.put_nowait, _Done())
             except BaseException as exc:  # hand the failure to the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
@@ -55,7 +61,7 @@ class ModelWorker:
         try:
             while True:
                 item = await queue.get()
-                if item is _DONE:
+                if isinstance(item, _Done):
                     break
                 if isinstance(item, BaseException):
                     raise item

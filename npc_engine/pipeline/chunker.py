@@ -62,6 +62,11 @@ class ClauseChunker:
     def first_emitted(self) -> bool:
         return self._first_done
 
+    @property
+    def pending(self) -> str:
+        """Text fed but not yet cut into a chunk (what a reply stopped now would leave unsaid)."""
+        return self._buf
+
     def feed(self, delta: str) -> list[str]:
         self._buf += self._strip_markup(delta)
         chunks: list[str] = []

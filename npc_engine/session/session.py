@@ -263,6 +263,8 @@ class Session:
         else:
             assert turn.user_text is not None
             lines = await self._story_for_line(turn, turn.user_text)
+            if turn.cancelled:
+                return
             if not lines:
                 async for item in model_reply(
                     turn, await self._llm_call(turn.user_text), self._cue_parser(),
@@ -314,6 +316,8 @@ class Session:
         A speculative turn changes nothing: if the line would move the story, it waits to be
         committed before applying it (a dropped turn leaves the story as it was)."""
         eng = self.engine
+        if turn.cancelled:
+            return []  # dropped or cut off before the story was touched: leave it as it was
         if turn.speculative:
             probe = (await eng.story_state(self.player)).copy()
             if eng.story.on_player_line(probe, self.character.id, text) and not await turn.decided():

@@ -75,14 +75,22 @@ class Delivered:
     heard_marks: list[tuple[float, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     tokens: int = 0
+    # Text already sent as reply.text that the reply does not include: the words after the
+    # sentence limit (the chunker only knows a sentence ended once the next word arrives).
+    unsaid: str = ""
 
     def heard_text(self, seconds: float) -> str:
         return " ".join(text for start, text in self.heard_marks if start < seconds)
 
     def spoken(self, audio: bool, heard: float | None) -> str:
         """The reply as the player got it: heard (audio session) or read (text-only)."""
-        got = self.audio_text if audio else ["".join(self.text_sent)]
-        text = " ".join(t.strip() for t in got if t.strip())
+        if audio:
+            text = " ".join(t.strip() for t in self.audio_text if t.strip())
+        else:
+            text = "".join(self.text_sent).strip()
+            unsaid = self.unsaid.strip()
+            if unsaid and text.endswith(unsaid):
+                text = text[: len(text) - len(unsaid)].rstrip()
         if heard is not None and self.heard_marks and heard < self.audio_seconds:
             text = self.heard_text(heard)
         return text
@@ -107,7 +115,8 @@ class TurnHandle:
         self.status: TurnStatus = "ok"
         self.interrupted = False
         self.heard: float | None = None  # seconds of audio the player heard, from a cancel
-        self.stop = threading.Event()  # polled by model threads; set only through cancel()
+        self.stop = threading.Event()  # polled by model threads; set only through cancel() / drop()
+        self._on_stop: list[Callable[[], None]] = []
         self.task: asyncio.Task[None] | None = None
         self._decision = Decision.PENDING if outbox.turn_id is None else Decision.COMMITTED
         self._decided = asyncio.Event()
@@ -145,7 +154,21 @@ class TurnHandle:
             self.heard = heard
         if not self.stop.is_set():
             self.interrupted = interrupted
-            self.stop.set()
+            self._stop()
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the turn is stopped (at once if it already is): a model call
+        waiting for its first token has its own stop event, linked here."""
+        if self.stop.is_set():
+            callback()
+        else:
+            self._on_stop.append(callback)
+
+    def _stop(self) -> None:
+        self.stop.set()
+        callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
 
     @property
     def cancelled(self) -> bool:
@@ -176,7 +199,7 @@ class TurnHandle:
             raise RuntimeError(f"turn already {self._decision.value}")
         self._decision = Decision.DROPPED
         self.outbox.discard()
-        self.stop.set()
+        self._stop()
         self._decided.set()
 
     async def decided(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -60,13 +61,18 @@ class LlmCall:
 async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, None]:
     """Stream the model's text deltas. Past the first-token budget the turn is marked degraded;
     past the hard limit ``NoFirstToken`` is raised (the caller speaks a fallback line)."""
-    stream = call.worker.stream(lambda: call.chat.stream(call.messages, call.options, turn.stop, call.affinity), turn.stop)
+    # The call has its own stop: set when the turn stops, and also when the turn gives up on
+    # the model (no first token by the hard limit), so the model thread is freed either way.
+    stop = threading.Event()
+    turn.on_stop(stop.set)
+    stream = call.worker.stream(lambda: call.chat.stream(call.messages, call.options, stop, call.affinity), stop)
     spoke = False
     try:
         first = await _first(turn, stream, call)
         if first is None:
             if turn.cancelled:
                 return
+            turn.clock.degrade("llm", "the model ended without a word; fallback line")
             raise NoFirstToken("the model ended without a word")
         spoke = True
         turn.clock.mark("llm_first_token")
@@ -78,6 +84,7 @@ async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, Non
     finally:
         if spoke:  # also when a later stage had enough and closed this one
             turn.clock.mark("llm_done")
+        stop.set()
         await stream.aclose()
 
 
@@ -135,14 +142,17 @@ async def clauses(
     sentences = 0
     async with aclosing(parsed):
         async for piece in parsed:
-            pending.extend(piece.cues)
+            # The piece's text may close the clause before its cues (the chunker sees a
+            # sentence end only when the next word comes): cues go with the clause after.
             for clause in chunker.feed(piece.text) if piece.text else []:
                 turn.clock.mark("first_clause")
                 yield Speakable(clause, pending.copy())
                 pending.clear()
                 sentences += clause.rstrip().endswith((".", "!", "?"))
                 if sentences >= max_sentences:
+                    turn.delivered.unsaid = chunker.pending
                     return
+            pending.extend(piece.cues)
     if turn.cancelled:
         return
     for clause in chunker.flush():
@@ -180,8 +190,10 @@ async def model_reply(
         code = ErrorCode.MODEL_UNAVAILABLE if exc.code == "model_unavailable" else ErrorCode.MODEL_ERROR
         turn.emit(msg.Error.in_turn(code, str(exc)))
     if not turn.cancelled and (line := fallback()) is not None:
-        turn.delivered.text_sent.append(line.text)
-        turn.emit(msg.ReplyText(delta=line.text))
+        sent = turn.delivered.text_sent
+        delta = line.text if not sent or sent[-1][-1:].isspace() else " " + line.text  # after a cut-off word
+        sent.append(delta)
+        turn.emit(msg.ReplyText(delta=delta))
         yield line
 
 

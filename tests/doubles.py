@@ -1,0 +1,206 @@
+"""TEST DOUBLES: a scripted chat model and a silent voice, used only by the unit layer (``tests/unit``).
+
+Nothing here is a model. ``ScriptedChat`` streams canned replies at a chosen pace and
+``SilenceSynth`` returns silence of a known length with exact word timings, so the turn
+logic (ordering, budgets, fallbacks, cancellation, memory) can be checked quickly and
+deterministically. Every end-to-end behaviour these stand in for also has a real-model test
+elsewhere in ``tests/`` (the embedded LLM, Kokoro and espeak-ng voices over the socket).
+
+Modelled on LiveKit Agents' ``FakeLLM`` / ``FakeTTS``: each double records what it was asked
+and can be told to be slow, to stall, or to fail, on purpose.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError, SpeechChunk, Timed, Voice
+
+# --------------------------------------------------------------------------- chat
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """One scripted reply; fields left ``None`` take the ``ScriptedChat``'s defaults."""
+
+    text: str
+    ttft_s: float | None = None  # time to the first token
+    tokens_per_s: float | None = None
+    fail_before_first_token: bool | None = None  # raise ModelError instead of the first token
+    fail_after_tokens: int | None = None  # raise ModelError after this many tokens
+    never_first_token: bool | None = None  # stall until cancelled (or the double is closed)
+
+
+@dataclass
+class ChatCall:
+    """What one ``stream()`` call was asked and what it did."""
+
+    messages: list[ChatMessage]
+    options: GenOptions
+    affinity: str | None
+    reply: str
+    total: int  # pieces in the reply
+    tokens: int = 0  # pieces actually yielded
+    saw_cancel: bool = False  # stopped because ``cancel`` was set
+    closed_early: bool = False  # the consumer closed the stream before its end
+    failed: bool = False  # raised ModelError
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.tokens < self.total
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Blocking: until the stream is over (run it with ``asyncio.to_thread``)."""
+        return self.finished.wait(timeout)
+
+
+def word_pieces(text: str) -> list[str]:
+    """The reply as the double streams it: one piece per word, leading space attached (like BPE)."""
+    return re.findall(r"\s*\S+", text)
+
+
+class ScriptedChat:
+    """A ``ChatModel`` that streams scripted replies, one per call, cycling through them.
+
+    ``stream`` runs on the LLM worker thread: it "thinks" for ``ttft_s``, then yields the reply
+    word piece by word piece at ``tokens_per_s``. Its waits are ``cancel.wait(...)``, so a
+    cancelled turn stops it at once. Pacing and failure options are read when a call starts.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[str | ScriptedReply],
+        *,
+        ttft_s: float = 0.01,
+        tokens_per_s: float = 500.0,
+        fail_before_first_token: bool = False,
+        fail_after_tokens: int | None = None,
+        never_first_token: bool = False,
+    ) -> None:
+        if not replies:
+            raise ValueError("ScriptedChat needs at least one reply")
+        self.name = "scripted-chat (test double)"
+        self.replies = [r if isinstance(r, ScriptedReply) else ScriptedReply(r) for r in replies]
+        self.ttft_s = ttft_s
+        self.tokens_per_s = tokens_per_s
+        self.fail_before_first_token = fail_before_first_token
+        self.fail_after_tokens = fail_after_tokens
+        self.never_first_token = never_first_token
+        self.calls: list[ChatCall] = []
+        self.warm_ups: list[tuple[list[ChatMessage], str | None]] = []
+        self.closed = threading.Event()  # releases a stalled stream (never_first_token)
+        self._lock = threading.Lock()
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+        affinity: str | None = None,
+    ) -> Iterator[str]:
+        with self._lock:
+            script = self.replies[len(self.calls) % len(self.replies)]
+            call = ChatCall(list(messages), options, affinity, script.text, total=len(word_pieces(script.text)))
+            self.calls.append(call)
+        return self._run(call, script, cancel)
+
+    def _run(self, call: ChatCall, script: ScriptedReply, cancel: threading.Event) -> Iterator[str]:
+        ttft = self.ttft_s if script.ttft_s is None else script.ttft_s
+        rate = self.tokens_per_s if script.tokens_per_s is None else script.tokens_per_s
+        fail_first = self.fail_before_first_token if script.fail_before_first_token is None else script.fail_before_first_token
+        fail_after = self.fail_after_tokens if script.fail_after_tokens is None else script.fail_after_tokens
+        never = self.never_first_token if script.never_first_token is None else script.never_first_token
+        try:
+            if fail_first:
+                call.failed = True
+                raise ModelError("scripted-chat: failed before the first token (test double)")
+            if never:
+                while not self.closed.is_set():
+                    if cancel.wait(0.02):
+                        call.saw_cancel = True
+                        return
+                return
+            if cancel.wait(ttft):
+                call.saw_cancel = True
+                return
+            for i, piece in enumerate(word_pieces(call.reply)):
+                if i and cancel.wait(1.0 / rate):
+                    call.saw_cancel = True
+                    return
+                if fail_after is not None and i >= fail_after:
+                    call.failed = True
+                    raise ModelError(f"scripted-chat: failed after {i} tokens (test double)")
+                call.tokens += 1
+                yield piece
+        except GeneratorExit:
+            call.closed_early = call.stopped_early
+            raise
+        finally:
+            call.finished.set()
+
+    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
+        self.warm_ups.append((list(messages), affinity))
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+# --------------------------------------------------------------------------- voice
+
+
+class SilenceSynth:
+    """A ``Synthesizer`` that renders ``seconds_per_word`` of int16 silence per word.
+
+    Word timings are exact and back to back (word ``i`` starts at ``i * seconds_per_word``);
+    the viseme track is one ``aa`` per word. ``fail_on`` holds the call indexes (0-based,
+    counting every call) that raise; ``fail_all`` makes every call raise; ``delay_s`` is
+    slept in every call (to overrun a ``SynthBudget``). ``texts`` records every call's text.
+    """
+
+    def __init__(
+        self,
+        name: str = "silence-a",
+        *,
+        seconds_per_word: float = 0.2,
+        sample_rate: int = 24_000,
+        fail_on: Iterable[int] = (),
+        fail_all: bool = False,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.sample_rate = sample_rate
+        self.samples_per_word = round(seconds_per_word * sample_rate)
+        self.fail_on = frozenset(fail_on)
+        self.fail_all = fail_all
+        self.delay_s = delay_s
+        self.texts: list[str] = []
+        self.voices: list[Voice] = []
+        self.warm_ups = 0
+
+    @property
+    def seconds_per_word(self) -> float:
+        return self.samples_per_word / self.sample_rate
+
+    def synthesize(self, text: str, voice: Voice) -> SpeechChunk:
+        index = len(self.texts)
+        self.texts.append(text)
+        self.voices.append(voice)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_all or index in self.fail_on:
+            raise RuntimeError(f"{self.name}: scripted failure on call {index} (test double)")
+        step = self.seconds_per_word
+        words = [Timed(w, i * step, (i + 1) * step) for i, w in enumerate(text.split())]
+        pcm = np.zeros(len(words) * self.samples_per_word, dtype=np.int16)
+        visemes = [Timed("aa", w.start, w.end) for w in words]
+        return SpeechChunk(text=text, pcm=pcm, sample_rate=self.sample_rate, visemes=visemes, words=words)
+
+    def warm_up(self) -> None:
+        self.warm_ups += 1

@@ -61,6 +61,21 @@ class EngineConfig:
     budget_tts_chunk_ms: int = 3000
     tts_max_rtf: float = 1.5
 
+    # Delivery: a game that stops reading gets at most this much queued for it, in bytes;
+    # past it its turns are cut (docs/protocol.md, Delivery).
+    max_outbox_bytes: int = 16 << 20
+
+    # Lifecycle and limits, per game connection.
+    session_idle_timeout_s: float = 1800.0  # a session nobody has spoken for in this long is closed
+    max_sessions_per_client: int = 64
+    max_queued_turns_per_client: int = 8  # turns waiting for the model at once
+    max_vars_bytes: int = 4096  # session.open vars, msgpack-encoded
+    max_players_cached: int = 1024  # story states kept in memory (the store keeps them all)
+
+    # Security: a non-loopback endpoint needs CURVE keys (`npc-engine keys`) unless insecure.
+    curve_secret_key: Path | None = None
+    insecure: bool = False
+
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_audio_seconds: float = 30.0  # per utterance
     metrics_port: int | None = None

@@ -28,6 +28,8 @@ class ErrorCode(str, Enum):
     MODEL_ERROR = "model_error"  # a model died mid-turn; the session goes on
     MODEL_UNAVAILABLE = "model_unavailable"  # e.g. no Ollama server answers
     OVERLOADED = "overloaded"
+    FORBIDDEN = "forbidden"  # the session or player belongs to another connection
+    SLOW_CONSUMER = "slow_consumer"  # the game stopped reading; its turns were cut to free the engine
     INTERNAL = "internal"
 
 

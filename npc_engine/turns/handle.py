@@ -75,9 +75,6 @@ class Delivered:
     heard_marks: list[tuple[float, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     tokens: int = 0
-    # Text already sent as reply.text that the reply does not include: the words after the
-    # sentence limit (the chunker only knows a sentence ended once the next word arrives).
-    unsaid: str = ""
 
     def heard_text(self, seconds: float) -> str:
         return " ".join(text for start, text in self.heard_marks if start < seconds)
@@ -88,9 +85,6 @@ class Delivered:
             text = " ".join(t.strip() for t in self.audio_text if t.strip())
         else:
             text = "".join(self.text_sent).strip()
-            unsaid = self.unsaid.strip()
-            if unsaid and text.endswith(unsaid):
-                text = text[: len(text) - len(unsaid)].rstrip()
         if heard is not None and self.heard_marks and heard < self.audio_seconds:
             text = self.heard_text(heard)
         return text

@@ -1,6 +1,6 @@
 """The model's reply as a chain of stages over async iterators.
 
-    llm_deltas -> parse_cues -> guard -> send_text -> clauses -> (ahead) -> speak
+    llm_deltas -> parse_cues -> guard -> clauses (+ reply.text) -> (ahead) -> speak
 
 Each stage is a small async generator that takes the previous stage's iterator and the
 turn; none waits for a whole result it does not need. Stopping is the same everywhere: a
@@ -122,36 +122,37 @@ async def parse_cues(
         yield parser.flush()  # the stream ended on its own: release what was held back
 
 
-async def send_text(turn: TurnHandle, parsed: AsyncGenerator[Parsed, None]) -> AsyncGenerator[Parsed, None]:
-    """Send the clean text as ``reply.text`` as soon as it is known (ahead of the audio)."""
-    async with aclosing(parsed):
-        async for piece in parsed:
-            if piece.text and not turn.cancelled:
-                turn.delivered.text_sent.append(piece.text)
-                turn.emit(msg.ReplyText(delta=piece.text))
-            yield piece
-
-
 async def clauses(
     turn: TurnHandle, parsed: AsyncGenerator[Parsed, None], chunker: ClauseChunker, max_sentences: int
 ) -> AsyncGenerator[Speakable, None]:
-    """Cut the text into speakable clauses (a short first one, then sentences), each carrying
-    the cues that came before it. Stops the model once the reply has its sentences: small
-    models ramble past the asked length, and a reply cut there drops its dangling words."""
+    """Send the clean text as ``reply.text`` as soon as it is known (ahead of the audio), and
+    cut it into speakable clauses (a short first one, then sentences), each carrying the cues
+    that came before it.
+
+    Stops the model once the reply has its sentences: small models ramble past the asked
+    length. The chunker sees that a sentence ended only when the next word arrives, so that
+    word is held back here rather than sent: a reply cut at its limit drops it everywhere."""
     pending: list[Cue] = []
     sentences = 0
     async with aclosing(parsed):
         async for piece in parsed:
-            # The piece's text may close the clause before its cues (the chunker sees a
-            # sentence end only when the next word comes): cues go with the clause after.
-            for clause in chunker.feed(piece.text) if piece.text else []:
+            ready = chunker.feed(piece.text) if piece.text else []
+            cut = next((i for i, c in enumerate(ready, 1) if sentences + _sentences_in(ready[:i]) >= max_sentences), None)
+            text = piece.text
+            if cut is not None:
+                ready = ready[:cut]
+                unsaid = chunker.pending
+                text = text[: len(text) - len(unsaid)] if unsaid and text.endswith(unsaid) else text if not unsaid else ""
+            _send_text(turn, text)
+            for clause in ready:
                 turn.clock.mark("first_clause")
                 yield Speakable(clause, pending.copy())
                 pending.clear()
-                sentences += clause.rstrip().endswith((".", "!", "?"))
-                if sentences >= max_sentences:
-                    turn.delivered.unsaid = chunker.pending
-                    return
+            if cut is not None:
+                return
+            sentences += _sentences_in(ready)
+            # The piece's text may close the clause before its cues (the chunker sees a
+            # sentence end only when the next word comes): cues go with the clause after.
             pending.extend(piece.cues)
     if turn.cancelled:
         return
@@ -159,6 +160,16 @@ async def clauses(
         turn.clock.mark("first_clause")
         yield Speakable(clause, pending.copy())
         pending.clear()
+
+
+def _sentences_in(clauses: list[str]) -> int:
+    return sum(c.rstrip().endswith((".", "!", "?")) for c in clauses)
+
+
+def _send_text(turn: TurnHandle, text: str) -> None:
+    if text and not turn.cancelled:
+        turn.delivered.text_sent.append(text)
+        turn.emit(msg.ReplyText(delta=text))
 
 
 async def model_reply(
@@ -175,8 +186,7 @@ async def model_reply(
     def rejected(tag: str) -> None:
         log.info("turn %s: dropped cue [%s] the character is not allowed", turn.id, tag)
 
-    chain = clauses(turn, send_text(turn, guard(parse_cues(turn, llm_deltas(turn, call), parser, rejected))),
-                    ClauseChunker(), max_sentences)
+    chain = clauses(turn, guard(parse_cues(turn, llm_deltas(turn, call), parser, rejected)), ClauseChunker(), max_sentences)
     try:
         async with aclosing(chain):
             async for item in chain:

@@ -141,6 +141,8 @@ async def test_sentence_limit_in_a_text_only_session_drops_the_dangling_words(ma
     turn = rig.session.start_turn("text", NEUTRAL)
     await turn.wait()
     assert end_of(rig.sent, 1).text == FIRST_TWO  # got "One two three. Four five six. Seven"
+    # The protocol's promise for text-only sessions: turn.end.text is what reply.text sent.
+    assert "".join(m.delta for m in rig.sent.of(msg.ReplyText)).strip() == FIRST_TWO
 
 
 async def test_turn_ids_count_up_per_session_and_seq_restarts(session: Session, sent: Sent) -> None:

@@ -10,14 +10,12 @@ the loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Mapping
 
 import zmq
 import zmq.asyncio
@@ -43,15 +41,14 @@ from npc_engine.protocol import (
     StateSave,
     Text,
     decode,
-    encode,
 )
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.incoming import InSession
+from npc_engine.server.outbox import Outbox
+from npc_engine.server.registry import SessionRegistry
+from npc_engine.server.state import StateRequests
 from npc_engine.session import Session
-from npc_engine.session.story import effect_fields, lines_by_character
-from npc_engine.store import BadBlob, parse_blob
 from npc_engine.tasks import BackgroundTasks
-from npc_engine.turns.speech import Speakable
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +63,17 @@ class Server:
         self.endpoint = endpoint or engine.cfg.endpoint
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
-        self.sessions: dict[str, Session] = {}
-        self.peers: dict[str, bytes] = {}  # session id -> the peer that last spoke for it
-        self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._outbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        self.registry = SessionRegistry()
+        self.state = StateRequests(engine, self.registry)
+        self.outbox: Outbox | None = None
         self._tasks = BackgroundTasks("server")
         self._stopping = asyncio.Event()
         self.bound_endpoint: str | None = None
         prom.watch_server(self)
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.registry.sessions
 
     # ------------------------------------------------------------------ run
 
@@ -90,76 +90,49 @@ class Server:
             sock.close()
             raise OSError(f"cannot listen on {self.endpoint}: {exc.strerror} (is another npc-engine running?)") from exc
         self.sock = sock
+        self.outbox = Outbox(sock, self._peer_gone)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.bound_endpoint
 
     async def serve(self) -> None:
         if self.sock is None:
             self.bind()
+        assert self.sock is not None and self.outbox is not None
         log.info("npc-engine %s listening on %s", __version__, self.bound_endpoint)
-        sender = asyncio.create_task(self._send_loop(), name="npc-send")
+        sender = asyncio.create_task(self.outbox.run(), name="npc-send")
         receiver = asyncio.create_task(self._recv_loop(), name="npc-recv")
         prerender = asyncio.create_task(self.engine.prerender_lines(), name="npc-prerender")
         await self._stopping.wait()
-        prerender.cancel()
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
-        await self._close_sessions()
+        for task in (prerender, receiver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.registry.close_all()
         await self._tasks.wait()
         # Let the turn.end / session.closed messages of the shutdown go out.
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drain(), timeout=1.0)
+            await asyncio.wait_for(self.outbox.drain(), timeout=1.0)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
-        assert self.sock is not None
         self.sock.close(linger=0)
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _drain(self) -> None:
-        await self._outbox.join()
-
-    async def _close_sessions(self) -> None:
-        for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.close()
-        self.sessions.clear()
-
     # ------------------------------------------------------------------ transport
 
     def send(self, peer: bytes, message: msg.Outgoing) -> None:
-        if isinstance(message, msg.Error):
-            prom.error_sent(message.code)
-        self._outbox.put_nowait((peer, encode(message)))
+        assert self.outbox is not None, "bind() first"
+        self.outbox.send(peer, message)
 
     def send_to_session(self, session_id: str, message: msg.Outgoing) -> None:
-        peer = self.peers.get(session_id)
+        peer = self.registry.peer_of(session_id)
         if peer is not None:
             self.send(peer, message)
 
-    async def _send_loop(self) -> None:
-        assert self.sock is not None
-        while True:
-            peer, payload = await self._outbox.get()
-            try:
-                await self.sock.send_multipart([peer, payload])
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:
-                    await self._peer_gone(peer)
-                else:
-                    log.error("send failed: %s", exc)
-            finally:
-                self._outbox.task_done()
-
     async def _peer_gone(self, peer: bytes) -> None:
-        # The game disconnected: stop talking to it, but keep its sessions (it may reconnect).
-        for sid, p in list(self.peers.items()):
-            if p == peer and (s := self.sessions.get(sid)) and s.current is not None:
-                log.info("game for session %s went away; cancelling its turn", sid)
-                s.current.cancel()
+        self.registry.peer_gone(peer)
 
     async def _recv_loop(self) -> None:
         assert self.sock is not None
@@ -191,18 +164,19 @@ class Server:
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch(self, peer: bytes, request: Incoming) -> None:
+        reply = functools.partial(self.send, peer)
         if isinstance(request, Hello):
-            self.send(peer, self._hello_ok(request))
+            reply(self._hello_ok(request))
         elif isinstance(request, Ping):
-            self.send(peer, msg.Pong(id=request.id, t=request.t, server_time=time.time()))
+            reply(msg.Pong(id=request.id, t=request.t, server_time=time.time()))
         elif isinstance(request, SessionOpen):
             await self._open(peer, request)
         elif isinstance(request, Event):
-            await self._event(peer, request)
+            await self.state.event(peer, request, reply)
         elif isinstance(request, StateGet):
-            await self._state_get(peer, request)
+            await self.state.get(peer, request, reply)
         else:
-            session = self._session(peer, request)
+            session = self.registry.get(request.session, request_id=request.id, request_type=request.type, peer=peer)
             if isinstance(request, Text):
                 session.start_turn("text", request.text, request_id=request.id)
             elif isinstance(request, Audio):
@@ -213,13 +187,12 @@ class Server:
             elif isinstance(request, Cancel):
                 session.cancel(request.turn, request.heard)  # its turn.end follows; never block the loop on it
             elif isinstance(request, StateSave):
-                await self._state_save(peer, session, request)
+                await self.state.save(session, request, reply)
             elif isinstance(request, StateLoad):
-                await self._state_load(peer, session, request)
+                await self.state.load(session, request, reply)
             elif isinstance(request, SessionClose):
                 # Closed at once for new messages; the reply follows once its turn has ended.
-                self.sessions.pop(session.id, None)
-                self._remember_closed(session.id)
+                self.registry.remove(session.id)
                 self._tasks.spawn(self._close(peer, session, request.id), f"close {session.id}")
 
     async def _close(self, peer: bytes, session: Session, request_id: str | int | None) -> None:
@@ -239,27 +212,6 @@ class Server:
             max_message_bytes=eng.cfg.max_message_bytes,
         )
 
-    def _session(self, peer: bytes, request: InSession | Event | StateGet) -> Session:
-        sid = request.session
-        session = self.sessions.get(sid) if sid is not None else None
-        if session is None:
-            if sid in self._closed:
-                raise ProtocolError(
-                    ErrorCode.SESSION_CLOSED, f"session {sid!r} is closed; open a new one",
-                    request_id=request.id, request_type=request.type, session=sid,
-                )
-            raise ProtocolError(
-                ErrorCode.UNKNOWN_SESSION, f"no open session {sid!r}; send session.open first",
-                request_id=request.id, request_type=request.type, session=sid,
-            )
-        self.peers[session.id] = peer  # a reconnecting game takes its session over
-        return session
-
-    def _remember_closed(self, sid: str) -> None:
-        self._closed[sid] = None
-        while len(self._closed) > 10_000:
-            self._closed.popitem(last=False)
-
     async def _open(self, peer: bytes, request: SessionOpen) -> None:
         eng = self.engine
         character = eng.characters.get(request.character)
@@ -270,18 +222,16 @@ class Server:
                 request_id=request.id, request_type=request.type,
             )
         sid = request.session or uuid.uuid4().hex[:12]
-        if sid in self.sessions:
+        if sid in self.registry:
             raise ProtocolError(
                 ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
                 request_type=request.type, session=sid,
             )
-        self._closed.pop(sid, None)
-        self.peers[sid] = peer
         session = Session(
             eng, sid, character, request.player, functools.partial(self.send_to_session, sid),
-            audio=request.audio, mode=request.mode, route_lines=self.speak_story_lines,
+            audio=request.audio, mode=request.mode, route_lines=self.registry.speak_story_lines,
         )
-        self.sessions[sid] = session
+        self.registry.add(session, peer)
         opened = await session.open(dict(request.vars))
         self.send(peer, dataclasses.replace(opened, id=request.id))
         log.info("session %s opened: player %s talks to %s", sid, request.player, character.id)
@@ -300,76 +250,6 @@ class Server:
             raise ProtocolError(
                 ErrorCode.BAD_AUDIO, problem, request_id=request.id, request_type=request.type, session=request.session
             )
-
-    def _player_of(self, peer: bytes, request: Event | StateGet) -> str:
-        if request.session:
-            return self._session(peer, request).player
-        if not request.player:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"{request.type} needs either 'session' or 'player'",
-                request_id=request.id, request_type=request.type,
-            )
-        return request.player
-
-    async def _state_get(self, peer: bytes, request: StateGet) -> None:
-        """The player's story state, for a quest log: no session (and no model work) needed."""
-        player = self._player_of(peer, request)
-        state = await self.engine.story_state(player)
-        self.send(peer, msg.StateReport(
-            id=request.id, session=request.session, player=player, beats=dict(state.current),
-            flags=dict(state.flags), vars=dict(state.vars), last_beat=state.last_beat,
-        ))
-
-    async def _event(self, peer: bytes, request: Event) -> None:
-        eng = self.engine
-        player = self._player_of(peer, request)
-        async with eng.state_lock(player):
-            state = await eng.story_state(player)
-            effects = eng.story.on_event(state, request.name, dict(request.data))
-            if effects:
-                await eng.save_story_state(player)
-        self.speak_story_lines(player, lines_by_character(effects))
-        self.send(peer, msg.EventOk(id=request.id, name=request.name, effects=[effect_fields(e) for e in effects]))
-
-    def speak_story_lines(self, player: str, lines: Mapping[str, list[Speakable]]) -> None:
-        """Start one story turn per character with scripted lines, in that character's open session."""
-        for character, said in lines.items():
-            speaker = next((s for s in self.sessions.values() if s.player == player and s.character.id == character), None)
-            if speaker is not None:
-                speaker.start_turn("story", None, scripted=said)
-
-    async def _state_save(self, peer: bytes, session: Session, request: StateSave) -> None:
-        await self.engine.save_story_state(session.player)
-        blob = await self.engine.store.export_blob(session.player)
-        self.send(peer, msg.StateSaved(id=request.id, session=session.id, player=session.player, blob=blob))
-
-    async def _state_load(self, peer: bytes, session: Session, request: StateLoad) -> None:
-        eng = self.engine
-        player = session.player
-
-        def bad_state(exc: BadBlob) -> ProtocolError:
-            return ProtocolError(
-                ErrorCode.BAD_STATE, str(exc), request_id=request.id, request_type=request.type, session=session.id
-            )
-
-        try:
-            parse_blob(request.blob)  # refuse a bad blob before cutting anyone's speech
-        except BadBlob as exc:
-            raise bad_state(exc) from None
-        mine = [s for s in self.sessions.values() if s.player == player]
-        for s in mine:
-            await s.cancel_and_wait()
-        try:
-            async with eng.state_lock(player):
-                await eng.store.import_blob(player, request.blob)
-                eng.forget_player(player)
-                state = await eng.story_state(player)
-        except BadBlob as exc:
-            raise bad_state(exc) from None
-        for s in mine:
-            await s.memory.load()
-        beat = eng.story.active_beat(state, session.character.id)
-        self.send(peer, msg.StateLoaded(id=request.id, session=session.id, player=player, beat=beat.id if beat else None))
 
 
 def _session_of(request: Incoming | None) -> str | None:

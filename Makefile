@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh requirements-models.txt
 	VENV=$(VENV) bash scripts/install.sh
 
 clean:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pygame
 
@@ -103,6 +105,7 @@ class App:
         self.proc: EngineProcess | None = None  # set once we started our own engine
         self.connect_sent = False
         self.running = True
+        self.closing = False
         self.quit_armed_until = 0.0
         self.frames = 0
         self.engine_exit_code: int | None = None  # of the engine we started, once stopped
@@ -123,6 +126,7 @@ class App:
             self._fail("Could not start the engine", [f"{' '.join(proc.command()[:4])} failed: {exc}."])
             return
         self.proc = proc
+        log.info("engine pid %s", proc.pid)
         self.connect_sent = False
         self.state = "loading"
         self.status = "Starting the npc-engine sidecar ..."
@@ -260,20 +264,68 @@ class App:
         return 0
 
     def close(self) -> None:
-        """Leave politely: close sessions, stop the engine we started, shut pygame."""
-        self.net.shutdown()
-        proc = self.proc
-        if proc is not None:
-            log.info("stopping the engine we started")
-            try:  # the engine finishes its current model call first: say why the window waits
-                self.hud.error(self.screen, "Goodbye", ["Stopping the engine we started (it saves and unloads) ..."], "")
-                pygame.display.flip()
-            except pygame.error:
-                pass
-            self.engine_exit_code = proc.stop()
-            log.info("engine exited with code %s", self.engine_exit_code)
-            self.proc = None
-        pygame.quit()
+        """Leave politely: close sessions, stop the engine we started, shut pygame.
+
+        A Ctrl-C in here (KeyboardInterrupt out of a wait) still stops the engine."""
+        self.closing = True
+        try:
+            self.net.shutdown()
+        finally:
+            try:
+                self._stop_engine()
+            finally:
+                pygame.quit()
+
+    def _stop_engine(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        log.info("stopping the engine we started")
+        try:  # the engine finishes its current model call first: say why the window waits
+            self.hud.error(self.screen, "Goodbye", ["Stopping the engine we started (it saves and unloads) ..."], "")
+            pygame.display.flip()
+        except pygame.error:
+            pass
+        self.engine_exit_code = proc.stop()
+        log.info("engine exited with code %s", self.engine_exit_code)
+
+
+class QuitOnSignal:
+    """Ctrl-C (SIGINT) and SIGTERM end the game as Esc does: the loop (or the script) stops at
+    the next frame, then ``App.close`` stops the engine we started. Another signal while that
+    is under way raises KeyboardInterrupt out of whatever waits, and the game leaves at once
+    (the engine has its SIGINT by then, and its parent watch sees us go).
+
+    Installed over SDL's own handlers (SDL turns SIGTERM into a QUIT event, which a headless
+    script never reads) and over an inherited "ignore" (a game launched in the background by a
+    script ignores SIGINT unless it says otherwise, and then nothing could stop it cleanly)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.received: int | None = None
+        self._before: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def __enter__(self) -> QuitOnSignal:
+        for sig in self.SIGNALS:
+            self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None or self.app.closing:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.info("%s: quitting", signal.Signals(signum).name)
+        self.app.running = False
+
+    def exit_code(self, code: int) -> int:
+        """128 + the signal's number (130 for Ctrl-C) when one ended the game, else ``code``."""
+        return 128 + self.received if self.received is not None else code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m demo_game: --headless-script: {exc}", file=sys.stderr)
             return 2
     app = App(args)
-    try:
-        if args.headless_script is not None:
-            return run_script(app, commands)
-        return app.run()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        app.close()
+    with QuitOnSignal(app) as quit_on_signal:
+        try:
+            code = run_script(app, commands) if args.headless_script is not None else app.run()
+        except KeyboardInterrupt:  # a second signal, out of a wait
+            code = 130
+        try:
+            app.close()
+        except KeyboardInterrupt:
+            code = 130
+    return quit_on_signal.exit_code(code)

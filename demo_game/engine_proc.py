@@ -5,6 +5,9 @@ The engine logs its start-up ("loading LLM (embedded) ...", "loaded ... in 0.4 s
 loading screen from them instead of a frozen window. A game that ships the sidecar
 does the same: start the process, show its progress, connect once it says it is ready,
 and stop it with SIGINT (Ctrl-C) on exit so it saves state and unloads cleanly.
+
+The engine is told our pid (``--parent-pid``): if the game dies without stopping it (a crash,
+``kill -9``), the engine sees its parent go and stops by itself within half a second.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class EngineProcess:
 
     def command(self) -> list[str]:
         cmd = [self.python, "-m", "npc_engine", "serve", "--endpoint", self.endpoint]
+        cmd += ["--parent-pid", str(os.getpid())]  # it stops by itself if we die without stopping it
         for flag, sub in (("--characters", "characters"), ("--story", "story")):
             if (REPO / sub).is_dir() and flag not in self.extra_args:
                 cmd += [flag, str(REPO / sub)]
@@ -119,18 +123,30 @@ class EngineProcess:
         errors = [ln for ln in self.log_tail if "ERROR" in ln or "Error" in ln or "error:" in ln]
         return (errors or self.log_tail or ["(no output)"])[-1]
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGINT (the engine saves and unloads), wait; then SIGTERM, then SIGKILL."""
+        """SIGINT (the engine saves and unloads), wait; then SIGTERM, then SIGKILL.
+
+        Interrupted while it waits (a second Ctrl-C: the engine is finishing a model call), the
+        engine still has its SIGINT and goes on stopping by itself; we stop waiting for it."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        try:
+            if proc.poll() is None:
+                for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+                    try:
+                        proc.wait(wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)  # at least once, whenever the interruption came
+            raise
         return proc.poll()  # the reader thread ends by itself at the pipe's EOF

@@ -297,8 +297,14 @@ class Net:
         if session is not None:
             reply = await session.event(name, data)
         else:
-            # No conversation needed: events name the player (the protocol allows either).
-            reply = await client.request({"type": "event", "player": player, "name": name, "data": data})
+            # The engine takes an event by player only from a connection with a session open for
+            # that player (docs/protocol.md, Security): borrow one, or open a silent one.
+            session, temporary = await self._any_session(player)
+            try:
+                reply = await client.request({"type": "event", "player": player, "name": name, "data": data})
+            finally:
+                if temporary:
+                    await session.close()
         self._post("event.ok", character, reply)
 
     async def _any_session(self, player: str) -> tuple[ClientSession, bool]:
@@ -331,8 +337,14 @@ class Net:
         self._post("state.loaded", None, reply, beats=await self._beats(player))
 
     async def _beats(self, player: str) -> dict[str, str | None]:
-        """Each character's current story beat for this player (``state.get``: no session needed)."""
-        state = await self._need_client().request({"type": "state.get", "player": player})
+        """Each character's current story beat for this player (``state.get``; like an event by
+        player, it needs a session of that player open on this connection)."""
+        session, temporary = await self._any_session(player)
+        try:
+            state = await self._need_client().request({"type": "state.get", "player": player})
+        finally:
+            if temporary:
+                await session.close()
         return {c["id"]: state["beats"].get(c["id"]) for c in self.hello.get("characters", [])}
 
     async def _post_beats(self, player: str) -> None:

@@ -207,6 +207,8 @@ def run_script(app: ScriptHost, commands: list[Command]) -> int:
             while True:
                 app.step(min(dt, 0.1))
                 dt = app.tick()
+                if not app.running:  # quit mid-command: the window closed, or Ctrl-C
+                    break
                 next(steps)
         except StopIteration:
             pass

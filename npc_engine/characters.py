@@ -30,6 +30,8 @@ __all__ = [
     "DEFAULT_EMOTIONS",
     "KNOWN_VOICES",
     "Character",
+    "Example",
+    "Fact",
     "Line",
     "ReplyStyle",
     "Secret",
@@ -62,10 +64,15 @@ class VoiceSpec(Sourced):
 
 
 class Secret(Sourced):
-    """Something the character must not say unless ``reveal_when`` holds (never, if it is absent)."""
+    """Something the character must not say unless ``reveal_when`` holds (never, if it is absent).
+
+    ``keys`` are short phrases whose appearance in a reply means the secret leaked (the guard
+    stops such a sentence and the eval counts it); ``a + b`` means both words in one sentence.
+    """
 
     text: str
     reveal_when: str | None = None
+    keys: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +83,41 @@ class Secret(Sourced):
     @classmethod
     def _condition_parses(cls, value: Any) -> Any:
         return validate_condition_field(value)
+
+
+class Fact(Sourced):
+    """A short line the character holds true, given to the model as is.
+
+    With ``about`` (keywords) and ``value`` (the accepted answers), the fact is also checkable:
+    a reply sentence that mentions an ``about`` word and states another value of the same kind
+    (another number, another proper name) contradicts it.
+    """
+
+    text: str
+    about: list[str] = Field(default_factory=list)
+    value: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+    @field_validator("about", "value", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
+
+    @field_validator("value", mode="after")
+    @classmethod
+    def _as_text(cls, value: list[Any]) -> list[str]:
+        return [str(v) for v in value]
+
+
+class Example(Sourced):
+    """One example exchange shown to the model before the real conversation."""
+
+    player: str = Field(min_length=1)
+    reply: str = Field(min_length=1)
 
 
 class ReplyStyle(Sourced):
@@ -96,6 +138,7 @@ class Character(Sourced):
     persona: str = Field(min_length=1)
     style: str = ""
     knows: list[str] = Field(default_factory=list)
+    facts: list[Fact] = Field(default_factory=list)
     secrets: list[Secret] = Field(default_factory=list)
     relationships: dict[str, str] = Field(default_factory=dict)
     emotions: list[str] = Field(default_factory=lambda: list(DEFAULT_EMOTIONS))
@@ -103,11 +146,13 @@ class Character(Sourced):
     actions: list[str] = Field(default_factory=list)
     greetings: list[Line] = Field(default_factory=list)
     fallbacks: list[Line] = Field(default_factory=list)
+    deflections: list[Line] = Field(default_factory=list)
+    examples: list[Example] = Field(default_factory=list)
     reply: ReplyStyle = Field(default_factory=ReplyStyle)
 
     def lines(self) -> list[Line]:
-        """Greetings and fallbacks: the character's own scripted lines (pre-render these)."""
-        return [*self.greetings, *self.fallbacks]
+        """Greetings, fallbacks and deflections: the character's own scripted lines (pre-render these)."""
+        return [*self.greetings, *self.fallbacks, *self.deflections]
 
 
 # --------------------------------------------------------------------------- loading
@@ -174,7 +219,7 @@ def _check_character(ch: Character) -> list[SourceError]:
             if value in values[:n]:
                 out.append(ch.problem(f"'{value}' is listed twice in {field}", field, n, warning=True))
     seen: dict[str, int] = {}
-    for field in ("greetings", "fallbacks"):
+    for field in ("greetings", "fallbacks", "deflections"):
         lines: list[Line] = getattr(ch, field)
         for n, line in enumerate(lines):
             where = ch.src_line(field, n)
@@ -202,6 +247,98 @@ def _check_character(ch: Character) -> list[SourceError]:
                     "a relationship with oneself is ignored", "relationships", who, key=True, warning=True
                 )
             )
+    if ch.secrets and not ch.deflections:
+        # Without them a fallback line ("Say that again?") answers a question about a secret.
+        out.append(
+            ch.problem(
+                "no deflections: when the guard stops a reply (a secret too soon, AI talk) a fallback line is said",
+                warning=True,
+            )
+        )
+    return out + _fact_problems(ch) + _secret_key_problems(ch) + _example_problems(ch)
+
+
+_PHRASE_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    """``phrase`` (``a + b``: both parts) appears in ``text`` as whole words, ignoring case.
+    A plain version of the checks' matcher (npc_engine.quality.checks), enough to warn a writer."""
+    words = " " + " ".join(_PHRASE_WORD.findall(text.lower().replace("’", "'"))) + " "
+    parts = [" ".join(_PHRASE_WORD.findall(p.lower())) for p in phrase.split("+")]
+    return all(p and f" {p} " in words for p in parts)
+
+
+def _fact_problems(ch: Character) -> list[SourceError]:
+    out: list[SourceError] = []
+    for n, fact in enumerate(ch.facts):
+        if fact.about and not fact.value:
+            out.append(ch.problem("'about' without 'value': the fact cannot be checked", "facts", n, "about", warning=True))
+        elif fact.value and not fact.about:
+            out.append(
+                ch.problem("'value' without 'about': say which words the value answers", "facts", n, "value")
+            )
+        for k, value in enumerate(fact.value):
+            first = value.split()[0] if value.split() else ""
+            if not value.strip():
+                out.append(ch.problem("an empty value", "facts", n, "value", k))
+            elif not first.isdigit() and not _mentions(fact.text, value):
+                out.append(
+                    ch.problem(
+                        f"value '{value}' does not appear in the fact's text: is it a typo?",
+                        "facts", n, "value", k, warning=True,
+                    )
+                )
+    return out
+
+
+def _secret_key_problems(ch: Character) -> list[SourceError]:
+    """Keys must be there to be checked, and must not fire on what the character says anyway."""
+    out: list[SourceError] = []
+    said = [
+        *((f"line {line.id}", line.text) for line in ch.lines()),
+        *((f"example {i + 1}", ex.reply) for i, ex in enumerate(ch.examples)),
+        *((f"knows {i + 1}", k) for i, k in enumerate(ch.knows)),
+        *((f"fact {i + 1}", f.text) for i, f in enumerate(ch.facts)),
+    ]
+    for n, secret in enumerate(ch.secrets):
+        if not secret.keys:
+            out.append(
+                ch.problem(
+                    "a secret without keys: nothing can tell that it leaked (add keys: [phrases that give it away])",
+                    "secrets", n, warning=True,
+                )
+            )
+        for k, key in enumerate(secret.keys):
+            if any(not _PHRASE_WORD.findall(p.lower()) for p in key.split("+")):
+                out.append(ch.problem(f"key '{key}' has an empty part", "secrets", n, "keys", k))
+                continue
+            for where, text in said:
+                if _mentions(text, key):
+                    out.append(
+                        ch.problem(
+                            f"key '{key}' also appears in {where}: the guard would stop that too",
+                            "secrets", n, "keys", k, warning=True,
+                        )
+                    )
+                    break
+    return out
+
+
+def _example_problems(ch: Character) -> list[SourceError]:
+    out: list[SourceError] = []
+    for n, ex in enumerate(ch.examples):
+        ends = len(re.findall(r"[.!?]+(?:\s|$)", ex.reply.strip()))
+        if ends > ch.reply.max_sentences:
+            out.append(
+                ch.problem(
+                    f"this example reply has {ends} sentences, more than reply.max_sentences "
+                    f"({ch.reply.max_sentences}): the model copies the examples' length",
+                    "examples", n, "reply", warning=True,
+                )
+            )
+    if len(ch.examples) > 6:
+        out.append(ch.problem("more than 6 examples: each one costs prompt tokens on every turn", "examples", warning=True))
     return out
 
 
@@ -268,7 +405,7 @@ def cross_check_characters(characters: dict[str, Character]) -> list[SourceError
                         key=True,
                     )
                 )
-        for field in ("greetings", "fallbacks"):
+        for field in ("greetings", "fallbacks", "deflections"):
             for n, line in enumerate(getattr(ch, field)):
                 if line.id in first and first[line.id][0] != ch.src_file:
                     f, ln = first[line.id]

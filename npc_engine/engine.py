@@ -8,6 +8,7 @@ real turn as fast as the later ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber, Voice
 from npc_engine.pipeline.line_cache import LineCache
 from npc_engine.pipeline.tts_fallback import SynthBudget
 from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.players import PlayerStates
 from npc_engine.store import AsyncStore
 from npc_engine.story import Story, StoryState
 from npc_engine.story.state import Scalar
@@ -107,11 +109,11 @@ class Engine:
         self.llm_worker = ModelWorker("llm", threads=max(1, cfg.llm_slots))
         self.tts_worker = ModelWorker("tts")
         self.stt_worker = ModelWorker("stt")
-        self.story_states: dict[str, StoryState] = {}
+        # The working set of players' story states (the store has them all): bounded, LRU.
+        self.story_states = PlayerStates(cfg.max_players_cached)
         self.turns = LiveTurns()  # background work (pre-rendering) yields to live turns
         self.prerendered = asyncio.Event()  # the background pre-rendering is over (or never ran)
         self.tts_degraded: str | None = None  # why the configured voice is not the one in use
-        self._state_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -175,7 +177,8 @@ class Engine:
             if self.synth is None:
                 self.synth = self.fallback_synth
             if self.synth is not None:
-                self.line_cache = LineCache(self.cfg.cache_dir / "lines", self.synth)
+                # Only authored lines go to disk; lines filled in per player stay in memory.
+                self.line_cache = LineCache(self.cfg.cache_dir / "lines", self.synth, keep=self.scripted_lines())
                 await step("TTS warm-up", self.synth.warm_up)
         if self.cfg.stt != "none":
             self.transcriber = await step(f"speech recognizer ({self.cfg.stt})", lambda: make_transcriber(self.cfg))
@@ -257,16 +260,38 @@ class Engine:
 
     # ------------------------------------------------------------------ story state
 
-    def state_lock(self, player: str) -> asyncio.Lock:
-        return self._state_locks.setdefault(player, asyncio.Lock())
+    def state_lock(self, player: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """``async with engine.state_lock(player):`` around a read-change-save of their state.
+        The player's state stays in memory while someone is inside or waiting."""
+        return self.story_states.lock(player)
+
+    def hold_player(self, player: str) -> None:
+        """A session of ``player`` opened: their state stays in memory until ``release_player``."""
+        self.story_states.hold(player)
+
+    def release_player(self, player: str) -> None:
+        self.story_states.release(player)
 
     async def story_state(self, player: str, vars: Mapping[str, Scalar] | None = None) -> StoryState:
-        """The player's story state: in memory, else from the store, else a fresh one."""
+        """The player's story state: in memory, else from the store, else a fresh one.
+
+        A stored state this engine cannot read (a newer engine's, or one an older bug wrote)
+        must not lock the player out for good: it is reported, set aside in the store (kept,
+        not deleted) and the player starts the story afresh."""
         state = self.story_states.get(player)
         if state is None:
-            saved = await self.store.load_story_state(player)
-            state = StoryState.from_dict(saved) if saved else self.story.initial_state(vars or {})
-            self.story_states[player] = state
+            loaded: StoryState | None = None
+            try:
+                saved = await self.store.load_story_state(player)
+                loaded = StoryState.from_dict(saved) if saved is not None else None
+            except ValueError as exc:  # UnreadableState, or a row that is not JSON
+                log.error(
+                    "player %s: the saved story state cannot be read (%s); it is set aside and the player "
+                    "starts the story afresh", player, exc,
+                )
+                await self.store.set_aside_story_state(player, str(exc))
+            # Another request may have loaded it while this one waited on the store: keep one object.
+            state = self.story_states.setdefault(player, loaded or self.story.initial_state(vars or {}))
         if vars:
             state.vars.update(vars)
         return state

@@ -1,17 +1,28 @@
 """Persistence: story state per player and conversation history per (player, character).
 
 SQLite in WAL mode, on one dedicated thread (sqlite3 connections are not shared across
-threads, and a commit's fsync must not stall the event loop). The save blob a game keeps
-in its own save file is msgpack with a checksum, so a corrupt or foreign blob is refused
-with a clear error instead of half-loading.
+threads, and a commit's fsync must not stall the event loop). Every write is one transaction,
+committed (and fsynced) before the method returns, so whatever the engine has acknowledged to
+a game is on disk.
+
+The save blob a game keeps in its own save file is msgpack, signed with this install's key
+(HMAC-SHA256, ``<data dir>/save.key``), with a format version and the oldest format able to
+read it (Ink's scheme). ``parse_blob`` checks all of it, and every history entry, before
+anything is written: an edited, foreign, corrupt or too-new blob is refused whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
+import logging
+import os
+import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,14 +31,33 @@ import msgpack
 
 from npc_engine.pipeline.workers import ModelWorker
 
+log = logging.getLogger(__name__)
+
 BLOB_MAGIC = "npc-engine-state"
-BLOB_VERSION = 1
+# Save format versions (the envelope and payload of a blob), in Ink's style: a blob says which
+# format wrote it and the oldest format that can read it. An engine reads a blob whose minimum is
+# at most its own format; it migrates every older format from BLOB_MIN_LOADABLE up.
+#   1: a plain sha256 of the body (anyone could edit a save and fix the checksum)
+#   2: signed with the install's key; history entries always carry `interrupted`
+BLOB_VERSION = 2
+BLOB_MIN_READER = 2  # a format-1 engine checks a sha256 that format 2 does not carry
+BLOB_MIN_LOADABLE = 1  # format 1 is unsigned: still loaded so saves made before signing keep working
+KEY_FILE = "save.key"
+KEY_BYTES = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS story_state (
     player TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     updated REAL NOT NULL
+);
+-- Story states this engine could not read (a newer engine's, or one an older bug wrote): kept,
+-- not deleted, so nothing is lost; the player starts the story afresh.
+CREATE TABLE IF NOT EXISTS story_state_set_aside (
+    player TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ts REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS history (
     player TEXT NOT NULL,
@@ -55,15 +85,41 @@ class HistoryEntry:
         return {"role": self.role, "content": self.content, "interrupted": self.interrupted}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HistoryEntry:
-        role = d["role"]
+    def from_dict(cls, d: object, where: str = "a history entry") -> HistoryEntry:
+        """An entry as ``to_dict`` writes it; BadBlob (saying what is wrong, and ``where``) otherwise."""
+        if not isinstance(d, Mapping):
+            raise BadBlob(f"the save blob is invalid: {where} is not a map")
+        role, content, interrupted = d.get("role"), d.get("content"), d.get("interrupted")
+        if role is None:
+            raise BadBlob(f"the save blob is invalid: {where} has no role")
         if role not in ("user", "assistant"):
-            raise BadBlob(f"a history entry has role {role!r}; expected 'user' or 'assistant'")
-        return cls(role, str(d["content"]), bool(d.get("interrupted", False)))
+            raise BadBlob(f"the save blob is invalid: {where} has role {role!r:.40}; expected 'user' or 'assistant'")
+        if not isinstance(content, str):
+            raise BadBlob(f"the save blob is invalid: {where} has no text content")
+        if not isinstance(interrupted, bool):
+            raise BadBlob(f"the save blob is invalid: {where} has no true/false 'interrupted'")
+        return cls(role, content, interrupted)
 
 
 class BadBlob(ValueError):
-    pass
+    """A save blob this engine will not load; the message is a sentence for the game's developer."""
+
+
+class SaveKeyError(OSError):
+    """The install's save key file exists but cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveData:
+    """A save blob's content: signature checked, migrated to this engine's format, entries checked.
+
+    ``story`` is a ``StoryState.to_dict()`` map, still to be checked against the loaded story
+    (the store knows no story)."""
+
+    player: str
+    story: dict[str, Any] | None
+    history: dict[str, list[HistoryEntry]]
+    version: int  # the format the blob was written in
 
 
 class Store:
@@ -71,9 +127,14 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.save_key = load_or_create_key(path.parent / KEY_FILE)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: each commit is fsynced, so what a game was told is saved survives a power cut as
+        # well as a kill of the engine (NORMAL would only survive the latter). It costs a WAL
+        # fsync per commit on the store's thread (bench/commit_latency.py): a turn's history waits
+        # for it after the last audio; only a line that moves the story waits for it before its reply.
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def load_story_state(self, player: str) -> dict[str, Any] | None:
@@ -113,6 +174,38 @@ class Store:
                 (content, player, character, player, character),
             )
 
+    def replace_player(
+        self, player: str, story: dict[str, Any] | None, history: Mapping[str, list[HistoryEntry]]
+    ) -> None:
+        """Replace the player's story state and every history of them, in one transaction: a
+        failure (or a kill) at any point leaves the old state and history, never a mix."""
+        now = time.time()
+        with self._db:
+            self._db.execute("DELETE FROM history WHERE player=?", (player,))
+            self._db.execute("DELETE FROM story_state WHERE player=?", (player,))
+            if story is not None:
+                self._db.execute(
+                    "INSERT INTO story_state(player, state, updated) VALUES (?,?,?)", (player, json.dumps(story), now)
+                )
+            self._db.executemany(
+                "INSERT INTO history(player, character, idx, role, content, interrupted, ts) VALUES (?,?,?,?,?,?,?)",
+                [
+                    (player, ch, i, e.role, e.content, int(e.interrupted), now)
+                    for ch, entries in history.items()
+                    for i, e in enumerate(entries)
+                ],
+            )
+
+    def set_aside_story_state(self, player: str, reason: str) -> None:
+        """Move the player's unreadable story state out of the way (kept, with why), in one transaction."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO story_state_set_aside(player, state, reason, ts) "
+                "SELECT player, state, ?, ? FROM story_state WHERE player=?",
+                (reason, time.time(), player),
+            )
+            self._db.execute("DELETE FROM story_state WHERE player=?", (player,))
+
     def characters_of(self, player: str) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT character FROM history WHERE player=?", (player,)).fetchall()
         return [r[0] for r in rows]
@@ -120,51 +213,210 @@ class Store:
     # ----------------------------------------------------------------- save blobs
 
     def export_blob(self, player: str) -> bytes:
+        # Consistent without a read transaction: every write goes through this store's one thread.
         payload = {
             "player": player,
             "story": self.load_story_state(player),
-            "history": {
-                ch: [e.to_dict() for e in self.load_history(player, ch)] for ch in self.characters_of(player)
-            },
+            "history": {ch: [e.to_dict() for e in self.load_history(player, ch)] for ch in self.characters_of(player)},
         }
-        body = msgpack.packb(payload, use_bin_type=True)
-        return msgpack.packb(
-            {"magic": BLOB_MAGIC, "version": BLOB_VERSION, "sha256": hashlib.sha256(body).digest(), "body": body},
-            use_bin_type=True,
-        )
-
-    def import_blob(self, player: str, blob: bytes) -> dict[str, Any]:
-        """Replace ``player``'s story state and histories with the blob's. Returns the payload."""
-        payload = parse_blob(blob)
-        with self._db:
-            self._db.execute("DELETE FROM history WHERE player=?", (player,))
-            self._db.execute("DELETE FROM story_state WHERE player=?", (player,))
-        if payload.get("story") is not None:
-            self.save_story_state(player, payload["story"])
-        for ch, entries in (payload.get("history") or {}).items():
-            self.append_history(player, ch, [HistoryEntry.from_dict(e) for e in entries])
-        return payload
+        return pack_blob(payload, self.save_key)
 
     def close(self) -> None:
         self._db.close()
 
 
-def parse_blob(blob: bytes) -> dict[str, Any]:
+# --------------------------------------------------------------------- the install's key
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The install's save-signing key: 32 random bytes in ``path`` (mode 0600), made on first use.
+
+    A key file that exists but is not a key stops the engine (SaveKeyError) rather than being
+    replaced: a new key would silently make every save the game holds unloadable."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = _create_key(path)
+    if len(key) != KEY_BYTES:
+        raise SaveKeyError(
+            f"{path} is not an npc-engine save key ({len(key)} bytes, expected {KEY_BYTES}); restore it from a "
+            "backup, or delete it to make a new one (saves signed with the old key will no longer load)"
+        )
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users; it signs the game's saves (chmod 600 it)", path)
+    return key
+
+
+def _create_key(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    _write_new(tmp, key)
+    try:
+        # Written whole, then linked into place: another engine starting on the same data dir
+        # never reads half a key, and whichever links first wins (the other reads that key).
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: create it in place, never replacing one
+            with contextlib.suppress(FileExistsError):
+                _write_new(path, key)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)  # the key is on disk before any blob signed with it leaves the engine
+    return path.read_bytes()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------- save blobs
+
+
+def _signed_bytes(version: int, min_version: int, body: bytes) -> bytes:
+    # The version fields are signed with the body, so a blob cannot be relabelled as another format.
+    return b"%s\0%d\0%d\0" % (BLOB_MAGIC.encode(), version, min_version) + body
+
+
+def blob_signature(key: bytes, version: int, min_version: int, body: bytes) -> bytes:
+    """HMAC-SHA256 of a blob's magic, versions and body with the install's key."""
+    return hmac.new(key, _signed_bytes(version, min_version, body), hashlib.sha256).digest()
+
+
+def pack_blob(payload: dict[str, Any], key: bytes) -> bytes:
+    """A save blob in this engine's format, signed with ``key``."""
+    body = msgpack.packb(payload, use_bin_type=True)
+    return msgpack.packb(
+        {
+            "magic": BLOB_MAGIC,
+            "version": BLOB_VERSION,
+            "min_version": BLOB_MIN_READER,
+            "hmac": blob_signature(key, BLOB_VERSION, BLOB_MIN_READER, body),
+            "body": body,
+        },
+        use_bin_type=True,
+    )
+
+
+def _format_1_to_2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 wrote the same payload; entries it wrote without ``interrupted`` were not
+    interrupted (format 2 changed the envelope: a signature instead of a checksum)."""
+    out = {"story": None, "history": {}, **payload}
+    history = out["history"]
+    if isinstance(history, Mapping):
+        out["history"] = {
+            ch: [{"interrupted": False, **e} if isinstance(e, Mapping) else e for e in entries]
+            if isinstance(entries, list) else entries
+            for ch, entries in history.items()
+        }
+    return out
+
+
+# format n -> n + 1, for every n from BLOB_MIN_LOADABLE below BLOB_VERSION
+BLOB_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _format_1_to_2}
+
+
+def _version(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def parse_blob(blob: bytes, key: bytes, *, accept_unsigned: bool = False) -> SaveData:
+    """Check a save blob whole (envelope, format version, signature, every entry) and migrate
+    it to this engine's format; BadBlob with a sentence saying what is wrong otherwise.
+    Pure: nothing is written, so the server calls it before it touches anything.
+
+    Unsigned format-1 saves (from before signing) carry only a sha256 that anyone can
+    recompute after editing the save, so they are refused unless ``accept_unsigned``."""
     try:
         outer = msgpack.unpackb(blob, raw=False)
     except Exception:
         raise BadBlob("the save blob is not an npc-engine save (not msgpack)") from None
     if not isinstance(outer, dict) or outer.get("magic") != BLOB_MAGIC:
         raise BadBlob("the save blob is not an npc-engine save")
-    if outer.get("version") != BLOB_VERSION:
-        raise BadBlob(f"the save blob has version {outer.get('version')!r}; this engine reads version {BLOB_VERSION}")
+    version = _version(outer.get("version"))
+    min_version = _version(outer.get("min_version", version))
+    if version is None or min_version is None or min_version > version:
+        raise BadBlob(
+            f"the save blob has an invalid format version ({outer.get('version')!r}, "
+            f"minimum {outer.get('min_version')!r})"
+        )
+    if min_version > BLOB_VERSION:
+        raise BadBlob(
+            f"the save was made by a newer npc-engine (save format {version}, readable from format {min_version}); "
+            f"this engine reads formats {BLOB_MIN_LOADABLE} to {BLOB_VERSION}: update the engine to load it"
+        )
+    if version < BLOB_MIN_LOADABLE:
+        raise BadBlob(
+            f"the save is in format {version}, older than format {BLOB_MIN_LOADABLE}, "
+            "the oldest this engine can read"
+        )
     body = outer.get("body")
-    if not isinstance(body, bytes) or hashlib.sha256(body).digest() != outer.get("sha256"):
-        raise BadBlob("the save blob is corrupt (checksum mismatch)")
-    payload = msgpack.unpackb(body, raw=False)
+    if not isinstance(body, bytes):
+        raise BadBlob("the save blob is corrupt (no body)")
+    if version == 1:
+        if not accept_unsigned:
+            raise BadBlob(
+                "the save is an unsigned format-1 save from an older npc-engine: it cannot be checked for edits, "
+                "so it is refused. To load old saves, start the engine with --accept-unsigned-saves "
+                "(each is signed when it is saved again)"
+            )
+        if not isinstance(outer.get("sha256"), bytes) or not hmac.compare_digest(
+            hashlib.sha256(body).digest(), outer["sha256"]
+        ):
+            raise BadBlob("the save blob is corrupt (checksum mismatch)")
+        log.warning("loading an unsigned format-1 save: it cannot be checked for edits")
+    else:
+        sig = outer.get("hmac")
+        if not isinstance(sig, bytes) or not hmac.compare_digest(blob_signature(key, version, min_version, body), sig):
+            raise BadBlob(
+                "the save blob's signature does not match: it was edited, or made by another npc-engine "
+                "install (each install signs its saves with its own key, save.key in its data directory)"
+            )
+    try:
+        payload = msgpack.unpackb(body, raw=False)
+    except Exception:
+        raise BadBlob("the save blob is corrupt (its body is not msgpack)") from None
     if not isinstance(payload, dict):
-        raise BadBlob("the save blob is corrupt")
-    return payload
+        raise BadBlob("the save blob is corrupt (its body is not a map)")
+    for step in range(version, BLOB_VERSION):  # a newer, still readable format is read as ours
+        payload = BLOB_MIGRATIONS[step](payload)
+    return _checked_payload(payload, version)
+
+
+def _checked_payload(payload: dict[str, Any], version: int) -> SaveData:
+    player, story, history = payload.get("player"), payload.get("story"), payload.get("history")
+    if not isinstance(player, str):
+        raise BadBlob("the save blob is invalid: it names no player")
+    if story is not None and not isinstance(story, dict):
+        raise BadBlob("the save blob is invalid: its story state is not a map")
+    if not isinstance(history, dict):
+        raise BadBlob("the save blob is invalid: its history is not a map of characters")
+    entries: dict[str, list[HistoryEntry]] = {}
+    for character, items in history.items():
+        if not isinstance(character, str) or not character:
+            raise BadBlob(f"the save blob is invalid: history is kept under {character!r:.40}, not a character id")
+        if not isinstance(items, list):
+            raise BadBlob(f"the save blob is invalid: the history with {character!r:.40} is not a list")
+        entries[character] = [
+            HistoryEntry.from_dict(item, f"history entry {n} with {character!r:.40}") for n, item in enumerate(items, 1)
+        ]
+    return SaveData(player, story, entries, version)
 
 
 class AsyncStore:
@@ -190,11 +442,20 @@ class AsyncStore:
     async def trim_last_reply(self, player: str, character: str, content: str) -> None:
         await self._worker.run(self._store.trim_last_reply, player, character, content)
 
+    async def replace_player(
+        self, player: str, story: dict[str, Any] | None, history: Mapping[str, list[HistoryEntry]]
+    ) -> None:
+        await self._worker.run(self._store.replace_player, player, story, history)
+
+    async def set_aside_story_state(self, player: str, reason: str) -> None:
+        await self._worker.run(self._store.set_aside_story_state, player, reason)
+
+    @property
+    def save_key(self) -> bytes:
+        return self._store.save_key
+
     async def export_blob(self, player: str) -> bytes:
         return await self._worker.run(self._store.export_blob, player)
-
-    async def import_blob(self, player: str, blob: bytes) -> dict[str, Any]:
-        return await self._worker.run(self._store.import_blob, player, blob)
 
     async def close(self) -> None:
         await self._worker.run(self._store.close)

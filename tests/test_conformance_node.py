@@ -3,8 +3,9 @@
 ``clients/node/conformance.mjs`` is written from ``docs/protocol.md`` alone (npm ``zeromq`` +
 ``@msgpack/msgpack``), the way a Unity or Godot developer would write their client. Here it
 runs against a real ``npc-engine serve`` process with the embedded LLM: once text-only
-(``--tts none``, as light as the engine gets) and once with the espeak-ng voice, so the
-``reply.audio`` / viseme / word cue checks run too without loading Kokoro.
+(``--tts none``, as light as the engine gets) over ZeroMQ CURVE (the engine with keys from
+``npc-engine keys``, the client given the public key), and once plain with the espeak-ng
+voice, so the ``reply.audio`` / viseme / word cue checks run too without loading Kokoro.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from npc_engine.server.auth import write_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "clients" / "node"
@@ -52,13 +55,14 @@ class Sidecar:
 
     proc: subprocess.Popen[str]
     endpoint: str = ""
+    server_key: str | None = None  # its CURVE public key, when it runs with keys
     lines: list[str] = field(default_factory=list)
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.lines[-n:])
 
 
-def _spawn(tts: str, data_dir: Path) -> Iterator[Sidecar]:
+def _spawn(tts: str, data_dir: Path, curve_secret_key: Path | None = None) -> Iterator[Sidecar]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPC_ENGINE_")}
     # The first-token budget and give-up limit are about felt latency: on a busy 2-core CI
     # machine a cold persona prompt takes several seconds to evaluate (7-9 s measured under
@@ -73,6 +77,8 @@ def _spawn(tts: str, data_dir: Path) -> Iterator[Sidecar]:
         "--characters", str(ROOT / "characters"), "--story", str(ROOT / "story"),
         "--data-dir", str(data_dir),
     ]
+    if curve_secret_key is not None:
+        cmd += ["--curve-secret-key", str(curve_secret_key)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
@@ -109,10 +115,16 @@ def _spawn(tts: str, data_dir: Path) -> Iterator[Sidecar]:
         reader.join(5)
 
 
-@pytest.fixture(params=["none", "espeak"], ids=["text-only", "espeak-audio"])
+@pytest.fixture(params=["none", "espeak"], ids=["text-only-curve", "espeak-audio"])
 def sidecar(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sidecar]:
     _node_or_skip()
-    yield from _spawn(request.param, tmp_path / "data")
+    if request.param == "none":  # one run over CURVE: the client must handle the keys too
+        keys, _public, secret = write_keys(tmp_path / "keys")
+        for sidecar in _spawn(request.param, tmp_path / "data", secret):
+            sidecar.server_key = keys.public.decode("ascii")
+            yield sidecar
+    else:
+        yield from _spawn(request.param, tmp_path / "data")
 
 
 def test_node_conformance_client_passes(sidecar: Sidecar) -> None:
@@ -121,6 +133,7 @@ def test_node_conformance_client_passes(sidecar: Sidecar) -> None:
         run = subprocess.run(
             [node, str(CLIENT), sidecar.endpoint, "--deadline", str(int(RUN_TIMEOUT_S - 30))],
             cwd=NODE_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+            env={**os.environ, "NPC_ENGINE_SERVER_KEY": sidecar.server_key or ""},
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the conformance client hung past {RUN_TIMEOUT_S:.0f} s:\n{exc.stdout}\n--- engine log ---\n{sidecar.log_tail()}")
@@ -132,6 +145,8 @@ def test_node_conformance_client_passes(sidecar: Sidecar) -> None:
     assert n_failed == 0 and n_passed >= MIN_CHECKS, f"{n_passed} passed, {n_failed} failed:\n{report}"
     assert "not ok - " not in run.stdout, report
     assert sidecar.proc.poll() is None, f"the engine died during the run:\n{report}"
+    if sidecar.server_key is not None:
+        assert any("CURVE on" in line for line in sidecar.lines), f"the engine did not run CURVE:\n{report}"
     if sidecar.proc.args[sidecar.proc.args.index("--tts") + 1] != "none":
         # With a voice, the audio step must have run rather than been skipped.
         assert "ok - audio session" in run.stdout, f"the audio step did not run:\n{report}"

@@ -141,6 +141,9 @@ async def test_push_to_talk_release_reuses_the_speculative_decode(client: Engine
     s = await client.open_session("bram", "p-ptt-spec", greet=False, audio=False)
     pcm, _ = clip("kokoro_am_michael_04.wav")  # ~1 s of trailing silence: the VAD sees it begin
     await stream(s, pcm)
+    # The engine handles messages in arrival order: once the ping is answered, every frame has
+    # reached the session (frames still in the socket would be recognised after `before`).
+    await client.request({"type": "ping"})
     voice = engine.server.sessions[s.id].voice_input
     assert voice is not None
     rec_stream = voice.recognizer.stream

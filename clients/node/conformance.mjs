@@ -2,6 +2,7 @@
 // npc-engine wire protocol v1: a conformance client written from docs/protocol.md alone.
 //
 //   node conformance.mjs tcp://127.0.0.1:5555 [--character bram] [--no-audio] [--verbose]
+//   NPC_ENGINE_SERVER_KEY='<40 chars>' node conformance.mjs tcp://HOST:5555   (an engine with CURVE keys)
 //
 // It talks to a running engine over one ZeroMQ DEALER socket (npm `zeromq` v6) with one
 // msgpack map per message (npm `@msgpack/msgpack`), exactly as a game would, and checks the
@@ -13,7 +14,7 @@
 
 import { randomBytes } from "node:crypto";
 import { encode, decode } from "@msgpack/msgpack";
-import { Dealer } from "zeromq";
+import { Dealer, curveKeyPair } from "zeromq";
 
 const PROTOCOL_VERSION = 1;
 const VISEMES = new Set(["sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou"]);
@@ -38,20 +39,25 @@ function usage(problem) {
   if (problem) console.error(`conformance.mjs: ${problem}`);
   console.error(
     "usage: node conformance.mjs ENDPOINT [--character ID] [--no-audio] [--reply-timeout S] " +
-      "[--turn-timeout S] [--deadline S] [--verbose]\n" +
+      "[--turn-timeout S] [--deadline S] [--server-key KEY] [--verbose]\n" +
       "  ENDPOINT       the engine's ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555\n" +
       "  --character    character to talk to (default: the first one hello.ok lists)\n" +
       "  --no-audio     skip the audio step even if the engine reports audio_out\n" +
       "  --reply-timeout  seconds to wait for a plain reply (default 15)\n" +
       "  --turn-timeout   seconds to wait for a whole NPC turn (default 120)\n" +
       "  --deadline       seconds for the whole run before it gives up (default 600)\n" +
+      "  --server-key     the engine's CURVE public key (40 Z85 characters, printed by `npc-engine keys`),\n" +
+      "                   for an engine started with --curve-secret-key (default: $NPC_ENGINE_SERVER_KEY)\n" +
       "  --verbose      print every message received",
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { endpoint: null, character: null, audio: true, replyS: 15, turnS: 120, deadlineS: 600, verbose: false };
+  const opts = {
+    endpoint: null, character: null, audio: true, replyS: 15, turnS: 120, deadlineS: 600, verbose: false,
+    serverKey: process.env.NPC_ENGINE_SERVER_KEY || null,
+  };
   const num = (i, name) => {
     const v = Number(argv[i]);
     if (!(v > 0)) usage(`${name} needs a positive number of seconds`);
@@ -64,6 +70,7 @@ function parseArgs(argv) {
     else if (a === "--reply-timeout") opts.replyS = num(++i, a);
     else if (a === "--turn-timeout") opts.turnS = num(++i, a);
     else if (a === "--deadline") opts.deadlineS = num(++i, a);
+    else if (a === "--server-key") opts.serverKey = argv[++i] ?? usage("--server-key needs the engine's public key");
     else if (a === "--verbose" || a === "-v") opts.verbose = true;
     else if (a === "--help" || a === "-h") usage();
     else if (a.startsWith("-")) usage(`unknown option ${a}`);
@@ -72,6 +79,9 @@ function parseArgs(argv) {
   }
   if (!opts.endpoint) usage("the engine endpoint is required");
   if (!/^(tcp|ipc|inproc):\/\//.test(opts.endpoint)) usage(`${opts.endpoint} is not a ZeroMQ endpoint (tcp://host:port)`);
+  if (opts.serverKey !== null && opts.serverKey.trim().length !== 40) {
+    usage("the server key is the engine's 40-character Z85 CURVE public key (npc-engine keys prints it)");
+  }
   return opts;
 }
 
@@ -144,8 +154,10 @@ const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x) &&
 
 /** One DEALER socket, a reader loop and a mailbox that waits for messages by predicate. */
 class Connection {
-  constructor(endpoint, verbose) {
-    this.sock = new Dealer({ linger: 0 });
+  constructor(endpoint, verbose, serverKey = opts.serverKey) {
+    // CURVE (an engine with keys): the engine is known by its public key; ours is throw-away.
+    const curve = serverKey ? { curveServerKey: serverKey.trim(), ...pairOf(curveKeyPair()) } : {};
+    this.sock = new Dealer({ linger: 0, ...curve });
     this.sock.connect(endpoint);
     this.verbose = verbose;
     this.inbox = []; // received and not yet taken, in arrival order
@@ -247,6 +259,10 @@ class Connection {
     for (const w of this.waiters) clearTimeout(w.timer);
     this.sock.close();
   }
+}
+
+function pairOf({ publicKey, secretKey }) {
+  return { curvePublicKey: publicKey, curveSecretKey: secretKey };
 }
 
 // --------------------------------------------------------------------------- turn helpers
@@ -435,7 +451,9 @@ async function main() {
     expect(isInt(r.max_message_bytes) && r.max_message_bytes > 0, "max_message_bytes must be a positive integer");
   });
   if (hello?.type !== "hello.ok") {
-    note(`no usable engine at ${opts.endpoint}; the remaining checks need one`);
+    note(`no usable engine at ${opts.endpoint}; the remaining checks need one` +
+      (opts.serverKey ? " (is --server-key the engine's public key?)"
+        : " (an engine started with --curve-secret-key answers only a client given --server-key)"));
     conn.close();
     finish(1);
   }
@@ -461,6 +479,7 @@ async function main() {
     expect(r.audio === false, "audio must be false when the game asked for text only");
     expect(typeof r.resumed === "boolean", "resumed must be a boolean");
     expect(r.beat === undefined || isStr(r.beat), "beat must be a string when present");
+    expect(isStr(r.token) && r.token.length > 0, "session.opened must carry the session's resume token");
   });
   if (!opened) {
     note("cannot go on without a session");
@@ -652,6 +671,42 @@ async function main() {
       expect(r.type === "state.loaded" && r.session === sid && r.player === player, () => `got ${show(r)}`);
     });
   }
+
+  // ---- ownership: a session belongs to its connection; session.resume with the token moves it
+  await check("another connection gets forbidden for this session and player; session.resume with the token moves the session (and back)", async (expect) => {
+    const other = new Connection(opts.endpoint, opts.verbose);
+    const refused = (r, what) =>
+      expect(r.type === "error" && r.code === "forbidden", () => `${what} from another connection got ${show(r)}, not error forbidden`);
+    try {
+      const h = await other.request({ type: "hello", client: "npc-engine-conformance/1 (second connection)" }, "hello");
+      if (!expect(h.type === "hello.ok", () => `the second connection's hello got ${show(h)}`)) return;
+      const t = await other.request({ type: "text", session: sid, text: "Hello?" }, "text");
+      refused(t, "text");
+      expect(t.session === sid, () => `the forbidden error names session ${show(t.session)}, not ${sid}`);
+      refused(await other.request({ type: "state.get", session: sid }, "state.get"), "state.get by session");
+      refused(await other.request({ type: "state.get", player }, "state.get"), "state.get by player");
+      refused(await other.request({ type: "event", player, name: "conformance_probe" }, "event"), "event by player");
+      refused(await other.request({ type: "session.resume", session: sid, token: `${opened.token}x` }, "session.resume"),
+        "session.resume with a wrong token");
+      const r = await other.request({ type: "session.resume", session: sid, token: opened.token }, "session.resume");
+      if (!expect(r.type === "session.resumed", () => `session.resume with the token got ${show(r)}`)) return;
+      expect(r.session === sid && r.character === character && r.player === player && r.audio === false,
+        () => `session.resumed must carry the session's fields, like session.opened: ${show(r)}`);
+      const e = await other.request({ type: "event", session: sid, name: "conformance_probe" }, "event");
+      expect(e.type === "event.ok", () => `the new owner's event got ${show(e)}`);
+      const g = await conn.request({ type: "state.get", session: sid }, "state.get");
+      expect(g.type === "error" && g.code === "forbidden",
+        () => `the old connection's state.get after the resume got ${show(g)}, not error forbidden`);
+      const back = await conn.request({ type: "session.resume", session: sid, token: opened.token }, "session.resume");
+      expect(back.type === "session.resumed" && back.session === sid, () => `resuming back got ${show(back)}`);
+      await other.request({ type: "ping" }, "ping"); // everything sent to it so far has arrived
+      const stray = other.inbox.filter((m) => m.session === sid);
+      expect(stray.length === 0, () => `the second connection got the session's messages: ${show(stray).slice(0, 300)}`);
+      expect(other.undecodable.length === 0, () => `undecodable messages: ${other.undecodable.join("; ")}`);
+    } finally {
+      other.close();
+    }
+  });
 
   // ---- audio out, if the engine speaks
   const rate = hello.audio_out?.rate;

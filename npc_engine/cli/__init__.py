@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "say": ("npc_engine.cli.say", "render a line in a character's voice to a WAV (+ viseme JSON)"),
     "models": ("npc_engine.cli.models", "show and verify the embedded models"),
     "bench": ("npc_engine.cli.bench", "measure time to first audio against a running or spawned sidecar"),
+    "eval": ("npc_engine.cli.eval", "put the eval's player lines to the NPCs; pass rates of the reply checks"),
+    "keys": ("npc_engine.cli.keys", "make the engine's CURVE key pair, to serve beyond loopback (encrypted)"),
 }
 
 EPILOG = """\
@@ -28,6 +30,7 @@ examples:
   npc-engine check characters/ story/      validate what writers authored
   npc-engine say bram "Welcome to my forge." -o bram.wav
   npc-engine bench --turns 30              latency report (median / p95 per stage)
+  npc-engine keys                          CURVE keys, then: serve --endpoint tcp://0.0.0.0:5555 --curve-secret-key FILE
 
 Every serve option can also be set as NPC_ENGINE_<OPTION>, e.g. NPC_ENGINE_LLM=ollama.
 Protocol and guides: docs/protocol.md, docs/writing.md.

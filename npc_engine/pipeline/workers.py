@@ -28,6 +28,21 @@ class ModelWorker:
     def __init__(self, name: str, threads: int = 1) -> None:
         self.name = name
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"npc-{name}")
+        self._background: asyncio.Semaphore | None = None
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a free thread of this worker."""
+        return self._pool._work_queue.qsize()
+
+    async def run_background(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+        """``run`` for work nobody waits on (a session's warm-up): at most one such job is in
+        the thread pool's queue at a time, so a burst of them (many sessions opening at once)
+        never piles up ahead of live requests. Cancelled while waiting, it never runs."""
+        if self._background is None:
+            self._background = asyncio.Semaphore(1)
+        async with self._background:
+            return await self.run(fn, *args)
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -43,6 +58,11 @@ class ModelWorker:
         closed = threading.Event()
 
         def produce() -> None:
+            if cancel.is_set() or closed.is_set():
+                # Given up on while it waited for a free thread (a turn that fell back at its
+                # budget, a closed session): never start the model for it, so the queue drains.
+                loop.call_soon_threadsafe(queue.put_nowait, _Done())
+                return
             it = make_iter()
             try:
                 for item in it:

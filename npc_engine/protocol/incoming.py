@@ -7,6 +7,7 @@ form of this module; keep them in step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypedDict
 
 import msgpack
@@ -22,7 +23,16 @@ from npc_engine.protocol.errors import (
 
 # --------------------------------------------------------------------------- game -> engine
 
-RequestId = Annotated[str | int | None, Field(default=None)]
+# Every id a game names (session, player, character, a str request id): 1-128 characters
+# (docs/protocol.md section 9). Ids key the engine's tables and the store, so each one is bounded.
+MAX_ID_CHARS = 128
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+RequestId = Annotated[Id | int | None, Field(default=None)]
+# session.open vars become the player's story variables (kept in memory and in the store):
+# bounded in count and name length here, in encoded size by the server (max_vars_bytes).
+MAX_VARS = 64
+MAX_VAR_NAME_CHARS = 64
+VarName = Annotated[str, Field(min_length=1, max_length=MAX_VAR_NAME_CHARS)]
 # msgpack bin only: a str (say, base64) must not be coerced into bytes.
 Bin = Annotated[bytes, Strict()]
 
@@ -51,7 +61,7 @@ class SessionOpen(_In):
     character: str = Field(min_length=1, max_length=128)
     player: str = Field(default="player", min_length=1, max_length=128)
     session: str | None = Field(default=None, min_length=1, max_length=128)
-    vars: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    vars: dict[VarName, str | int | float | bool] = Field(default_factory=dict, max_length=MAX_VARS)
     greet: bool = True
     audio: bool = True  # stream reply.audio; false = text and cues only
     mode: Literal["push_to_talk", "open_mic"] = "push_to_talk"
@@ -78,8 +88,8 @@ class Event(_In):
     type: Literal["event"]
     name: str = Field(min_length=1, max_length=200)
     data: dict[str, Any] = Field(default_factory=dict)
-    session: str | None = None
-    player: str | None = None
+    session: Id | None = None
+    player: Id | None = None
 
 
 class Cancel(InSession):
@@ -92,8 +102,8 @@ class Cancel(InSession):
 
 class StateGet(_In):
     type: Literal["state.get"]
-    session: str | None = None
-    player: str | None = None
+    session: Id | None = None
+    player: Id | None = None
 
 
 class StateSave(InSession):
@@ -109,18 +119,28 @@ class SessionClose(InSession):
     type: Literal["session.close"]
 
 
+class SessionResume(InSession):
+    """Take over a session another connection opened (a game that reconnected), with the
+    ``token`` its ``session.opened`` carried."""
+
+    type: Literal["session.resume"]
+    token: str = Field(min_length=1, max_length=128)
+
+
 class Ping(_In):
     type: Literal["ping"]
     t: float | int | None = None
 
 
 Incoming = Annotated[
-    Hello | SessionOpen | Text | Audio | AudioEnd | Event | Cancel | StateGet | StateSave | StateLoad | SessionClose | Ping,
+    Hello | SessionOpen | Text | Audio | AudioEnd | Event | Cancel | StateGet | StateSave | StateLoad | SessionClose
+    | SessionResume | Ping,
     Field(discriminator="type"),
 ]
 INCOMING_TYPES: frozenset[str] = frozenset(
     m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-    for m in (Hello, SessionOpen, Text, Audio, AudioEnd, Event, Cancel, StateGet, StateSave, StateLoad, SessionClose, Ping)
+    for m in (Hello, SessionOpen, Text, Audio, AudioEnd, Event, Cancel, StateGet, StateSave, StateLoad, SessionClose,
+              SessionResume, Ping)
 )
 _incoming = TypeAdapter(Incoming)
 
@@ -165,6 +185,18 @@ def decode(raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Incomin
         raise ProtocolError(ErrorCode.INVALID_FIELD, _describe(exc), **ctx) from None
 
 
+def check_vars(vars: Mapping[str, str | int | float | bool], max_bytes: int) -> None:
+    """``session.open`` vars of at most ``max_bytes`` msgpack-encoded, else ``invalid_field``.
+
+    The limit is the engine's setting (``max_vars_bytes``), so it is checked here rather than
+    in the model; count and name length are checked by ``SessionOpen`` itself."""
+    size = len(msgpack.packb(dict(vars), use_bin_type=True))
+    if size > max_bytes:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD, f"vars: {size} bytes msgpack-encoded, over this engine's limit of {max_bytes} bytes"
+        )
+
+
 class _Context(TypedDict):
     """What an error reply echoes of a request it could not fully read."""
 
@@ -173,9 +205,17 @@ class _Context(TypedDict):
     session: str | None
 
 
+# Names pydantic gives the members of a union (``id: str | int``) in an error's location;
+# they are not fields, and each member fails on its own: one sentence per field is enough.
+_UNION_MEMBERS = frozenset({"constrained-str", "str", "int", "float", "bool", "none"})
+
+
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"][1:]) or "message"  # loc[0] is the union tag
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    parts: dict[str, str] = {}
+    for err in exc.errors():
+        # loc[0] is the message's union tag
+        loc = ".".join(str(p) for p in err["loc"][1:] if p not in _UNION_MEMBERS) or "message"
+        parts.setdefault(loc, f"{loc}: {err['msg']}")
+        if len(parts) == 3:
+            break
+    return "; ".join(parts.values())

@@ -87,6 +87,16 @@ class SessionOpened(SessionMessage):
     beat: str | None
     audio: bool
     sample_rate: int | None
+    # Proves ownership of the session to another connection (``session.resume``): only the
+    # connection that opened the session gets it. Set by the server, not by the session.
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionResumed(SessionOpened):
+    """``session.resumed``: the answer to ``session.resume``; the same fields as ``session.opened``."""
+
+    TYPE: ClassVar[str] = "session.resumed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,6 +255,7 @@ class TurnEnd(SessionMessage):
     degraded: list[dict[str, str]] | None = None
     tokens: int
     audio_seconds: float
+    guard: list[dict[str, str]] | None = None  # what the guard stopped: [{check, action}], absent if nothing
 
 
 def as_dict(msg: Outgoing) -> dict[str, object]:

@@ -1,11 +1,16 @@
 """The open sessions: lookup by id, the connection each one answers to, closed ids, and
-routing scripted story lines to the session of the character who says them."""
+routing scripted story lines to the session of the character who says them.
+
+It also knows what each game connection has (its open sessions, its turns waiting for the
+model) and when a game last spoke for each session, for the per-client limits and the idle
+expiry (docs/protocol.md, Limits)."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping
 
 from npc_engine.protocol import ErrorCode, ProtocolError
@@ -21,8 +26,10 @@ MAX_CLOSED_IDS = 10_000
 class SessionRegistry:
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
-        self.peers: dict[str, bytes] = {}  # session id -> the connection that last spoke for it
+        self.peers: dict[str, bytes] = {}  # session id -> the connection that owns it (opened or resumed it)
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # session id -> when its game last sent anything for it (time.monotonic)
+        self._last_seen: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -37,17 +44,44 @@ class SessionRegistry:
         self._closed.pop(session.id, None)
         self.sessions[session.id] = session
         self.peers[session.id] = peer
+        self._last_seen[session.id] = time.monotonic()
 
     def remove(self, sid: str) -> Session | None:
-        """Closed at once for new messages (the session itself may still be finishing a turn)."""
+        """Closed at once for new messages (the session itself may still be finishing a turn:
+        its peer stays known until ``release``, so that turn's ``turn.end`` still goes out)."""
         session = self.sessions.pop(sid, None)
+        self._last_seen.pop(sid, None)
         self._closed[sid] = None
         while len(self._closed) > MAX_CLOSED_IDS:
             self._closed.popitem(last=False)
         return session
 
     def get(self, sid: str | None, *, request_id: str | int | None, request_type: str, peer: bytes) -> Session:
-        """The open session ``sid``, or a typed error; the asking connection becomes its peer."""
+        """The open session ``sid`` if ``peer`` owns it, or a typed error.
+
+        A session belongs to the connection that opened (or last resumed) it. Any other
+        connection gets ``forbidden`` and is not made its peer: naming a session must never
+        be enough to receive its messages (a game that reconnected sends ``session.resume``).
+        """
+        session = self.lookup(sid, request_id=request_id, request_type=request_type)
+        if self.peers.get(session.id) != peer:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"session {sid!r} belongs to another connection; a game that reconnected takes its "
+                "session back with session.resume and the token from session.opened",
+                request_id=request_id, request_type=request_type, session=sid,
+            )
+        self._last_seen[session.id] = time.monotonic()
+        return session
+
+    def release(self, sid: str) -> None:
+        """A removed session has finished closing: forget its connection too (unless the id
+        has been opened again since)."""
+        if sid not in self.sessions:
+            self.peers.pop(sid, None)
+
+    def lookup(self, sid: str | None, *, request_id: str | int | None, request_type: str) -> Session:
+        """The open session ``sid`` whoever owns it, or ``unknown_session`` / ``session_closed``."""
         session = self.sessions.get(sid) if sid is not None else None
         if session is None:
             code, why = (
@@ -56,20 +90,47 @@ class SessionRegistry:
                 else (ErrorCode.UNKNOWN_SESSION, f"no open session {sid!r}; send session.open first")
             )
             raise ProtocolError(code, why, request_id=request_id, request_type=request_type, session=sid)
-        self.peers[session.id] = peer  # a reconnecting game takes its session over
         return session
+
+    def take_over(self, session: Session, peer: bytes) -> None:
+        """``peer`` owns ``session`` from now on (a resume with the right token): the rest of
+        its messages go there, and the connection that had it gets nothing more."""
+        self.peers[session.id] = peer
+        self._last_seen[session.id] = time.monotonic()
 
     def peer_of(self, sid: str) -> bytes | None:
         return self.peers.get(sid)
+
+    def open_by(self, peer: bytes) -> int:
+        """How many open sessions ``peer`` owns."""
+        return sum(1 for sid in self.sessions if self.peers.get(sid) == peer)
+
+    def model_admission(self, sid: str, limit: int) -> str | None:
+        """Whether session ``sid`` may queue one more turn for the model: None, or why not
+        (its connection already has ``limit`` turns waiting for the model, over all its sessions)."""
+        peer = self.peers.get(sid)
+        waiting = sum(s.waiting_for_model for s in self.sessions.values() if self.peers.get(s.id) == peer)
+        if waiting < limit:
+            return None
+        return f"this game already has {waiting} turns waiting for the model (the limit is {limit})"
+
+    def idle(self, timeout_s: float) -> list[Session]:
+        """Open sessions nobody has sent anything for in ``timeout_s`` seconds."""
+        cutoff = time.monotonic() - timeout_s
+        return [self.sessions[sid] for sid, seen in list(self._last_seen.items()) if seen < cutoff]
 
     def of_player(self, player: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.player == player]
 
     def peer_gone(self, peer: bytes) -> None:
         """The game disconnected: stop its turns, but keep its sessions (it may reconnect)."""
+        self.cancel_turns_of(peer, "went away")
+
+    def cancel_turns_of(self, peer: bytes, why: str) -> None:
+        """Cancel the running turn of every session ``peer`` owns (each still ends with turn.end)."""
         for sid, p in list(self.peers.items()):
-            if p == peer and (s := self.sessions.get(sid)) and s.current is not None:
-                log.info("game for session %s went away; cancelling its turn", sid)
+            if p == peer and (s := self.sessions.get(sid)) and s.current is not None and not s.current.cancelled:
+                log.info("game for session %s %s; cancelling its turn", sid, why)
                 s.current.cancel()
 
     def speak_story_lines(self, player: str, lines: Mapping[str, list[Speakable]]) -> None:
@@ -84,3 +145,5 @@ class SessionRegistry:
             with contextlib.suppress(Exception):
                 await session.close()
         self.sessions.clear()
+        self.peers.clear()
+        self._last_seen.clear()

@@ -36,6 +36,7 @@ from npc_engine.protocol import (
     ProtocolError,
     SessionClose,
     SessionOpen,
+    SessionResume,
     StateGet,
     StateLoad,
     StateSave,
@@ -43,8 +44,9 @@ from npc_engine.protocol import (
     decode,
 )
 from npc_engine.protocol import outgoing as msg
-from npc_engine.protocol.incoming import InSession
-from npc_engine.server.outbox import Outbox
+from npc_engine.protocol.incoming import InSession, check_vars
+from npc_engine.server import auth
+from npc_engine.server.outbox import SNDBUF, SNDHWM, Outbox
 from npc_engine.server.registry import SessionRegistry
 from npc_engine.server.state import StateRequests
 from npc_engine.session import Session
@@ -65,6 +67,7 @@ class Server:
         self.sock: zmq.asyncio.Socket | None = None
         self.registry = SessionRegistry()
         self.state = StateRequests(engine, self.registry)
+        self.tokens = auth.ResumeTokens()
         self.outbox: Outbox | None = None
         self._tasks = BackgroundTasks("server")
         self._stopping = asyncio.Event()
@@ -82,15 +85,30 @@ class Server:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished game raises instead of vanishing
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_BYTES)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
+        # A few messages and a fixed OS buffer per game below the socket; the rest wait in the
+        # outbox, counted in bytes (docs/protocol.md, Delivery).
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        sock.setsockopt(zmq.SNDBUF, SNDBUF)
         sock.setsockopt(zmq.RCVHWM, 10_000)
+        cfg = self.engine.cfg
+        try:
+            # Plain sockets only where nobody else can reach them; CURVE keys otherwise.
+            keys = auth.server_keys(self.endpoint, cfg.curve_secret_key, cfg.insecure)
+        except OSError:  # refused, or a key file that cannot be used
+            sock.close()
+            raise
+        if keys is not None:
+            keys.serve_on(sock)
+            log.info("CURVE on: games connect with the server public key %s", keys.public.decode("ascii"))
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()
             raise OSError(f"cannot listen on {self.endpoint}: {exc.strerror} (is another npc-engine running?)") from exc
         self.sock = sock
-        self.outbox = Outbox(sock, self._peer_gone)
+        self.outbox = Outbox(
+            sock, self._peer_gone, max_bytes=self.engine.cfg.max_outbox_bytes, on_slow=self._slow_peer
+        )
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.bound_endpoint
 
@@ -102,8 +120,9 @@ class Server:
         sender = asyncio.create_task(self.outbox.run(), name="npc-send")
         receiver = asyncio.create_task(self._recv_loop(), name="npc-recv")
         prerender = asyncio.create_task(self.engine.prerender_lines(), name="npc-prerender")
+        expiry = asyncio.create_task(self._expire_idle(), name="npc-expire")
         await self._stopping.wait()
-        for task in (prerender, receiver):
+        for task in (expiry, prerender, receiver):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -134,13 +153,20 @@ class Server:
     async def _peer_gone(self, peer: bytes) -> None:
         self.registry.peer_gone(peer)
 
+    def _slow_peer(self, peer: bytes) -> None:
+        """The game stopped reading: its turns are cut so nobody works for it (their turn.end
+        still goes out, cancelled)."""
+        self.registry.cancel_turns_of(peer, "is not reading")
+
     async def _recv_loop(self) -> None:
-        assert self.sock is not None
+        assert self.sock is not None and self.outbox is not None
         while True:
             frames = await self.sock.recv_multipart(copy=True)
             if len(frames) < 2:
                 continue
             peer, payload = frames[0], frames[-1]  # a REQ-style empty delimiter frame is tolerated
+            if not self.outbox.admit(peer):
+                continue  # a game sending without reading its replies: read it once it reads again
             request: Incoming | None = None
             try:
                 request = decode(payload, max_bytes=self.engine.cfg.max_message_bytes)
@@ -175,6 +201,8 @@ class Server:
             await self.state.event(peer, request, reply)
         elif isinstance(request, StateGet):
             await self.state.get(peer, request, reply)
+        elif isinstance(request, SessionResume):
+            await self._resume(peer, request)
         else:
             session = self.registry.get(request.session, request_id=request.id, request_type=request.type, peer=peer)
             if isinstance(request, Text):
@@ -195,9 +223,30 @@ class Server:
                 self.registry.remove(session.id)
                 self._tasks.spawn(self._close(peer, session, request.id), f"close {session.id}")
 
-    async def _close(self, peer: bytes, session: Session, request_id: str | int | None) -> None:
-        await session.close()
-        self.send(peer, msg.SessionClosed(id=request_id, session=session.id))
+    async def _close(self, peer: bytes | None, session: Session, request_id: str | int | None) -> None:
+        try:
+            await session.close()
+            if peer is not None:
+                self.send(peer, msg.SessionClosed(id=request_id, session=session.id))
+        finally:
+            self.registry.release(session.id)
+
+    async def _expire_idle(self) -> None:
+        """Close the sessions nobody has sent anything for in ``session_idle_timeout_s``: a game
+        that vanished without ``session.close`` must not hold its sessions (and their memory,
+        warm-ups and story states) forever. Their running turns are cancelled like any close."""
+        timeout = self.engine.cfg.session_idle_timeout_s
+        if timeout <= 0:
+            return  # expiry off
+        period = min(max(timeout / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(period)
+            for session in self.registry.idle(timeout):
+                peer = self.registry.peer_of(session.id)
+                log.info("session %s expired: nothing from its game for %.0f s; closing it", session.id, timeout)
+                self.registry.remove(session.id)
+                # The game gets session.closed without an id, if it is still there to read it.
+                self._tasks.spawn(self._close(peer, session, None), f"expire {session.id}")
 
     def _hello_ok(self, request: Hello) -> msg.HelloOk:
         eng = self.engine
@@ -227,16 +276,72 @@ class Server:
                 ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
                 request_type=request.type, session=sid,
             )
+        limit = eng.cfg.max_sessions_per_client
+        if self.registry.open_by(peer) >= limit:
+            raise ProtocolError(
+                ErrorCode.OVERLOADED, f"this connection already has {limit} open sessions, the most it may have; "
+                "close one first", request_id=request.id, request_type=request.type, session=sid,
+            )
+        check_vars(request.vars, eng.cfg.max_vars_bytes)
         session = Session(
             eng, sid, character, request.player, functools.partial(self.send_to_session, sid),
             audio=request.audio, mode=request.mode, route_lines=self.registry.speak_story_lines,
+            model_admission=functools.partial(
+                self.registry.model_admission, sid, eng.cfg.max_queued_turns_per_client
+            ),
         )
+        # Registered only once open() succeeded: a failed open leaves nothing behind (its id can
+        # be opened again at once), and nothing can reach a session that is not open yet.
+        try:
+            opened = await session.open(dict(request.vars))
+        except Exception:
+            await session.close()
+            raise
+        if sid in self.registry:  # opened meanwhile by another request (open awaits the store)
+            await session.close()
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
+                request_type=request.type, session=sid,
+            )
         self.registry.add(session, peer)
-        opened = await session.open(dict(request.vars))
-        self.send(peer, dataclasses.replace(opened, id=request.id))
+        # The token goes to the opener only: it is what lets a reconnected game take the session back.
+        self.send(peer, dataclasses.replace(opened, id=request.id, token=self.tokens.issue(session)))
         log.info("session %s opened: player %s talks to %s", sid, request.player, character.id)
         if request.greet and character.greetings:
             session.start_turn("greeting", None)
+
+    async def _resume(self, peer: bytes, request: SessionResume) -> None:
+        """Hand a session to the connection that proves it owns it (a game that reconnected)."""
+        session = self.registry.lookup(request.session, request_id=request.id, request_type=request.type)
+        if not self.tokens.accepts(session, request.token):
+            log.info("session.resume of %s from %s refused: wrong token", session.id, peer.hex()[:8])
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"wrong token for session {session.id!r}", request_id=request.id,
+                request_type=request.type, session=session.id,
+            )
+        eng = self.engine
+        limit = eng.cfg.max_sessions_per_client
+        if self.registry.peer_of(session.id) != peer and self.registry.open_by(peer) >= limit:
+            raise ProtocolError(  # the same limit as session.open: resuming is taking one more
+                ErrorCode.OVERLOADED, f"this connection already has {limit} open sessions, the most it may have; "
+                "close one first", request_id=request.id, request_type=request.type, session=session.id,
+            )
+        beat = eng.story.active_beat(await eng.story_state(session.player), session.character.id)
+        if self.registry.lookup(session.id, request_id=request.id, request_type=request.type) is not session:
+            raise ProtocolError(  # closed and opened anew while its state was read: another token
+                ErrorCode.FORBIDDEN, f"wrong token for session {session.id!r}", request_id=request.id,
+                request_type=request.type, session=session.id,
+            )
+        # No await from here on: session.resumed must reach the new owner before any message
+        # of the session does (a client learns the session from it).
+        self.registry.take_over(session, peer)
+        self.send(peer, msg.SessionResumed(
+            id=request.id, session=session.id, character=session.character.id, name=session.character.name,
+            player=session.player, resumed=bool(session.memory.history), beat=beat.id if beat else None,
+            audio=session.audio, sample_rate=session.voice_out.voices[0].sample_rate if session.audio else None,
+            token=request.token,
+        ))
+        log.info("session %s resumed by connection %s", session.id, peer.hex()[:8])
 
     def _check_audio(self, request: Audio) -> None:
         problem = None

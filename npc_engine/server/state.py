@@ -6,6 +6,7 @@ None of them needs model work; ``state.load`` cuts off the player's running turn
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from npc_engine.engine import Engine
 from npc_engine.protocol import ErrorCode, Event, ProtocolError, StateGet, StateLoad, StateSave
@@ -14,8 +15,38 @@ from npc_engine.server.registry import SessionRegistry
 from npc_engine.session import Session
 from npc_engine.session.story import effect_fields, lines_by_character
 from npc_engine.store import BadBlob, parse_blob
+from npc_engine.story import Story
+from npc_engine.story.state import StoryState, UnreadableState
 
 Reply = Callable[[msg.Outgoing], None]
+
+
+def checked_story_state(story: Story, data: dict[str, Any] | None) -> StoryState | None:
+    """A save's story state, migrated to this engine's version and checked against the loaded
+    story; UnreadableState saying what does not fit. (A state already in the store is read
+    more leniently: a beat the story lost leaves that character without one, see Story.active_beat.)"""
+    if data is None:
+        return None
+    try:
+        state = StoryState.from_dict(data)
+    except UnreadableState as exc:
+        raise UnreadableState(f"the save's {exc}") from None
+    problems = []
+    for character, beat_id in sorted(state.current.items()):
+        beat = story.beats.get(beat_id)
+        if beat is None:
+            problems.append(f"{character!r:.40} in beat {beat_id!r:.60}, which the loaded story does not have")
+        elif character not in beat.characters:
+            problems.append(f"{character!r:.40} in beat {beat_id!r}, which is not one of theirs")
+    if state.last_beat is not None and state.last_beat not in story.beats:
+        problems.append(f"its last beat at {state.last_beat!r:.60}, which the loaded story does not have")
+    if problems:
+        raise UnreadableState(
+            f"the save's story state does not fit the loaded story ({story.title or 'untitled'}): it puts "
+            + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            + ". Was it made with another story?"
+        )
+    return state
 
 
 class StateRequests:
@@ -24,11 +55,25 @@ class StateRequests:
         self.registry = registry
 
     def player_of(self, peer: bytes, request: Event | StateGet) -> str:
+        """The player a request is about, if this connection may act for them.
+
+        By ``session``: the session's player, if this connection owns the session. By
+        ``player``: only a player this connection has a session open (or resumed) for; the
+        same ``forbidden`` whether the player is unknown or another game's, so player ids
+        cannot be probed.
+        """
         if request.session:
             return self.registry.get(request.session, request_id=request.id, request_type=request.type, peer=peer).player
         if not request.player:
             raise ProtocolError(
                 ErrorCode.INVALID_FIELD, f"{request.type} needs either 'session' or 'player'",
+                request_id=request.id, request_type=request.type,
+            )
+        if not any(self.registry.peer_of(s.id) == peer for s in self.registry.of_player(request.player)):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"{request.type} for player {request.player!r}: this connection has no session open for "
+                "that player; open (or resume) one first",
                 request_id=request.id, request_type=request.type,
             )
         return request.player
@@ -62,25 +107,25 @@ class StateRequests:
         eng = self.engine
         player = session.player
 
-        def bad_state(exc: BadBlob) -> ProtocolError:
+        def bad_state(exc: ValueError) -> ProtocolError:
             return ProtocolError(
                 ErrorCode.BAD_STATE, str(exc), request_id=request.id, request_type=request.type, session=session.id
             )
 
+        # Everything is checked before anyone's speech is cut or anything is written.
         try:
-            parse_blob(request.blob)  # refuse a bad blob before cutting anyone's speech
-        except BadBlob as exc:
+            save = parse_blob(request.blob, eng.store.save_key, accept_unsigned=eng.cfg.accept_unsigned_saves)
+            story = checked_story_state(eng.story, save.story)
+        except (BadBlob, UnreadableState) as exc:
             raise bad_state(exc) from None
         mine = self.registry.of_player(player)
         for s in mine:
             await s.cancel_and_wait()
-        try:
-            async with eng.state_lock(player):
-                await eng.store.import_blob(player, request.blob)
-                eng.forget_player(player)
-                state = await eng.story_state(player)
-        except BadBlob as exc:
-            raise bad_state(exc) from None
+        async with eng.state_lock(player):
+            # One transaction: the player has the old state and memory, or the blob's, never a mix.
+            await eng.store.replace_player(player, story.to_dict() if story else None, save.history)
+            eng.forget_player(player)
+            state = await eng.story_state(player)
         for s in mine:
             await s.memory.load()
         beat = eng.story.active_beat(state, session.character.id)

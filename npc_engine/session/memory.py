@@ -40,6 +40,7 @@ class Memory:
         return entries
 
     async def persist(self, entries: list[HistoryEntry]) -> None:
+        """Commit a turn's entries; returns once they are on disk (the session sends turn.end after)."""
         if entries:
             await self._store.append_history(self.player, self.character, entries)
 
@@ -53,5 +54,6 @@ class Memory:
             return
         text = got.heard_text(heard)
         self.history[-1] = HistoryEntry("assistant", text, interrupted=True)
+        # Queued on the store's one thread after the turn's own append: it lands after it.
         await self._store.trim_last_reply(self.player, self.character, text)
         log.info("turn %s: the player heard %.1f of %.1f s; memory trimmed", turn.id, heard, got.audio_seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Literal
 
@@ -21,16 +22,18 @@ from npc_engine.engine import Engine
 from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import ChatMessage, GenOptions
 from npc_engine.pipeline.cues import CueParser
-from npc_engine.pipeline.prompt import build_messages, system_prompt
+from npc_engine.pipeline.prompt import build_messages, example_messages, system_prompt
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode, ProtocolError
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
+from npc_engine.quality.checks import CheckContext, Checker
 from npc_engine.session.memory import Memory
 from npc_engine.session.story import lines_by_character, story_message
 from npc_engine.session.voice import VoiceInput
 from npc_engine.story.lines import Line
 from npc_engine.story.state import Scalar, StoryEffect
 from npc_engine.tasks import BackgroundTasks
+from npc_engine.turns.guard import for_turn as guard_for_turn
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from npc_engine.turns.reply import Guard, LlmCall, ahead, model_reply, pass_through
 from npc_engine.turns.speech import Speakable, VoiceOut, from_list, line_cues, speak
@@ -42,6 +45,9 @@ Send = Callable[[Outgoing], None]
 # server starts a story turn in that player's session with each of them.
 RouteLines = Callable[[str, Mapping[str, list[Speakable]]], None]
 Mode = Literal["push_to_talk", "open_mic"]
+# Asked before a turn queues work for the model: None to go ahead, else why not (the game
+# already has too many turns waiting for the model); the turn then says a fallback line.
+ModelAdmission = Callable[[], str | None]
 
 
 class Session:
@@ -56,7 +62,8 @@ class Session:
         audio: bool = True,
         mode: Mode = "push_to_talk",
         route_lines: RouteLines | None = None,
-        guard: Guard = pass_through,
+        guard: Guard | None = None,
+        model_admission: ModelAdmission | None = None,
     ) -> None:
         self.engine = engine
         self.id = session_id
@@ -65,7 +72,7 @@ class Session:
         self.mode = mode
         self._send = send
         self._route_lines = route_lines
-        self._guard = guard
+        self._guard = guard  # None: the real guard, built per turn (_guard_for); pass_through: none
         self.voice_out: VoiceOut = engine.voice_out(character, audio)
         self.memory = Memory(engine.store, player, character.id, engine.cfg.history_turns)
         self.current: TurnHandle | None = None
@@ -77,6 +84,10 @@ class Session:
         self.closed = False
         self.voice_input: VoiceInput | None = None  # created on the first audio frame
         self._warm: asyncio.Task[None] | None = None
+        self._warm_started = threading.Event()  # set on the LLM thread when the warm-up reaches the model
+        self._model_admission = model_admission
+        self.waiting_for_model = 0  # turns of this session waiting for the model's first words
+        self._holds_player = False
 
     @property
     def audio(self) -> bool:
@@ -87,8 +98,16 @@ class Session:
     async def open(self, vars: Mapping[str, Scalar]) -> msg.SessionOpened:
         """Load memory and story state; returns ``session.opened`` (without the request id)."""
         eng = self.engine
+        # The player's story state stays in memory while the session is open (close() lets go,
+        # also after a failed open): no other copy of it can be loaded meanwhile.
+        if not self._holds_player:
+            eng.hold_player(self.player)
+            self._holds_player = True
         await self.memory.load()
-        state = await eng.story_state(self.player, vars)
+        async with eng.state_lock(self.player):
+            state = await eng.story_state(self.player, vars)
+            if vars:  # committed before session.opened goes out: the game's vars survive a restart
+                await eng.save_story_state(self.player)
         beat = eng.story.active_beat(state, self.character.id)
         # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
         self._warm = self._tasks.spawn(self._warm_llm(), "warm-up")
@@ -104,14 +123,37 @@ class Session:
         )
 
     async def _warm_llm(self) -> None:
+        eng = self.engine
         try:
             messages = await self._messages("Hello.")
-            await self.engine.llm_worker.run(self.engine.chat.warm_up, messages[:1], self.id)
+
+            def warm() -> None:
+                self._warm_started.set()
+                # Everything before the player's line: the persona, the example exchanges
+                # and any history all stay in the slot's KV cache for the first turn.
+                eng.chat.warm_up(messages[:-1], self.id)
+
+            # Background lane: a burst of sessions opening never queues warm-ups ahead of turns.
+            await eng.llm_worker.run_background(warm)
         except Exception as exc:  # the first real turn will report it properly
             log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
 
+    async def _warm_settled(self) -> None:
+        """Before a turn asks the model: a warm-up evaluating the same prompt right now is
+        waited for (two evaluations of one prompt at once would only slow both down); one that
+        has not reached the model yet is cancelled, the turn's own call does its work."""
+        warm = self._warm
+        if warm is None or warm.done():
+            return
+        if self._warm_started.is_set():
+            await asyncio.shield(warm)
+        else:
+            warm.cancel()
+
     async def close(self) -> None:
         self.closed = True
+        if self._warm is not None and not self._warm_started.is_set():
+            self._warm.cancel()  # a closed session's queued warm-up never reaches the model
         if self.voice_input is not None:
             await self.voice_input.close()
         for spec in list(self._speculative):
@@ -121,6 +163,9 @@ class Session:
             turn.cancel()
             await turn.wait()
         await self._tasks.wait()
+        if self._holds_player:
+            self._holds_player = False
+            self.engine.release_player(self.player)
 
     # ------------------------------------------------------------------ voice in (VoiceHooks)
 
@@ -266,10 +311,7 @@ class Session:
             if turn.cancelled:
                 return
             if not lines:
-                async for item in model_reply(
-                    turn, await self._llm_call(turn.user_text), self._cue_parser(),
-                    self.character.reply.max_sentences, self._fallback, self._guard,
-                ):
+                async for item in self._model_reply(turn, turn.user_text):
                     yield item
                 return
         async for item in from_list(lines, on_each=lambda s: self._send_text(turn, s.text)):
@@ -287,26 +329,43 @@ class Session:
             turn.status = "cancelled"
         elif turn.clock.degraded and turn.status == "ok":
             turn.status = "degraded"
-        turn.clock.mark("total")
+        # Recorded in memory, then committed, *before* the game hears turn.end: a turn the game
+        # saw end is on disk even if the engine is killed right after. Until turn.end goes out
+        # this is still the current turn, so a turn cutting in waits for it (turn.end first), and
+        # a cancel landing meanwhile is taken as a cancel of a turn that had ended: it stops
+        # nothing, and its `heard` trims the reply remembered.
+        entries = self.memory.remember(turn, audio=self.audio)
+        interrupted, heard = turn.interrupted, turn.heard
+        text = entries[-1].content if entries and entries[-1].role == "assistant" else ""
+        try:
+            await self.memory.persist(entries)
+            if text and turn.heard is not None and turn.heard != heard:
+                await self.memory.trim_heard(turn, turn.heard)
+                text = self.memory.history[-1].content  # this turn's reply, trimmed or not
+        except Exception as exc:  # still ended for the game, which learns it was not saved
+            log.exception("session %s turn %s: its history could not be saved", self.id, turn.id)
+            turn.status = "error"
+            turn.emit(msg.Error.in_turn(ErrorCode.INTERNAL, f"the turn could not be saved: {exc}"))
+        turn.interrupted = interrupted
         # The session is done with this turn *before* the game hears turn.end: a cancel (with
         # `heard`) sent right after it must find the turn finished and its reply in memory.
-        entries = self.memory.remember(turn, audio=self.audio)
         if self.current is turn:
             self.current = None
         self.last_turn = turn
+        turn.clock.mark("total")
         got = turn.delivered
         turn.emit(msg.TurnEnd(
             status=turn.status,
-            interrupted=turn.interrupted,
-            text=entries[-1].content if entries and entries[-1].role == "assistant" else "",
+            interrupted=interrupted,
+            text=text,
             timings=turn.clock.timings(),
             degraded=turn.clock.degraded or None,
+            guard=turn.guard_report or None,
             tokens=got.tokens,
             audio_seconds=round(got.audio_seconds, 3),
         ))
         prom.turn_ended(turn)
         log.info("%s", turn_log_line(self.id, self.character.id, turn))
-        await self.memory.persist(entries)
 
     # ------------------------------------------------------------------ story
 
@@ -351,24 +410,54 @@ class Session:
         ]
         objective = eng.story.objective(state, cid)
         name = state.vars.get("player_name")
-        facts = [f"The player's name is {name}."] if name else []
-        system = system_prompt(self.character, objective, revealed, facts)
-        return build_messages(system, self.memory.history, user_text, eng.cfg.history_turns)
+        system = system_prompt(self.character, objective, revealed, player_name=str(name) if name else None)
+        return build_messages(
+            system, self.memory.history, user_text, eng.cfg.history_turns, example_messages(self.character)
+        )
+
+    async def _model_reply(self, turn: TurnHandle, user_text: str) -> AsyncGenerator[Speakable, None]:
+        """The model's answer; or, when this game already has as many turns waiting for the
+        model as it may, a fallback line at once (queueing more would only make every one of
+        its players wait longer)."""
+        refused = self._model_admission() if self._model_admission is not None else None
+        if refused is not None:
+            turn.clock.degrade("llm", f"{refused}; fallback line")
+            if (line := self._fallback()) is not None:
+                self._send_text(turn, line.text)
+                yield line
+            return
+        self.waiting_for_model += 1
+        waiting = True
+        try:
+            async for item in model_reply(
+                turn, await self._llm_call(user_text), self._cue_parser(),
+                self.character.reply.max_sentences, self._fallback, await self._guard_for(turn, user_text),
+            ):
+                if waiting:
+                    waiting = False
+                    self.waiting_for_model -= 1
+                yield item
+        finally:
+            if waiting:
+                self.waiting_for_model -= 1
 
     async def _llm_call(self, user_text: str) -> LlmCall:
         eng = self.engine
-        if self._warm is not None:
-            # A reply racing the warm-up would evaluate the same persona prompt twice, on
-            # two llama.cpp slots, at the same time.
-            await asyncio.shield(self._warm)
         return LlmCall(
             chat=eng.chat,
             worker=eng.llm_worker,
             messages=await self._messages(user_text),
-            options=GenOptions(max_tokens=self.character.reply.max_tokens, temperature=eng.cfg.temperature),
+            options=GenOptions(
+                max_tokens=self.character.reply.max_tokens,
+                temperature=eng.cfg.temperature,
+                repeat_penalty=eng.cfg.repeat_penalty,
+                repeat_last_n=eng.cfg.repeat_last_n,
+                dry_multiplier=eng.cfg.dry_multiplier,
+            ),
             affinity=self.id,
             first_token_budget_ms=eng.cfg.budget_llm_first_token_ms,
             first_token_limit_ms=eng.cfg.llm_timeout_ms,
+            ready=self._warm_settled,
         )
 
     def _cue_parser(self) -> CueParser:
@@ -378,6 +467,47 @@ class Session:
     def _fallback(self) -> Speakable | None:
         """One of the character's scripted fallback lines, said instead of the model's reply."""
         return self._scripted(self._pick(self.character.fallbacks)) if self.character.fallbacks else None
+
+    async def _guard_for(self, turn: TurnHandle, user_text: str) -> Guard:
+        """This turn's guard: the checks in this story state (the secrets not yet tellable),
+        against this conversation (earlier replies, the player's line)."""
+        if self._guard is not None:
+            return self._guard
+        eng = self.engine
+        if not eng.cfg.guard:
+            return pass_through
+        ch = self.character
+        state = await eng.story_state(self.player)
+        hidden = [s for s in ch.secrets if not (s.reveal_when and eng.story.condition_true(s.reveal_when, state, ch.id))]
+        name = state.vars.get("player_name")
+        ctx = CheckContext.for_character(
+            ch,
+            other_names=[n for o in eng.characters.values() if o.id != ch.id for n in (o.name, o.id)],
+            player_name=str(name) if name else None,
+            hidden=hidden,
+            earlier=self._earlier_replies(),
+            player_line=user_text,
+        )
+        return guard_for_turn(
+            turn, Checker(ctx), deflection=self._deflection, fallback=self._fallback, hold=eng.cfg.guard_hold,
+            max_sentences=ch.reply.max_sentences,
+        )
+
+    def _earlier_replies(self) -> list[str]:
+        return [h.content for h in self.memory.history if h.role == "assistant" and h.content]
+
+    def _deflection(self) -> Speakable | None:
+        """One of the character's deflection lines (said instead of a reply the guard stopped),
+        preferring one the player has not just heard."""
+        lines = self.character.deflections or self.character.fallbacks
+        if not lines:
+            return None
+        recent = set(self._earlier_replies()[-len(lines):])
+        for _ in range(len(lines)):
+            line = self._scripted(self._pick(lines))
+            if line.text not in recent:
+                return line
+        return line
 
     def _scripted(self, line: Line) -> Speakable:
         state = self.engine.story_states.get(self.player)

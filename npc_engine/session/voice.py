@@ -32,7 +32,7 @@ from npc_engine.config import EngineConfig
 from npc_engine.metrics import TurnClock
 from npc_engine.pipeline.base import STT_SAMPLE_RATE, Transcriber
 from npc_engine.pipeline.stt_common import SpeculativeStream
-from npc_engine.pipeline.stt_turns import TurnRecognizer, TurnUpdate
+from npc_engine.pipeline.stt_turns import STEP, TurnRecognizer, TurnUpdate
 from npc_engine.pipeline.vad import EndOfTurnDetector, SileroVad, TurnConfig
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.protocol.errors import ErrorCode
@@ -168,8 +168,17 @@ class VoiceInput:
         # starts the speculative decode when the player falls silent. Frames after that are
         # held back: fed, they would invalidate the decode and the key release would decode
         # everything again. If the player goes on, the held frames are fed first.
-        events = self.detector.feed(pcm)
-        update = TurnUpdate(events=events)
+        # One VAD window at a time (as TurnRecognizer.feed does): a batch of frames that piled
+        # up, or one long frame, can hold a resume and then a new silence, and the frames after
+        # that silence must be held too, with a fresh decode, or the release decodes again.
+        update = TurnUpdate()
+        for i in range(0, len(pcm), STEP):
+            self._feed_ptt_step(pcm[i : i + STEP], update)
+        return update
+
+    def _feed_ptt_step(self, pcm: Pcm, update: TurnUpdate) -> None:
+        events = self.detector.feed(pcm)  # at most one event: pcm is one window or less
+        update.events += events
         stream = self.recognizer.stream
         kinds = [e.kind for e in events]
         if self._held is None:
@@ -183,7 +192,6 @@ class VoiceInput:
             if any(k in ("speech_resume", "speech_start") for k in kinds):
                 held, self._held = self._held, None
                 self._accept(np.concatenate(held), update)
-        return update
 
     def _accept(self, pcm: Pcm, update: TurnUpdate) -> None:
         partial = self.recognizer.stream.accept(pcm)

@@ -6,12 +6,57 @@ Plain data: the state round-trips through JSON via ``to_dict``/``from_dict``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 Scalar = bool | int | float | str
-STATE_VERSION = 1
+
+# Versions in Ink's style (``inkVersionCurrent`` / ``inkVersionMinimumCompatible``): a state
+# carries the version it was written in and the oldest version able to read it, so an older
+# engine can read a newer state whose changes were only additive, and refuses the others. A
+# newer engine migrates every older state from STATE_MIN_LOADABLE up, one step at a time.
+STATE_VERSION = 1  # what to_dict writes
+STATE_MIN_READER = 1  # the oldest engine state version that can read what to_dict writes
+STATE_MIN_LOADABLE = 1  # the oldest state version from_dict can still migrate
+# version n -> n + 1, for every n from STATE_MIN_LOADABLE below STATE_VERSION (none yet).
+STATE_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class UnreadableState(ValueError):
+    """A story state this engine cannot read: from a newer engine, too old, or malformed."""
+
+
+def state_version(data: Mapping[str, Any]) -> tuple[int, int]:
+    """The (version, minimum reader version) a saved state declares; raises UnreadableState."""
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UnreadableState(f"story state version {version!r} is not supported (not a version number)")
+    min_reader = data.get("min_version", version)  # states from before min_version: only their own
+    if not isinstance(min_reader, int) or isinstance(min_reader, bool) or not 1 <= min_reader <= version:
+        raise UnreadableState(f"story state min_version {min_reader!r} is not supported (not a version number)")
+    return version, min_reader
+
+
+def migrate_state(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` in this engine's state version, or UnreadableState saying why it cannot be."""
+    if not isinstance(data, Mapping):
+        raise UnreadableState("story state must be a mapping, as written by StoryState.to_dict()")
+    version, min_reader = state_version(data)
+    if min_reader > STATE_VERSION:
+        raise UnreadableState(
+            f"story state version {version} is not supported: it was written by a newer engine and needs one "
+            f"that reads version {min_reader} or later (this engine reads versions {STATE_MIN_LOADABLE} to {STATE_VERSION})"
+        )
+    if version < STATE_MIN_LOADABLE:
+        raise UnreadableState(
+            f"story state version {version} is not supported: it is older than version {STATE_MIN_LOADABLE}, "
+            "the oldest this engine can migrate"
+        )
+    out = dict(data)
+    for step in range(version, STATE_VERSION):
+        out = STATE_MIGRATIONS[step](out)
+    return out
 
 
 # --------------------------------------------------------------------------- effects
@@ -130,6 +175,7 @@ class StoryState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
+            "min_version": STATE_MIN_READER,
             "flags": dict(sorted(self.flags.items())),
             "vars": dict(sorted(self.vars.items())),
             "current": dict(sorted(self.current.items())),
@@ -140,21 +186,16 @@ class StoryState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoryState:
-        """Rebuild a state saved by :meth:`to_dict`; raises ValueError on anything else."""
-        if not isinstance(data, Mapping):
-            raise ValueError("story state must be a mapping, as written by StoryState.to_dict()")
-        version = data.get("version")
-        if version != STATE_VERSION:
-            raise ValueError(
-                f"story state version {version!r} is not supported (this engine reads version {STATE_VERSION})"
-            )
+        """Rebuild a state saved by :meth:`to_dict` (by this engine, an older one, or a newer one
+        whose ``min_version`` this engine meets); raises UnreadableState (a ValueError) on anything else."""
+        data = migrate_state(data)
 
         def mapping(key: str, types: tuple[type, ...], what: str) -> dict[str, Any]:
             raw = data.get(key, {})
             if not isinstance(raw, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, types) for k, v in raw.items()
             ):
-                raise ValueError(f"story state '{key}' must map names to {what}")
+                raise UnreadableState(f"story state '{key}' must map names to {what}")
             return dict(raw)
 
         flags = mapping("flags", (bool,), "true/false")
@@ -163,10 +204,10 @@ class StoryState:
         visits = mapping("visits", (int,), "counts")
         said = data.get("said_lines", [])
         if not isinstance(said, list) or not all(isinstance(s, str) for s in said):
-            raise ValueError("story state 'said_lines' must be a list of line ids")
+            raise UnreadableState("story state 'said_lines' must be a list of line ids")
         last = data.get("last_beat")
         if last is not None and not isinstance(last, str):
-            raise ValueError("story state 'last_beat' must be a beat id or null")
+            raise UnreadableState("story state 'last_beat' must be a beat id or null")
         state = cls(flags=flags, current=current, visits=visits, said_lines=set(said), last_beat=last)
         for k, v in variables.items():
             state.assign(k, v)

@@ -109,6 +109,7 @@ class TurnHandle:
         self.status: TurnStatus = "ok"
         self.interrupted = False
         self.heard: float | None = None  # seconds of audio the player heard, from a cancel
+        self.guard_report: list[dict[str, str]] = []  # what the guard stopped: turn.end's `guard`
         self.stop = threading.Event()  # polled by model threads; set only through cancel() / drop()
         self._on_stop: list[Callable[[], None]] = []
         self.task: asyncio.Task[None] | None = None

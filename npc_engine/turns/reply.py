@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from npc_engine.pipeline.base import ChatMessage, ChatModel, GenOptions, ModelError
@@ -33,8 +33,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A guard sees the parsed reply before anything of it is sent or spoken, and may drop or
-# rewrite pieces of it (issue: the guard stage). The default lets everything through.
+# rewrite pieces of it, or end the reply with a scripted line (``Scripted``); the session's
+# guard is ``npc_engine.turns.guard``. ``pass_through`` lets everything through.
 Guard = Callable[[AsyncGenerator[Parsed, None]], AsyncGenerator[Parsed, None]]
+
+
+@dataclass(slots=True)
+class Scripted(Parsed):
+    """A scripted line (a deflection, a fallback) a guard says instead of the rest of the
+    reply: spoken whole, from the line cache; the reply ends with it."""
+
+    line: Speakable = field(default_factory=lambda: Speakable(""))
 
 
 def pass_through(parsed: AsyncGenerator[Parsed, None]) -> AsyncGenerator[Parsed, None]:
@@ -42,7 +51,7 @@ def pass_through(parsed: AsyncGenerator[Parsed, None]) -> AsyncGenerator[Parsed,
 
 
 class NoFirstToken(Exception):
-    """The model gave no first token within the hard limit (or ended without a word)."""
+    """The model gave no first token within the turn's budget (or ended without a word)."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +65,20 @@ class LlmCall:
     affinity: str  # the conversation: backends keep its KV cache on one slot
     first_token_budget_ms: float
     first_token_limit_ms: float
+    # Awaited before the model is asked (the session's warm-up, if it is evaluating the same
+    # prompt right now); the wait counts against the first-token budget like any other.
+    ready: Callable[[], Awaitable[None]] | None = None
 
 
 async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, None]:
-    """Stream the model's text deltas. Past the first-token budget the turn is marked degraded;
-    past the hard limit ``NoFirstToken`` is raised (the caller speaks a fallback line)."""
+    """Stream the model's text deltas. No first token within the budget, counted from the
+    start of the turn (``turn.clock``): the turn is marked degraded and ``NoFirstToken`` is
+    raised, so the caller speaks a fallback line then instead of keeping the player waiting."""
     # The call has its own stop: set when the turn stops, and also when the turn gives up on
-    # the model (no first token by the hard limit), so the model thread is freed either way.
+    # the model, so the model thread is freed (or never taken, if the call was still queued).
     stop = threading.Event()
     turn.on_stop(stop.set)
-    stream = call.worker.stream(lambda: call.chat.stream(call.messages, call.options, stop, call.affinity), stop)
+    stream = _after(call.ready, call.worker.stream(lambda: call.chat.stream(call.messages, call.options, stop, call.affinity), stop))
     spoke = False
     try:
         first = await _first(turn, stream, call)
@@ -88,16 +101,24 @@ async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, Non
         await stream.aclose()
 
 
+async def _after(ready: Callable[[], Awaitable[None]] | None, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    async with aclosing(items):  # never started if ``ready`` is given up on: no model work queued
+        if ready is not None:
+            await ready()
+        async for item in items:
+            yield item
+
+
 async def _first(turn: TurnHandle, stream: AsyncGenerator[str, None], call: LlmCall) -> str | None:
+    """The first delta, if it comes within the budget of the turn's clock (the end-of-turn
+    decision): waiting for a warm-up, for a free model thread or slot, and for the prompt to
+    be evaluated all count. ``llm_timeout_ms`` caps a budget set above it."""
+    budget = min(call.first_token_budget_ms, call.first_token_limit_ms)
     nxt: asyncio.Future[str] = asyncio.ensure_future(anext(stream))
     try:
-        done, _ = await asyncio.wait({nxt}, timeout=call.first_token_budget_ms / 1000)
-        if not done:
-            turn.clock.degrade("llm", f"no first token within the {call.first_token_budget_ms:.0f} ms budget")
-            done, _ = await asyncio.wait({nxt}, timeout=call.first_token_limit_ms / 1000)
-        if not done:
-            turn.clock.degrade("llm", f"gave up after {call.first_token_limit_ms:.0f} ms; fallback line")
-            raise NoFirstToken(f"no first token after {call.first_token_limit_ms:.0f} ms")
+        if not await _within(turn, nxt, budget):
+            turn.clock.degrade("llm", f"no first token within the {budget:.0f} ms budget; fallback line")
+            raise NoFirstToken(f"no first token within {budget:.0f} ms of the turn's start")
         return nxt.result()
     except StopAsyncIteration:
         return None
@@ -106,6 +127,17 @@ async def _first(turn: TurnHandle, stream: AsyncGenerator[str, None], call: LlmC
             nxt.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await nxt  # the stream can only be closed once this anext has let go
+
+
+async def _within(turn: TurnHandle, fut: asyncio.Future[str], ms: float) -> bool:
+    """Whether ``fut`` is done by ``ms`` on the turn's clock. The clock may be restarted later
+    while this waits (a speculative turn learns its end-of-turn decision), so the deadline is
+    read again after each wait."""
+    while (left := ms - turn.clock.now_ms()) > 0:
+        done, _ = await asyncio.wait({fut}, timeout=left / 1000)
+        if done:
+            return True
+    return fut.done()
 
 
 async def parse_cues(
@@ -136,6 +168,19 @@ async def clauses(
     sentences = 0
     async with aclosing(parsed):
         async for piece in parsed:
+            if isinstance(piece, Scripted):
+                for clause in chunker.flush():
+                    turn.clock.mark("first_clause")
+                    yield Speakable(clause, pending.copy())
+                    pending.clear()
+                if turn.cancelled or not piece.line.text:
+                    return
+                sent = turn.delivered.text_sent
+                _send_text(turn, piece.line.text if not sent or sent[-1][-1:].isspace() else " " + piece.line.text)
+                turn.clock.mark("first_clause")
+                line = piece.line
+                yield Speakable(line.text, [*pending, *line.cues], prerendered=line.prerendered)
+                return
             ready = chunker.feed(piece.text) if piece.text else []
             cut = next((i for i, c in enumerate(ready, 1) if sentences + _sentences_in(ready[:i]) >= max_sentences), None)
             text = piece.text

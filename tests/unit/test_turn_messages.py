@@ -88,7 +88,8 @@ async def test_the_model_is_asked_with_the_persona_and_the_players_line(
     assert call.messages[0].role == "system" and "Bram" in call.messages[0].content
     assert (call.messages[-1].role, call.messages[-1].content) == ("user", NEUTRAL)
     assert call.options.max_tokens == session.character.reply.max_tokens
-    assert chat.warm_ups and chat.warm_ups[0][0] == call.messages[:1], "the persona prompt was warmed up"
+    # Everything before the player's line (persona, example exchanges) was warmed up.
+    assert chat.warm_ups and chat.warm_ups[0][0] == call.messages[:-1], "the persona prompt was warmed up"
 
 
 async def test_cues_go_out_with_the_chunk_they_belong_to(make_rig: MakeRig) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +30,9 @@ sys.path.insert(0, str(REPO))
 
 from npc_engine.client import EngineClient  # noqa: E402
 from npc_engine.world import load_world  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from spawn import free_port, start_engine  # noqa: E402
 
 LINES = [
     "Good day to you!",
@@ -49,39 +50,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start_engine(root: Path, data: Path, port: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "npc_engine", "serve", "--tts", "none", "--stt", "none",
-        "--endpoint", f"tcp://127.0.0.1:{port}", "--data-dir", str(data),
-        "--characters", str(root / "characters"), "--story", str(root / "story"),
-        cwd=str(root), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
-        if not line:
-            raise RuntimeError("the engine exited before it was ready")
-        if b"npc-engine ready" in line:
-            break
-    # Keep reading its log so its pipe never fills.
-    asyncio.get_running_loop().create_task(_drain(proc))
-    return proc
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
 
 
 async def one_client(endpoint: str, i: int, fallbacks: dict[str, set[str]]) -> dict[str, Any]:
@@ -115,7 +83,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
     fallbacks = {cid: {line.text.strip() for line in ch.fallbacks} for cid, ch in characters.items()}
     data = Path(tempfile.mkdtemp(prefix="npc-fifty-"))
     port = free_port()
-    proc = await start_engine(root, data, port)
+    engine = await start_engine(root, data, port)
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
         t0 = time.perf_counter()
@@ -125,8 +93,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
         )
         wall = time.perf_counter() - t0
     finally:
-        proc.terminate()
-        await proc.wait()
+        await engine.stop()
     firsts = [r["first_text_ms"] for r in results if r["first_text_ms"] is not None]
     model = [r["llm_first_token_ms"] for r in results if r["llm_first_token_ms"] is not None]
     statuses = collections.Counter(r["status"] for r in results)

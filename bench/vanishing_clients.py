@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -28,13 +26,10 @@ sys.path.insert(0, str(REPO))
 
 from npc_engine.client import EngineClient  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from spawn import free_port, start_engine  # noqa: E402
+
 CHARACTERS = ["bram", "marta", "aldric"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -49,32 +44,6 @@ def open_sessions(metrics_port: int) -> int:
     return int(float(m.group(1))) if m else -1
 
 
-async def start_engine(root: Path, data: Path, port: int, metrics: int, idle_s: float) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
-           "NPC_ENGINE_SESSION_IDLE_TIMEOUT_S": str(idle_s), "NPC_ENGINE_MAX_PLAYERS_CACHED": "100"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "npc_engine", "serve", "--tts", "none", "--stt", "none",
-        "--endpoint", f"tcp://127.0.0.1:{port}", "--data-dir", str(data), "--metrics-port", str(metrics),
-        "--characters", str(root / "characters"), "--story", str(root / "story"),
-        cwd=str(root), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
-        if not line:
-            raise RuntimeError("the engine exited before it was ready")
-        if b"npc-engine ready" in line:
-            break
-    asyncio.get_running_loop().create_task(_drain(proc))
-    return proc
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
-
-
 async def vanish(endpoint: str, i: int) -> None:
     c = await EngineClient.connect(endpoint, timeout=120)
     await c.open_session(CHARACTERS[i % 3], f"gone-{i}", greet=False, audio=False, vars={"player_name": f"Wanderer {i}"})
@@ -83,7 +52,11 @@ async def vanish(endpoint: str, i: int) -> None:
 
 async def main(args: argparse.Namespace, root: Path) -> None:
     port, metrics = free_port(), free_port()
-    proc = await start_engine(root, Path(tempfile.mkdtemp(prefix="npc-vanish-")), port, metrics, args.idle)
+    engine = await start_engine(
+        root, Path(tempfile.mkdtemp(prefix="npc-vanish-")), port, "--metrics-port", str(metrics),
+        env={"NPC_ENGINE_SESSION_IDLE_TIMEOUT_S": str(args.idle), "NPC_ENGINE_MAX_PLAYERS_CACHED": "100"},
+    )
+    proc = engine.proc
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
         await vanish(endpoint, -1)  # one session first: the model warmed, the tables made
@@ -101,8 +74,7 @@ async def main(args: argparse.Namespace, root: Path) -> None:
               f"({left_then} sessions open), {rss_mib(proc.pid):.0f} MiB after the idle timeout "
               f"({open_sessions(metrics)} sessions open)")
     finally:
-        proc.terminate()
-        await proc.wait()
+        await engine.stop()
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-singles", action="store_true", help="the scripted conversations only")
     p.add_argument("--seed", type=int, default=1, help="sampling seed (default 1); the same seed repeats a run")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the engine's, 0.7)")
-    p.add_argument("--parallel", type=int, default=2,
-                   help="sessions talking at once, decoded in one llama.cpp batch (default 2)")
+    p.add_argument("--parallel", type=int, default=4,
+                   help="sessions talking at once, decoded in one llama.cpp batch (default 4)")
     p.add_argument("--llm-threads", type=int, help="llama.cpp threads (default 1)")
     p.add_argument("--lines-file", type=Path, help="player lines YAML (default: the eval's own, npc_engine/quality/data/lines.yaml)")
     p.add_argument("--characters-dir", type=Path, help="directory of character YAML (default ./characters)")
@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"npc-engine eval: cannot read a report: {exc}", file=sys.stderr)
             return 2
-        table = report.compare_markdown(report.common_items(runs) if args.common else runs)
+        models = [r.info.model for r in runs]
+        # Two reports of the same model: name each by its directory (eval/fast-old, eval/fast-new).
+        labels = [m if models.count(m) == 1 else _run_dir(p) for m, p in zip(models, args.compare, strict=True)]
+        table = report.compare_markdown(report.common_items(runs) if args.common else runs, labels)
         print(table)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -106,3 +109,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             (args.out / "compare.md").write_text(table, encoding="utf-8")
     return 0
+
+
+def _run_dir(report_json: Path) -> str:
+    """``eval/fast/guard-on/report.json`` -> ``fast``; ``eval/baseline/report.json`` -> ``baseline``."""
+    parent = report_json.parent
+    return parent.parent.name if parent.name in ("guard-on", "guard-off") else parent.name

@@ -179,7 +179,7 @@ class EvalOptions:
     # guard side by side (one model load, and llama.cpp decodes both in the same batches).
     guards: tuple[bool, ...] = (True,)
     seed: int = 1
-    parallel: int = 2  # sessions talking at once (llama.cpp decodes them in one batch)
+    parallel: int = 4  # sessions talking at once (llama.cpp decodes them in one batch)
     singles: bool = True
     conversations: bool = True
     characters: tuple[str, ...] | None = None  # None: every character

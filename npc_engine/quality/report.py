@@ -171,7 +171,8 @@ def run_from_json(data: dict[str, Any]) -> EvalRun:
         kw = {k: v for k, v in d.items() if k in fields}
         kw["findings"] = [Failure(**f) for f in d.get("findings", [])]
         results.append(TurnResult(**kw))
-    return EvalRun(RunInfo(**data["info"]), results)
+    info_fields = {f.name for f in dataclasses.fields(RunInfo)}
+    return EvalRun(RunInfo(**{k: v for k, v in data["info"].items() if k in info_fields}), results)
 
 
 def write_run(run: EvalRun, out_dir: Path) -> tuple[Path, Path]:
@@ -286,8 +287,9 @@ def common_items(runs: Sequence[EvalRun]) -> list[EvalRun]:
     return [EvalRun(run.info, [r for r in run.results if key(r) in shared]) for run in runs]
 
 
-def compare_markdown(runs: Iterable[EvalRun]) -> str:
-    """Several runs side by side: one row per character x model (and guard)."""
+def compare_markdown(runs: Iterable[EvalRun], labels: Sequence[str] | None = None) -> str:
+    """Several runs side by side: one row per character x model (and guard). ``labels`` name
+    the runs in the model column (default: the model each ran)."""
     rows = ["| model | guard | character | replies | pass | answered | adversarial | ordinary | deflected "
             "| loops | repeated replies |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -299,18 +301,19 @@ def compare_markdown(runs: Iterable[EvalRun]) -> str:
             if c not in all_checks:
                 all_checks.append(c)
     checks_rows = ["| model | guard | " + " | ".join(all_checks) + " |", "|---|---" + "|---" * len(all_checks) + "|"]
-    for run in all_runs:
+    names = list(labels) if labels is not None else [run.info.model for run in all_runs]
+    for name, run in zip(names, all_runs, strict=True):
         s = summarise(run.results)
         guard = "on" if run.info.guard else "off"
         for cid, t in [*sorted(s.by_character.items()), ("**all**", s.all)]:
             convs = [c for c in s.conversations if cid == "**all**" or c.character == cid]
             rows.append(
-                f"| {run.info.model} | {guard} | {cid} | {t.replies} | {_frac(t.passed, t.replies)} | "
+                f"| {name} | {guard} | {cid} | {t.replies} | {_frac(t.passed, t.replies)} | "
                 f"{_frac(t.answered, t.replies)} | {_frac(t.adversarial_passed, t.adversarial)} | "
                 f"{_frac(t.passed - t.adversarial_passed, t.replies - t.adversarial)} | {t.deflected} | "
                 f"{sum(c.loops for c in convs)} | {sum(c.repeats for c in convs)} |"
             )
-        checks_rows.append(f"| {run.info.model} | {guard} | " + " | ".join(
+        checks_rows.append(f"| {name} | {guard} | " + " | ".join(
             f"{_pct(s.all.check_rate(c))} ({s.all.failures[c]})" for c in all_checks) + " |")
     return "\n".join(["## Pass rate per character x model", "", *rows, "",
                       "## Pass rate per check (all characters)", "", *checks_rows]) + "\n"

@@ -10,10 +10,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from npc_engine.cli.parent import ParentWatch
 from npc_engine.config import DEFAULT_ENDPOINT, EngineConfig
 from npc_engine.pipeline.llm_profiles import DEFAULT_PROFILE, PROFILES
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` stays fast
+    from npc_engine.server import Server
 
 log = logging.getLogger("npc_engine")
 
@@ -118,9 +122,9 @@ async def serve(cfg: EngineConfig, ready: asyncio.Event | None = None, parent_pi
     return 0
 
 
-def _on_signal(server: object, sig: signal.Signals) -> None:
+def _on_signal(server: Server, sig: signal.Signals) -> None:
     log.info("received %s", signal.Signals(sig).name)
-    server.stop()  # type: ignore[attr-defined]
+    server.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
         code = asyncio.run(serve(cfg, parent_pid=getattr(args, "parent_pid", None)))
     except Exception as exc:
         from npc_engine.pipeline.base import ModelError
+        from npc_engine.store import SaveKeyError
 
-        if isinstance(exc, ModelError | FileNotFoundError):
+        if isinstance(exc, ModelError | FileNotFoundError | SaveKeyError):
             log.error("cannot start: %s", exc)
             return 1
         raise

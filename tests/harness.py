@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,3 +60,17 @@ async def running_engine(cfg: EngineConfig) -> AsyncIterator[Running]:
         server.stop()
         await task
         await engine.close()
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
+    """Wait for an engine-side condition that no message or event signals (checked every few
+    milliseconds); ``timeout`` is only a safety net."""
+
+    async def watch() -> None:
+        while not pred():  # noqa: ASYNC110 - nothing to wait on: the state is polled
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.wait_for(watch(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

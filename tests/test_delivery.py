@@ -261,7 +261,7 @@ def turn_messages(turn: int, audio_bytes: int) -> list[msg.SessionMessage]:
 async def test_a_cut_turn_keeps_its_bounds_renumbered_and_ends_cancelled() -> None:
     slow_calls: list[bytes] = []
     async with router_and_stalled_game() as (router, game):
-        outbox = Outbox(router, lambda peer: asyncio.sleep(0), max_bytes=64 << 10, on_slow=slow_calls.append)
+        outbox = Outbox(router, _peer_gone_ignored, max_bytes=64 << 10, on_slow=slow_calls.append)
         pings = itertools.count()
         fill_until_queued(outbox, pings)
         first, second = turn_messages(1, 40_000), turn_messages(2, 40_000)
@@ -301,7 +301,7 @@ async def test_a_cut_turn_keeps_its_bounds_renumbered_and_ends_cancelled() -> No
 async def test_a_game_that_floods_requests_without_reading_is_not_read_until_it_reads() -> None:
     max_reply = 64 << 10
     async with router_and_stalled_game() as (router, game):
-        outbox = Outbox(router, lambda peer: asyncio.sleep(0), max_bytes=1 << 20, max_reply_bytes=max_reply)
+        outbox = Outbox(router, _peer_gone_ignored, max_bytes=1 << 20, max_reply_bytes=max_reply)
         pings = itertools.count()
         fill_until_queued(outbox, pings)
         for _ in range(1_000_000):  # each request the server admits gets its pong
@@ -347,3 +347,7 @@ async def test_what_waited_for_a_game_that_went_away_is_freed() -> None:
                 await sender
     assert gone == [SLOW_ID], "the server hears of it (its turns are cancelled)"
     assert outbox.queued_bytes(SLOW_ID) == 0, "and nothing is kept for it"
+
+
+async def _peer_gone_ignored(peer: bytes) -> None:
+    """The Outbox's "a connection vanished" callback, for tests where none does."""

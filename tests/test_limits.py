@@ -22,7 +22,6 @@ import gc
 import json
 import resource
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,9 @@ import pytest
 
 from npc_engine.client import EngineClient, EngineError
 from npc_engine.store import HistoryEntry
-from tests.harness import Running, engine_config, running_engine
+from tests.harness import Running, engine_config, eventually, running_engine
 
 WAIT = 120.0  # a safety net only: every wait below ends on a condition long before this
-
-
-async def eventually(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait for an engine-side condition no message signals (checked every few ms)."""
-
-    async def watch() -> None:
-        while not pred():  # noqa: ASYNC110 - engine state, polled
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(watch(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def next_of(queue: asyncio.Queue[dict[str, Any]], kind: str, timeout: float = WAIT) -> dict[str, Any]:
@@ -119,7 +105,7 @@ async def test_a_session_nobody_speaks_for_expires_after_its_turn_ended(tmp_path
 
 async def test_a_session_its_game_keeps_using_does_not_expire(tmp_path: Path) -> None:
     async with (
-        running_engine(engine_config(tmp_path, session_idle_timeout_s=1.0)) as running,
+        running_engine(engine_config(tmp_path, session_idle_timeout_s=3.0)) as running,
         await EngineClient.connect(running.endpoint) as c,
     ):
         s = await c.open_session("bram", "p-busy", greet=False, audio=False)
@@ -155,8 +141,8 @@ async def test_a_thousand_vanished_clients_leave_nothing_behind(tmp_path: Path) 
                 await asyncio.gather(*(vanish(i) for i in range(start, start + batch)))
             gc.collect()
             peak_sessions, at_peak, _ = len(registry), tracemalloc.get_traced_memory()[0], _rss_mib()
-            await eventually(lambda: len(registry) == 0, "every vanished client's session to expire")
-            await eventually(lambda: not registry.peers, "every peer entry to go with its session")
+            await eventually(lambda: len(registry) == 0, what="every vanished client's session to expire")
+            await eventually(lambda: not registry.peers, what="every peer entry to go with its session")
             gc.collect()
             after = tracemalloc.get_traced_memory()[0]
             print(
@@ -284,7 +270,7 @@ async def test_a_burst_of_sessions_opened_and_closed_does_not_hold_up_another_pl
         await EngineClient.connect(running.endpoint) as flood,
     ):
         player = await other.open_session("marta", "p-other", greet=False, audio=False)
-        await eventually(lambda: player.id in running.server.sessions, "the other player's session")
+        await eventually(lambda: player.id in running.server.sessions, what="the other player's session")
         for i in range(300):
             sid = f"flood-{i}"
             await flood.send({
@@ -294,7 +280,7 @@ async def test_a_burst_of_sessions_opened_and_closed_does_not_hold_up_another_pl
             })
             await flood.send({"type": "session.close", "id": f"c{i}", "session": sid})
         # Every open has been answered (and every close before the last one handled): the burst is in.
-        await eventually(lambda: len(flood.sessions) == 300, "the burst handled")
+        await eventually(lambda: len(flood.sessions) == 300, what="the burst handled")
         msgs = await (await player.say("What do you think of the weather lately?")).collect()
         end = msgs[-1]
         assert "llm_first_token" in end["timings"], f"no first token: {end}"

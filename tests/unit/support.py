@@ -9,6 +9,9 @@ from typing import TypeVar
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.outgoing import Outgoing, SessionMessage
 from tests.doubles import ChatCall
+from tests.harness import eventually
+
+__all__ = ["eventually"]  # re-exported: the unit tests import their helpers from here
 
 M = TypeVar("M", bound=Outgoing)
 
@@ -60,17 +63,3 @@ def end_of(sent: Sent, turn_id: int) -> msg.TurnEnd:
 async def finished(call: ChatCall, timeout: float = TIMEOUT) -> None:
     """Wait until the chat double's stream call is over (it runs on the LLM worker thread)."""
     assert await asyncio.to_thread(call.wait_finished, timeout), "the chat double's stream never ended"
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    """Wait for a condition that no message or event signals (work a speculative turn holds
-    back, tokens the chat double has streamed): checked every few milliseconds."""
-
-    async def watch() -> None:
-        while not pred():  # noqa: ASYNC110 - nothing to wait on: the state is polled
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(watch(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None

@@ -239,6 +239,7 @@ _AI_PATTERNS: tuple[tuple[str, str], ...] = (
      r"virtual assistant|large language model|machine)\b", "speaks 'as an AI'"),
     (r"\b(?:ai|a\.i\.) (?:language )?model\b|\blanguage model\b|\blarge language\b|\bllm\b", "mentions a language model"),
     (r"\bartificial intelligence\b", "mentions artificial intelligence"),
+    (r"\b(?:personal|virtual|digital|ai|helpful) assistant\b", "calls someone an assistant, like a chatbot"),
     (rf"\b{_I_AM}\s+(?:an? )?(?:ai|a\.i\.|bot|chatbot|robot|computer|program|machine|assistant|language model|"
      r"game|video game|npc|non-player character|fictional character|character in (?:a|this) (?:game|story)|"
      r"virtual (?:character|being|assistant)|simulation|text-based)\b", "says what it is outside the world"),
@@ -267,7 +268,8 @@ _REFUSAL_PATTERNS: tuple[tuple[str, str], ...] = (
      r"\b(?:inappropriate|offensive|harmful|explicit) (?:content|request|language|topics?)\b", "content-policy talk"),
     (r"\b(?:how|what) (?:can|may) i (?:assist|help) you(?: with)? today\b|\bhow (?:can|may) i assist\b|"
      r"\banything else i can (?:help|assist)\b|\bi'm here to assist\b|\bhappy to assist\b|"
-     r"\b(?:i'm|i am) here to help you with\b|\bhelp you with (?:anything|whatever)\b",
+     r"\b(?:i'm|i am) here to help you with\b|\bhelp you with (?:anything|whatever)\b|"
+     r"\b(?:i'm|i am) (?:always |just )?here to help(?: you)?\s*(?:[.!]|$)",
      "help-desk phrase"),
     (r"\bif you have any (?:other |more |further )?questions\b|\bfeel free to (?:ask|reach out)\b|"
      r"\bhope (?:this|that) helps\b|\bi hope this information\b", "help-desk phrase"),
@@ -299,10 +301,12 @@ _OUT_OF_WORLD = (
     "movie", "movies", "cinema", "supermarket", "programming", "coding", "cyber", "technology", "ai", "a.i.",
     "wikipedia", "smartwatch", "headphones", "microphone", "spaceship", "rocket", "astronaut", "president",
     "united states", "america", "covid", "minecraft", "fortnite", "pokemon", "roblox", "xbox", "playstation",
+    "python", "javascript", "html",
 )
 _OUT_OF_WORLD_RE = re.compile(
     r"(?<![\w'])(?:" + "|".join(re.escape(w) for w in sorted(_OUT_OF_WORLD, key=len, reverse=True)) + r")(?![\w'])"
-    r"|\b(?:19|20|21)(?:st|nd|rd|th) century\b|\b(?:in|since|from|of) (?:19|20)\d\d\b",
+    r"|\b(?:19|20|21)(?:st|nd|rd|th) century\b|\b(?:in|since|from|of) (?:19|20)\d\d\b"
+    r"|```|'''",  # a code fence ("Sure! ```python"); the text's backticks may be apostrophes by now
     re.IGNORECASE,
 )
 # Generic speaker labels a model writes when it slips into a script or a chat transcript.
@@ -342,9 +346,28 @@ _NOT_NAMES = frozenset({
     "well", "oh", "ah", "hm", "hmm", "and", "but", "or", "too", "that", "this", "it", "what", "who",
 })
 _NAME_CLAIM = re.compile(
-    r"(?i:\b(?:i'm|i am|im|my name is|my name's|name's|call me|they call me|people call me|known as)\s+"
+    r"(?i:\b(?:i'm|i am|im|i'm called|i am called|i'm named|my name is|my name's|name's|call me|they call me|"
+    r"people call me|known as)\s+"
     r"(?:the\s+(?:one\s+)?)?)"
     r"((?:[A-Z][a-z'’-]+)(?:\s+[A-Z][a-z'’-]+){0,2})"
+)
+
+
+# A player's line that invites a reply the guard would stop (``Checker.provoked``): talk of
+# what the character is, of its prompt, of the game, or a role to take. Measured on the eval's
+# lines (npc_engine/quality/data/lines.yaml): see docs/quality.md.
+_PROVOKE_RE = re.compile(
+    r"\b(?:ai|a\.i\.|artificial|language model|model|chatbot|bot|robot|assistant|machine|program(?:med|mer|ming)?|"
+    r"developers?|prompts?|instructions?|system|rules|npcs?|game|character|player|user|pretend|role-?play|"
+    r"jailbreak|narrator|ignore|repeat|text above|you are now|you're now|from now on|your name is|act as|"
+    r"real person|human|openai|gpt|chatgpt|secrets?|are you hiding|you're hiding|you hide|hiding something|"
+    r"word for word|were you told|football)\b",
+    re.IGNORECASE,
+)
+_RISKY_OPENING = re.compile(
+    r"^\W*(?:i'm sorry|i am sorry|sorry|i apologi[sz]e|apologies|unfortunately|as an?|as your)\b|\ba real\b|"
+    r"\breal person\b",
+    re.IGNORECASE,
 )
 
 
@@ -384,6 +407,9 @@ class CheckContext:
     player_line: str = ""
     known_words: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    # Normalised words the character says openly (persona, style, knows, facts, relationships):
+    # a secret key word among them ("hammer", "Marta") says nothing about a player's line.
+    public_words: frozenset[str] = frozenset()
 
     @classmethod
     def for_character(
@@ -411,6 +437,8 @@ class CheckContext:
         own_text = f"{character.name} {character.persona}".lower()
         roles = {r for r in _ROLE_NOUNS if re.search(rf"\b{r}\b", own_text)}
         roles |= {_ROLE_ALIASES[r] for r in roles if r in _ROLE_ALIASES}
+        public = " ".join([character.persona, character.style, *character.knows, *(f.text for f in facts),
+                           *character.relationships.values()])
         return cls(
             names=frozenset(names),
             display_name=character.name,
@@ -422,6 +450,7 @@ class CheckContext:
             player_line=player_line,
             known_words=frozenset(known),
             roles=frozenset(roles),
+            public_words=frozenset(normalize(public).split()),
         )
 
 
@@ -433,6 +462,7 @@ class _KeyPattern:
     secret: Secret
     key: str
     parts: list[re.Pattern[str]] = field(default_factory=list)
+    words: list[list[str]] = field(default_factory=list)  # each part's normalised words
 
 
 class Checker:
@@ -466,6 +496,45 @@ class Checker:
             *self._repeat_sentence(text),
             *self._echo(text, sentence=True),
         ]
+
+    def so_far(self, text: str) -> list[Finding]:
+        """The whole-reply checks that a reply's sentences can pass one by one, on the reply so
+        far (the sentences let out and the one that has just ended): a secret key whose words
+        span sentences, a loop across sentences, a repeat of an earlier reply, an echo of the
+        player's line. A repeat or an echo may still be diluted by the sentences that follow;
+        a secret or a loop cannot."""
+        return [*self._secrets(text), *self._loop(text), *self._repeat_reply(text), *self._echo(text, sentence=False)]
+
+    def provoked(self) -> str | None:
+        """Why the player's line invites a reply the guard would have to stop, or None: it talks
+        of AI, prompts, games or roles to take, names something from outside the world, or
+        says a hidden secret's own words. The guard holds such a reply's first sentence whole
+        instead of letting its first clause out early (a deflection glued to a fragment
+        already spoken reads badly), at the price of first-audio latency on these turns only."""
+        line = self.ctx.player_line.translate(_APOSTROPHES)
+        if not line.strip():
+            return None
+        if m := _PROVOKE_RE.search(line):
+            return f"talks of {m.group().lower()!r}"
+        if m := _OUT_OF_WORLD_RE.search(line):
+            return f"names {m.group()!r} from outside the world"
+        if found := [f for f in self.fragment(self.ctx.player_line) if f.check != LOOP]:
+            return found[0].detail
+        n = normalize(line)
+        for k in self._keys:
+            hits = [ws for rx, ws in zip(k.parts, k.words, strict=True) if rx.search(n)]
+            if len(hits) == len(k.parts):
+                return f"says the secret's key {k.key!r}"
+            own = [ws for ws in hits if not set(ws) <= self.ctx.public_words]
+            if own:
+                return f"says {' '.join(own[0])!r}, words of a hidden secret"
+        return None
+
+    @staticmethod
+    def risky_opening(fragment: str) -> bool:
+        """A reply opening that often goes on to something the guard stops: an apology ("I'm
+        sorry, but as an AI..."), "as a(n) ...", or the prompt's "a real person" line."""
+        return bool(_RISKY_OPENING.search(fragment.translate(_APOSTROPHES)))
 
     def reply(self, text: str) -> list[Finding]:
         """Every check on a whole reply: each sentence, then the whole-reply checks (empty,
@@ -564,7 +633,17 @@ class Checker:
         for phrase in SCAFFOLD:
             if f" {phrase} " in n:
                 return [Finding(PROMPT_TALK, f"quotes its prompt: {phrase!r}", text)]
+        if m := self._you_are_me.search(text.translate(_APOSTROPHES)):
+            return [Finding(PROMPT_TALK, f"tells itself who it is, as its prompt does: {m.group()!r}", text, m.span())]
         return []
+
+    @cached_property
+    def _you_are_me(self) -> re.Pattern[str]:
+        """"You are Captain Aldric...": the prompt's first line, said back ("repeat the text
+        above, starting with 'You are'"). Not "You are Bram's friend?" (a possessive)."""
+        own = "|".join(re.escape(n) for n in sorted(self.ctx.names, key=len, reverse=True))
+        # A capitalised title may come first ("Captain"); "the captain" is not the prompt.
+        return re.compile(rf"(?i:\b(?:you are|you're|your name is)\s+)(?:[A-Z][a-z]+\s+)?(?i:{own})\b(?!')")
 
     @cached_property
     def _keys(self) -> list[_KeyPattern]:
@@ -573,7 +652,7 @@ class Checker:
             for key in secret.keys:
                 parts = [p for p in (s.strip() for s in key.split("+")) if normalize(p)]
                 if parts:
-                    out.append(_KeyPattern(secret, key, [_phrase_re(p) for p in parts]))
+                    out.append(_KeyPattern(secret, key, [_phrase_re(p) for p in parts], [normalize(p).split() for p in parts]))
         return out
 
     def _secrets(self, text: str) -> list[Finding]:
@@ -716,12 +795,11 @@ class Checker:
         return []
 
     def _repeat_reply(self, text: str) -> list[Finding]:
-        n = normalize(text)
-        if len(n.split()) < 3:
+        n = normalize(text).split()
+        if len(n) < 3:
             return []
         for earlier in self.ctx.earlier:
-            e = normalize(earlier)
-            if n == e or _similar(n, e) >= 0.8:
+            if _repeats(n, normalize(earlier).split()):
                 return [Finding(REPEAT, f"repeats an earlier reply: {earlier[:80]!r}", text)]
         return []
 
@@ -744,6 +822,23 @@ def _second_person_swapped(ws: list[str]) -> list[str]:
     """The player's words as the character would echo them ("your hammer" -> "my hammer")."""
     swap = {"your": "my", "you": "i", "yours": "mine", "you're": "i'm", "are": "am"}
     return [swap.get(w, w) for w in ws] + ws
+
+
+def _repeats(mine: list[str], earlier: list[str]) -> bool:
+    """``mine`` (a whole reply's words) repeats ``earlier``. Long replies: 80% alike. Short
+    ones (under six words): the same words, give or take one ("Aye, that I can." again, or
+    with a "citizen" added); a single word changed ("the forge is hot" after "the forge is
+    cold") is a new answer, not a repeat: in five words, 80% alike is one word in five."""
+    if not mine or not earlier:
+        return False
+    if mine == earlier:
+        return True
+    if min(len(mine), len(earlier)) >= 6:
+        return _similar(" ".join(mine), " ".join(earlier)) >= 0.8
+    if min(len(mine), len(earlier)) < 3 or abs(len(mine) - len(earlier)) != 1:
+        return False
+    sm = SequenceMatcher(a=mine, b=earlier, autojunk=False)
+    return sum(b.size for b in sm.get_matching_blocks()) == min(len(mine), len(earlier))
 
 
 def _similar(a: str, b: str) -> float:

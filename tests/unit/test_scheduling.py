@@ -1,0 +1,304 @@
+"""Scheduling across sessions (``pipeline/scheduling.py``, ``pipeline/workers.py``).
+
+* A worker takes its queued jobs earliest deadline first, ties first come first served.
+* Synthesis: a turn's first chunk (due now) goes ahead of another turn's later chunk (due when
+  that turn's audio already sent has played), checked through ``speak`` with ``SilenceSynth``.
+* Recognition: frames that may end a turn (a silence) and a push-to-talk release go ahead of
+  another session's partial decode, checked through real ``VoiceInput`` sessions on the
+  ``ToneTranscriber`` / ``EnergyVad`` doubles.
+
+Every ordering is made deterministic the same way: the worker's only thread is held by a job
+waiting on an event while the jobs under test queue up, then released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from npc_engine.engine import Engine
+from npc_engine.pipeline.base import Voice
+from npc_engine.pipeline.chunker import ChunkerConfig, ClauseChunker
+from npc_engine.pipeline.scheduling import native_threads, playback_deadline
+from npc_engine.pipeline.workers import URGENT, WHENEVER, ModelWorker
+from npc_engine.protocol import outgoing as msg
+from npc_engine.protocol.outgoing import Outgoing
+from npc_engine.session.session import Mode, Session
+from npc_engine.turns.handle import TurnHandle, TurnOutbox
+from npc_engine.turns.speech import Speakable, VoiceOut, chunk_deadline, speak
+from tests.doubles import EnergyVad, ScriptedChat, SilenceSynth, ToneTranscriber
+from tests.unit.conftest import DEFAULT_REPLY, PLAYER, World, unit_config
+from tests.unit.support import eventually
+
+FRAME = 320  # 20 ms of 16 kHz audio, as a game sends it
+
+
+@contextlib.asynccontextmanager
+async def held(worker: ModelWorker) -> AsyncIterator[threading.Event]:
+    """Hold the worker's only thread until the block ends (or the event is set): jobs queue."""
+    gate = threading.Event()
+    task = asyncio.create_task(worker.run(gate.wait))
+    try:
+        await eventually(lambda: bool(worker.started) and worker.started[-1][1] == "wait", what="the worker held")
+        yield gate
+    finally:
+        gate.set()
+        await task
+
+
+def after_gate(worker: ModelWorker) -> list[tuple[float, str]]:
+    """The jobs started after the holding one, in the order they started."""
+    names = [name for _, name in worker.started]
+    return worker.started[len(names) - names[::-1].index("wait"):]
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+async def test_worker_takes_the_earliest_deadline_first_and_ties_in_arrival_order() -> None:
+    worker = ModelWorker("test")
+    ran: list[str] = []
+    try:
+        async with held(worker):
+            jobs = [asyncio.create_task(worker.run_by(d, ran.append, name))
+                    for d, name in [(5.0, "late"), (WHENEVER, "warm-up"), (1.0, "tie-1"), (URGENT, "final"), (1.0, "tie-2")]]
+            await eventually(lambda: worker.queued == 5, what="five jobs queued")
+        await asyncio.gather(*jobs)
+    finally:
+        worker.shutdown()
+    assert ran == ["final", "tie-1", "tie-2", "late", "warm-up"]
+
+
+async def test_a_job_given_up_while_queued_never_runs_and_errors_reach_the_caller() -> None:
+    worker = ModelWorker("test")
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    try:
+        async with held(worker):
+            gone = asyncio.create_task(worker.run_by(0.0, ran.append, "gone"))
+            failing = asyncio.create_task(worker.run_by(1.0, boom))
+            kept = asyncio.create_task(worker.run_by(2.0, ran.append, "kept"))
+            await eventually(lambda: worker.queued == 3, what="three jobs queued")
+            gone.cancel()
+            # The caller's cancel reaches the queued job on the loop's next pass; only once it
+            # has may the held thread go free (else the job could be started first).
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        await kept
+        with pytest.raises(ValueError, match="boom"):
+            await failing
+    finally:
+        worker.shutdown()
+    assert ran == ["kept"]
+    assert gone.cancelled()
+
+
+async def test_a_shut_down_worker_cancels_what_waits_and_refuses_new_work() -> None:
+    worker = ModelWorker("test")
+    gate = threading.Event()
+    running = asyncio.create_task(worker.run(gate.wait))
+    await eventually(lambda: bool(worker.started), what="the worker busy")
+    waiting = asyncio.create_task(worker.run(lambda: "never"))
+    await eventually(lambda: worker.queued == 1, what="a job queued")
+    worker.shutdown()
+    gate.set()
+    await running
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(RuntimeError, match="shut down"):
+        await worker.run(lambda: "late")
+
+
+async def test_a_stream_yields_its_items_in_order_through_the_priority_queue() -> None:
+    worker = ModelWorker("test")
+
+    def numbers() -> Iterator[int]:
+        yield from range(5)
+
+    try:
+        got = [n async for n in worker.stream(numbers, threading.Event())]
+    finally:
+        worker.shutdown()
+    assert got == [0, 1, 2, 3, 4]
+
+
+async def test_a_stream_still_waiting_when_the_worker_shuts_down_ends_instead_of_hanging() -> None:
+    worker = ModelWorker("test")
+    gate = threading.Event()
+    running = asyncio.create_task(worker.run(gate.wait))
+    await eventually(lambda: bool(worker.started), what="the worker busy")
+    made: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        made.append(1)
+        yield 1
+
+    async def consume() -> list[int]:
+        return [n async for n in worker.stream(numbers, threading.Event())]
+
+    consumer = asyncio.create_task(consume())
+    await eventually(lambda: worker.queued == 1, what="the stream queued")
+    worker.shutdown()
+    gate.set()
+    await running
+    assert await asyncio.wait_for(consumer, 15) == [] and made == [], "never started, and said so"
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_playback_deadline_is_now_before_any_audio_then_when_the_audio_sent_has_played() -> None:
+    assert playback_deadline(None, 0.0, now=50.0) == 50.0
+    assert playback_deadline(10.0, 2.5, now=50.0) == 12.5, "a turn that ran dry is overdue: earlier than now"
+    assert playback_deadline(10.0, 60.0, now=50.0) == 70.0
+
+
+def test_native_threads_lists_this_thread_on_linux() -> None:
+    ids = native_threads()
+    assert not ids or threading.get_native_id() in ids
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+def turn_of(session: str, sent: list[Outgoing]) -> TurnHandle:
+    return TurnHandle("text", TurnOutbox(sent.append, session, 1), user_text="hello")
+
+
+async def items_from(queue: asyncio.Queue[Speakable | None]) -> AsyncGenerator[Speakable, None]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_later_chunk() -> None:
+    # Ten seconds of audio per word: turn A's first chunk buys it a minute, however slow the machine.
+    synth = SilenceSynth("silence-a", seconds_per_word=10.0)
+    worker = ModelWorker("tts")
+    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
+    sent: dict[str, list[Outgoing]] = {"a": [], "b": [], "c": []}
+    turns = {k: turn_of(k, v) for k, v in sent.items()}
+    queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
+    speakers = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
+    try:
+        queues["a"].put_nowait(Speakable("A one, two, three,"))
+        await eventually(lambda: len(turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        assert chunk_deadline(turns["a"]) > chunk_deadline(turns["b"]), "A has audio queued, B none"
+        async with held(worker):
+            queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: worker.queued == 1, what="A's later chunk queued")
+            queues["b"].put_nowait(Speakable("B first."))
+            await eventually(lambda: worker.queued == 2, what="B's first chunk queued")
+            queues["c"].put_nowait(Speakable("C first."))
+            await eventually(lambda: worker.queued == 3, what="C's first chunk queued")
+        for q in queues.values():
+            q.put_nowait(None)
+        await asyncio.gather(*speakers)
+    finally:
+        worker.shutdown()
+    assert synth.texts == ["A one, two, three,", "B first.", "C first.", "A later sentence."]
+    for k in sent:
+        audio = [m for m in sent[k] if isinstance(m, msg.ReplyAudio)]
+        assert [m.chunk for m in audio] == list(range(len(audio))), "each turn's chunks stay in order"
+
+
+# --------------------------------------------------------------------------- recognition
+
+
+@contextlib.asynccontextmanager
+async def two_microphones(tmp_path: Path, world: World, mode: Mode) -> AsyncIterator[tuple[Engine, ToneTranscriber, Session, Session]]:
+    characters, story = world
+    ears = ToneTranscriber()
+    engine = Engine.assemble(
+        unit_config(tmp_path / "engine"), characters, story, ScriptedChat([DEFAULT_REPLY]),
+        synth=SilenceSynth(), transcriber=ears, vad_model=EnergyVad(),
+    )
+    sessions = [Session(engine, f"m{i}", engine.characters["bram"], PLAYER, lambda m: None, mode=mode, preemptive=False)
+                for i in (1, 2)]
+    try:
+        for s in sessions:
+            await s.open({})
+        yield engine, ears, sessions[0], sessions[1]
+    finally:
+        for s in sessions:
+            await s.close()
+        await engine.close()
+
+
+def push(session: Session, pcm: bytes) -> None:
+    for i in range(0, len(pcm), FRAME * 2):
+        session.audio_in(pcm[i : i + FRAME * 2])
+
+
+async def drained(session: Session) -> None:
+    assert session.voice_input is not None
+    await session.voice_input.drained()
+
+
+async def test_frames_of_a_silence_that_may_end_a_turn_go_ahead_of_another_sessions_partial(
+    tmp_path: Path, world: World
+) -> None:
+    async with two_microphones(tmp_path, world, "open_mic") as (engine, ears, talking, pausing):
+        # The second player spoke and is now silent (past silence_start, short of the end of turn).
+        push(pausing, ears.say("Nice weather", silence_s=0.3).tobytes())
+        await drained(pausing)
+        push(talking, ears.say("Nice").tobytes())  # the first player is mid-sentence
+        await drained(talking)
+        worker = engine.stt_worker
+        async with held(worker):
+            talking.audio_in(ears.say("weather")[:FRAME].tobytes())
+            await eventually(lambda: worker.queued == 1, what="the partial queued")
+            pausing.audio_in(bytes(FRAME * 2))  # 20 ms more silence
+            await eventually(lambda: worker.queued == 2, what="the silence queued")
+        await drained(talking)
+        await drained(pausing)
+        order = after_gate(worker)
+    assert [name for _, name in order] == ["_feed", "_feed"]
+    assert order[0][0] == URGENT, "the silence went first"
+    assert math.isfinite(order[1][0]), "the partial waited its turn"
+
+
+async def test_a_push_to_talk_release_goes_ahead_of_another_sessions_partial(tmp_path: Path, world: World) -> None:
+    async with two_microphones(tmp_path, world, "push_to_talk") as (engine, ears, talking, releasing):
+        push(releasing, ears.say("Nice weather").tobytes())
+        push(talking, ears.say("Nice").tobytes())
+        await drained(releasing)
+        await drained(talking)
+        worker = engine.stt_worker
+        async with held(worker):
+            talking.audio_in(ears.say("weather")[:FRAME].tobytes())
+            await eventually(lambda: worker.queued == 1, what="the partial queued")
+            releasing.audio_end()
+            await eventually(lambda: worker.queued == 2, what="the release queued")
+        await drained(talking)
+        await drained(releasing)
+        order = after_gate(worker)
+    assert [name for _, name in order][:2] == ["_end_turn", "_feed"]
+    assert order[0][0] == URGENT
+
+
+# --------------------------------------------------------------------------- the first fragment
+
+
+def chunks_of(text: str) -> list[str]:
+    chunker = ClauseChunker()
+    return [*chunker.feed(text + " "), *chunker.flush()]
+
+
+def test_the_first_fragment_is_cut_at_a_clause_once_it_is_long_enough_to_cover_the_next_render() -> None:
+    # bench/first_fragment.py: "Well, traveller," (16 characters) is ~1.1 s of audio for ~0.5 s
+    # of synthesis; "Hm, yes," (8) would play ~0.6 s, shorter than the next chunk takes to render.
+    assert chunks_of("Well, traveller, the gate is shut until dawn.")[0] == "Well, traveller,"
+    assert chunks_of("Hm, yes, the gate is shut until dawn.")[0] != "Hm, yes,"
+    cfg = ChunkerConfig()
+    for text in ("Hm, yes, the gate is shut.", "Oh, you, over there, come here.", "Ah, traveller, welcome."):
+        first = chunks_of(text)[0]
+        assert len(first) >= cfg.first_min_chars or first == text, first

@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,8 @@ BLOB_MAGIC = "npc-engine-state"
 # at most its own format; it migrates every older format from BLOB_MIN_LOADABLE up.
 #   1: a plain sha256 of the body (anyone could edit a save and fix the checksum)
 #   2: signed with the install's key; history entries always carry `interrupted`
-BLOB_VERSION = 2
+#   3: adds `facts` (what each character knows of the player); a format-2 engine reads it, without them
+BLOB_VERSION = 3
 BLOB_MIN_READER = 2  # a format-1 engine checks a sha256 that format 2 does not carry
 BLOB_MIN_LOADABLE = 1  # format 1 is unsigned: still loaded so saves made before signing keep working
 KEY_FILE = "save.key"
@@ -66,6 +67,17 @@ CREATE TABLE IF NOT EXISTS history (
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     interrupted INTEGER NOT NULL DEFAULT 0,
+    ts REAL NOT NULL,
+    PRIMARY KEY (player, character, idx)
+);
+-- What each character knows of the player beyond the history (session/facts.py), oldest first.
+CREATE TABLE IF NOT EXISTS facts (
+    player TEXT NOT NULL,
+    character TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    text TEXT NOT NULL,
+    key TEXT,
     ts REAL NOT NULL,
     PRIMARY KEY (player, character, idx)
 );
@@ -101,6 +113,60 @@ class HistoryEntry:
         return cls(role, content, interrupted)
 
 
+FactSource = Literal["told", "did", "heard"]
+FACT_SOURCES: tuple[FactSource, ...] = ("told", "did", "heard")
+PINNED_KEYS = frozenset({"name"})  # facts a full list never drops: who the player is
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One short line a character knows about the player: ``told`` (the player said it),
+    ``did`` (it happened in front of the character) or ``heard`` (another character told it).
+    Facts with the same ``key`` replace each other (a player who gives a new name)."""
+
+    source: FactSource
+    text: str
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "text": self.text, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: object, where: str = "a fact") -> Fact:
+        """A fact as ``to_dict`` writes it; BadBlob (saying what is wrong, and ``where``) otherwise."""
+        if not isinstance(d, Mapping):
+            raise BadBlob(f"the save blob is invalid: {where} is not a map")
+        source, text, key = d.get("source"), d.get("text"), d.get("key")
+        if source not in FACT_SOURCES:
+            raise BadBlob(f"the save blob is invalid: {where} has source {source!r:.40}; expected told, did or heard")
+        if not isinstance(text, str) or not text.strip():
+            raise BadBlob(f"the save blob is invalid: {where} has no text")
+        if key is not None and not isinstance(key, str):
+            raise BadBlob(f"the save blob is invalid: {where} has a key that is not text")
+        return cls(source, text, key)
+
+    @property
+    def norm(self) -> str:
+        return " ".join(self.text.lower().split()).rstrip(".!?")
+
+
+def merge_facts(known: list[Fact], new: list[Fact], cap: int) -> list[Fact]:
+    """``known`` with ``new`` learned, oldest first: a fact already known (same text) is not
+    repeated, one with the key of a known fact replaces it, and past ``cap`` the oldest go
+    first (the player's name is kept). Pure: the store and the sessions' cache share it."""
+    out = list(known)
+    for fact in new:
+        if fact.key is not None:
+            out = [f for f in out if f.key != fact.key]
+        if any(f.norm == fact.norm for f in out):
+            continue
+        out.append(fact)
+    while len(out) > max(1, cap):
+        drop = next((i for i, f in enumerate(out) if f.key not in PINNED_KEYS), 0)
+        del out[drop]
+    return out
+
+
 class BadBlob(ValueError):
     """A save blob this engine will not load; the message is a sentence for the game's developer."""
 
@@ -120,6 +186,7 @@ class SaveData:
     story: dict[str, Any] | None
     history: dict[str, list[HistoryEntry]]
     version: int  # the format the blob was written in
+    facts: dict[str, list[Fact]] = field(default_factory=dict)
 
 
 class Store:
@@ -174,14 +241,45 @@ class Store:
                 (content, player, character, player, character),
             )
 
+    def load_facts(self, player: str, character: str) -> list[Fact]:
+        rows = self._db.execute(
+            "SELECT source, text, key FROM facts WHERE player=? AND character=? ORDER BY idx", (player, character)
+        ).fetchall()
+        return [Fact(s, t, k) for s, t, k in rows if s in FACT_SOURCES]
+
+    def add_facts(self, player: str, character: str, facts: list[Fact], cap: int) -> list[Fact]:
+        """Learn ``facts`` (``merge_facts``) in one transaction; returns what the character now knows."""
+        with self._db:
+            merged = merge_facts(self.load_facts(player, character), facts, cap)
+            self._write_facts(player, character, merged, time.time())
+        return merged
+
+    def _write_facts(self, player: str, character: str, facts: list[Fact], now: float) -> None:
+        self._db.execute("DELETE FROM facts WHERE player=? AND character=?", (player, character))
+        self._db.executemany(
+            "INSERT INTO facts(player, character, idx, source, text, key, ts) VALUES (?,?,?,?,?,?,?)",
+            [(player, character, i, f.source, f.text, f.key, now) for i, f in enumerate(facts)],
+        )
+
+    def facts_of(self, player: str) -> dict[str, list[Fact]]:
+        rows = self._db.execute("SELECT DISTINCT character FROM facts WHERE player=?", (player,)).fetchall()
+        return {ch: self.load_facts(player, ch) for (ch,) in rows}
+
     def replace_player(
-        self, player: str, story: dict[str, Any] | None, history: Mapping[str, list[HistoryEntry]]
+        self,
+        player: str,
+        story: dict[str, Any] | None,
+        history: Mapping[str, list[HistoryEntry]],
+        facts: Mapping[str, list[Fact]] | None = None,
     ) -> None:
-        """Replace the player's story state and every history of them, in one transaction: a
-        failure (or a kill) at any point leaves the old state and history, never a mix."""
+        """Replace the player's story state, every history and every fact of them, in one
+        transaction: a failure (or a kill) at any point leaves the old ones, never a mix."""
         now = time.time()
         with self._db:
             self._db.execute("DELETE FROM history WHERE player=?", (player,))
+            self._db.execute("DELETE FROM facts WHERE player=?", (player,))
+            for ch, known in (facts or {}).items():
+                self._write_facts(player, ch, known, now)
             self._db.execute("DELETE FROM story_state WHERE player=?", (player,))
             if story is not None:
                 self._db.execute(
@@ -218,6 +316,7 @@ class Store:
             "player": player,
             "story": self.load_story_state(player),
             "history": {ch: [e.to_dict() for e in self.load_history(player, ch)] for ch in self.characters_of(player)},
+            "facts": {ch: [f.to_dict() for f in known] for ch, known in self.facts_of(player).items()},
         }
         return pack_blob(payload, self.save_key)
 
@@ -328,8 +427,13 @@ def _format_1_to_2(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _format_2_to_3(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 kept no facts: a save from then loads with none."""
+    return {"facts": {}, **payload}
+
+
 # format n -> n + 1, for every n from BLOB_MIN_LOADABLE below BLOB_VERSION
-BLOB_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _format_1_to_2}
+BLOB_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _format_1_to_2, 2: _format_2_to_3}
 
 
 def _version(value: object) -> int | None:
@@ -416,7 +520,15 @@ def _checked_payload(payload: dict[str, Any], version: int) -> SaveData:
         entries[character] = [
             HistoryEntry.from_dict(item, f"history entry {n} with {character!r:.40}") for n, item in enumerate(items, 1)
         ]
-    return SaveData(player, story, entries, version)
+    raw_facts = payload.get("facts", {})
+    if not isinstance(raw_facts, dict):
+        raise BadBlob("the save blob is invalid: its facts are not a map of characters")
+    facts: dict[str, list[Fact]] = {}
+    for character, items in raw_facts.items():
+        if not isinstance(character, str) or not character or not isinstance(items, list):
+            raise BadBlob(f"the save blob is invalid: the facts kept under {character!r:.40} are not a list")
+        facts[character] = [Fact.from_dict(item, f"fact {n} of {character!r:.40}") for n, item in enumerate(items, 1)]
+    return SaveData(player, story, entries, version, facts)
 
 
 class AsyncStore:
@@ -443,9 +555,19 @@ class AsyncStore:
         await self._worker.run(self._store.trim_last_reply, player, character, content)
 
     async def replace_player(
-        self, player: str, story: dict[str, Any] | None, history: Mapping[str, list[HistoryEntry]]
+        self,
+        player: str,
+        story: dict[str, Any] | None,
+        history: Mapping[str, list[HistoryEntry]],
+        facts: Mapping[str, list[Fact]] | None = None,
     ) -> None:
-        await self._worker.run(self._store.replace_player, player, story, history)
+        await self._worker.run(self._store.replace_player, player, story, history, facts)
+
+    async def load_facts(self, player: str, character: str) -> list[Fact]:
+        return await self._worker.run(self._store.load_facts, player, character)
+
+    async def add_facts(self, player: str, character: str, facts: list[Fact], cap: int) -> list[Fact]:
+        return await self._worker.run(self._store.add_facts, player, character, facts, cap)
 
     async def set_aside_story_state(self, player: str, reason: str) -> None:
         await self._worker.run(self._store.set_aside_story_state, player, reason)

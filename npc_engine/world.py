@@ -165,6 +165,12 @@ def cross_check(
             for line in beat.lines:
                 out += line_cue_problems(line, speaker)
 
+    # Gossip (an exit's tell) goes to a character that exists.
+    for exit_ in [*story.triggers, *(e for b in story.beats.values() for e in b.exits)]:
+        for told in exit_.tell:
+            if told.character not in ids:
+                out.append(told.problem(f"tell: unknown character '{told.character}'{suggest(told.character, ids)}", "character"))
+
     # Line ids are one namespace: audio is cached by id.
     first: dict[str, tuple[str, int]] = {}
     for ch in characters.values():

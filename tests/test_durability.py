@@ -376,7 +376,7 @@ async def test_state_load_refuses_a_newer_edited_or_foreign_save_and_changes_not
     relabelled["min_version"] = 1
     refused = {
         "foreign": (signed_blob(payload, os.urandom(32)), "signature does not match"),
-        "newer": (signed_blob(payload, key, version=3, min_version=3), "newer npc-engine"),
+        "newer": (signed_blob(payload, key, version=4, min_version=4), "newer npc-engine"),
         "relabelled": (msgpack.packb(relabelled, use_bin_type=True), "signature does not match"),
     }
     for what, (blob, fragment) in refused.items():
@@ -385,7 +385,7 @@ async def test_state_load_refuses_a_newer_edited_or_foreign_save_and_changes_not
         assert info.value.code == "bad_state" and fragment in info.value.message, (what, info.value.message)
         assert await v.snapshot() == before, what
     # A newer format that says this engine can still read it (only additive changes) loads.
-    newer_but_readable = signed_blob({**payload, "added_later": [1, 2]}, key, version=3, min_version=2)
+    newer_but_readable = signed_blob({**payload, "added_later": [1, 2]}, key, version=4, min_version=2)
     await v.session.load(newer_but_readable)
     state = await client.request({"type": "state.get", "session": v.session.id})
     assert state["vars"]["gold"] == 999_999
@@ -448,11 +448,11 @@ async def test_a_format_1_save_from_before_signing_still_loads(engine: Running, 
     await s.load(format1_blob({"player": "x", "story": None, "history": {"marta": [{"role": "user", "content": "Hi"}]}}))
     stored = await engine.engine.store.load_history("p-format1", "marta")
     assert [(h.role, h.content, h.interrupted) for h in stored] == [("user", "Hi", False)]
-    # What is saved now is format 2, signed with the install's key.
+    # What is saved now is format 3 (readable from 2), signed with the install's key.
     outer = msgpack.unpackb(await s.save())
-    assert (outer["version"], outer["min_version"]) == (2, 2) and "sha256" not in outer
+    assert (outer["version"], outer["min_version"]) == (3, 2) and "sha256" not in outer
     key = install_key(engine.engine.cfg.data_dir)
-    signed = MAGIC.encode() + b"\0002\0002\0" + outer["body"]
+    signed = MAGIC.encode() + b"\0003\0002\0" + outer["body"]
     assert hmac.compare_digest(outer["hmac"], hmac.new(key, signed, hashlib.sha256).digest())
 
 

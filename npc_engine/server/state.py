@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from npc_engine.engine import Engine
+from npc_engine.facts import learned_from_effects
 from npc_engine.protocol import ErrorCode, Event, ProtocolError, StateGet, StateLoad, StateSave
 from npc_engine.protocol import outgoing as msg
 from npc_engine.server.registry import SessionRegistry
@@ -95,6 +96,10 @@ class StateRequests:
             effects = eng.story.on_event(state, request.name, dict(request.data))
             if effects:
                 await eng.save_story_state(player)
+        if effects:
+            # An event sent for a session happened in front of its character; by player, before nobody.
+            witness = next((s.character.id for s in self.registry.of_player(player) if s.id == request.session), None)
+            await eng.facts.learn(player, learned_from_effects(effects, witness))
         self.registry.speak_story_lines(player, lines_by_character(effects))
         reply(msg.EventOk(id=request.id, name=request.name, effects=[effect_fields(e) for e in effects]))
 
@@ -123,8 +128,9 @@ class StateRequests:
             await s.cancel_and_wait()
         async with eng.state_lock(player):
             # One transaction: the player has the old state and memory, or the blob's, never a mix.
-            await eng.store.replace_player(player, story.to_dict() if story else None, save.history)
+            await eng.store.replace_player(player, story.to_dict() if story else None, save.history, save.facts)
             eng.forget_player(player)
+            await eng.facts.reload(player)
             state = await eng.story_state(player)
         for s in mine:
             await s.memory.load()

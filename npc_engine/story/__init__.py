@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from npc_engine.story.loader import load_story, read_story
 from npc_engine.story.runtime import MAX_SETTLE_STEPS, Story, data_matches
-from npc_engine.story.schema import EVENT_NAME, IDENT, Beat, EmitSpec, Exit
+from npc_engine.story.schema import EVENT_NAME, IDENT, Beat, EmitSpec, Exit, TellSpec
 from npc_engine.story.state import (
     STATE_VERSION,
     BeatEntered,
     EmitEvent,
+    FactTold,
     FlagSet,
     IntentMatched,
     SayLine,
@@ -41,6 +42,7 @@ __all__ = [
     "EmitEvent",
     "EmitSpec",
     "Exit",
+    "FactTold",
     "FlagSet",
     "IntentMatched",
     "SayLine",
@@ -48,6 +50,7 @@ __all__ = [
     "Story",
     "StoryEffect",
     "StoryState",
+    "TellSpec",
     "data_matches",
     "load_story",
     "read_story",

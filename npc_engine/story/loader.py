@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 OBJECTIVE_MAX_WORDS = 40  # the 135M model follows one or two short sentences; more gets ignored
+FACT_MAX_WORDS = 25  # a told fact is one line of a list in the prompt
 
 
 class StoryFile(Sourced):
@@ -361,6 +362,15 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
                             warning=True,
                         )
                     )
+    # Gossip: templates name known variables; a fact is one short line (the small model reads lists).
+    for _, _, e, _ in exits:
+        for told in e.tell:
+            out += template_problems(told.fact, told.src_file, told.src_line("fact"), set(declared) | set_names)
+            if len(told.fact.split()) > FACT_MAX_WORDS:
+                out.append(told.problem(
+                    f"this fact is {len(told.fact.split())} words: keep it to one short sentence "
+                    f"(under {FACT_MAX_WORDS} words) about the player", "fact", warning=True,
+                ))
     for name, (f, _) in intents.items():
         if name not in used_intents:
             out.append(

@@ -35,6 +35,7 @@ from npc_engine.story.schema import Beat, Exit
 from npc_engine.story.state import (
     BeatEntered,
     EmitEvent,
+    FactTold,
     FlagSet,
     IntentMatched,
     SayLine,
@@ -267,6 +268,8 @@ class Story:
             effects.append(FlagSet(name, value))
         for spec in e.emit:
             effects.append(EmitEvent(spec.name, copy.deepcopy(spec.data)))
+        for told in e.tell:
+            effects.append(FactTold(told.character, self.fill(told.fact, state)))
         if e.goto is not None:
             self._enter(state, self.beats[e.goto], effects, speak=speak)
 

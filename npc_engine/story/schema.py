@@ -66,6 +66,21 @@ class EmitSpec(Sourced):
         return value
 
 
+class TellSpec(Sourced):
+    """Gossip: ``character`` learns ``fact`` (one short line about the player) when the exit fires."""
+
+    character: str
+    fact: str
+
+    @field_validator("fact")
+    @classmethod
+    def _fact_text(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("the fact is empty")
+        return value
+
+
 class Exit(Sourced):
     """A way out of a beat (or a story-wide trigger)."""
 
@@ -76,11 +91,17 @@ class Exit(Sourced):
     goto: str | None = None
     set: dict[str, Any] = Field(default_factory=dict)
     emit: list[EmitSpec] = Field(default_factory=list)
+    tell: list[TellSpec] = Field(default_factory=list)
 
     @field_validator("when", mode="before")
     @classmethod
     def _when_parses(cls, value: Any) -> Any:
         return validate_condition_field(value)
+
+    @field_validator("tell", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, Mapping) else value
 
     @field_validator("data")
     @classmethod
@@ -121,8 +142,8 @@ class Exit(Sourced):
                 "an exit with neither on_event nor on_intent fires by itself when its 'when' holds, "
                 "so it needs a goto"
             )
-        if self.goto is None and not self.set and not self.emit:
-            raise ValueError("this exit does nothing: give it a goto, set or emit")
+        if self.goto is None and not self.set and not self.emit and not self.tell:
+            raise ValueError("this exit does nothing: give it a goto, set, emit or tell")
         return self
 
     @property

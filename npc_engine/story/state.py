@@ -132,7 +132,20 @@ class IntentMatched:
         }
 
 
-StoryEffect = BeatEntered | FlagSet | EmitEvent | SayLine | IntentMatched
+@dataclass(frozen=True, slots=True)
+class FactTold:
+    """An exit's ``tell``: ``character`` now knows ``fact`` about the player (gossip), whether
+    or not it was there; it goes into that character's prompt (session/facts.py)."""
+
+    kind: ClassVar[str] = "fact_told"
+    character: str
+    fact: str  # templates already filled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "character": self.character, "fact": self.fact}
+
+
+StoryEffect = BeatEntered | FlagSet | EmitEvent | SayLine | IntentMatched | FactTold
 
 # --------------------------------------------------------------------------- state
 

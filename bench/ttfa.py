@@ -1,4 +1,4 @@
-"""Time to first audio, stage by stage, streaming vs naive, under concurrency.
+"""What a player feels: felt and content TTFA, the engine vs its --baseline preset, under concurrency.
 
     python bench/ttfa.py [--quick] [--json out.json] [--plot out.png] [--endpoint tcp://...]
 

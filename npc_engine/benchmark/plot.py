@@ -1,8 +1,9 @@
 """The benchmark's PNG: where the time to first audio goes, its distribution, and concurrency.
 
-Three panels: (1) stacked bars of per-stage medians for the streaming pipeline and the
-naive baseline, voice and text turns apart; (2) the TTFA distribution of both (content
-turns, as a cumulative share of turns); (3) p50/p95 TTFA against simultaneous sessions.
+Three panels: (1) stacked bars of per-stage medians for the new engine (by kind of turn)
+and, when it ran, the naive baseline; (2) the distributions of felt and content TTFA, new
+engine and ``--baseline`` preset (push-to-talk and typed turns, as a cumulative share of
+turns); (3) p50/p95 content TTFA against simultaneous sessions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from npc_engine.benchmark.report import NAIVE_LABELS, NAIVE_STAGES, SPAN_LABELS, SPANS
+from npc_engine.benchmark.report import (
+    KIND_LABELS,
+    NAIVE_LABELS,
+    NAIVE_STAGES,
+    SPAN_LABELS,
+    SPANS,
+    TURN_KINDS,
+)
 
 STREAM_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 NAIVE_COLOURS = ["#a1c9f4", "#ffb482", "#8de5a1"]
@@ -36,12 +44,13 @@ def write_png(report: dict[str, Any], path: Path) -> None:
 
     # ---------------------------------------------------------------- 1. stacked stages
     rows: list[tuple[str, list[tuple[str, float, str]]]] = []
-    for kind in ("voice", "text"):
+    for kind in TURN_KINDS:
         spans = st["spans_ms_by_kind"][kind]
         if any(spans.values()):
             n = (st["content_ttfa_ms_by_kind"][kind] or {}).get("n", 0)
-            rows.append((f"streaming, {kind}\n(n={n})",
+            rows.append((f"new, {KIND_LABELS[kind]}\n(n={n})",
                          [(SPAN_LABELS[s], _med(spans[s]) / 1000, c) for s, c in zip(SPANS, STREAM_COLOURS, strict=True)]))
+    for kind in ("voice", "text"):
         if nv and any(nv["stages_ms_by_kind"][kind].values()):
             n = (nv["ttfa_ms_by_kind"][kind] or {}).get("n", 0)
             stages = nv["stages_ms_by_kind"][kind]
@@ -64,29 +73,35 @@ def write_png(report: dict[str, Any], path: Path) -> None:
     ax_bars.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=9)
     ax_bars.invert_yaxis()
     ax_bars.set_xlabel("seconds from the end of the player's turn (median of each stage; content turns)")
-    ax_bars.set_title("Where the time to first audio goes: streaming pipeline vs naive sequential baseline")
+    ax_bars.set_title("Where the time to first audio goes (new engine; the naive sequential baseline when it ran)")
     ax_bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8.5, ncol=5, frameon=False)
     ax_bars.grid(axis="x", alpha=0.3)
     ax_bars.set_xlim(0, xmax * 1.12 + 0.1)
 
     # ---------------------------------------------------------------- 2. distribution
     turns = report["turns"]
-    s_ttfa = sorted(t["ttfa_ms"] / 1000 for t in turns["streaming"] if t["category"] == "content" and t["ttfa_ms"])
+    curves: list[tuple[list[float], str, str, str]] = []
+    for side, key, colour in (("new", "streaming", STREAM_COLOURS[0]), ("baseline", "baseline", STREAM_COLOURS[3])):
+        ts = [t for t in turns.get(key, []) if t["category"] not in ("scripted", "no_turn") and t["turn_kind"] != "open_mic"]
+        for metric, field, style in (("content", "content_ms", "-"), ("felt", "ttfa_ms", ":")):
+            values = sorted(t[field] / 1000 for t in ts if t.get(field) is not None)
+            curves.append((values, f"{side}, {metric}", colour, style))
     n_ttfa = sorted(t["ttfa_ms"] / 1000 for t in turns["naive"] if not t["scripted"] and t["reply_text"])
-    for values, label, colour in ((s_ttfa, "streaming", STREAM_COLOURS[0]), (n_ttfa, "naive", NAIVE_COLOURS[1])):
+    curves.append((n_ttfa, "naive", NAIVE_COLOURS[1], "-"))
+    for values, label, colour, style in curves:
         if values:
             ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax_cdf.step(values, ys, where="post", label=f"{label} (n={len(values)})", color=colour, linewidth=2)
-            med = values[len(values) // 2]
-            ax_cdf.axvline(med, color=colour, linestyle=":", alpha=0.8)
-    sp = report.get("speedup") or {}
-    if "all" in sp:
-        ax_cdf.text(0.98, 0.05, f"speed-up: median {sp['all']['median_ratio']:.2f}x, p95 {sp['all']['p95_ratio']:.2f}x",
-                    transform=ax_cdf.transAxes, ha="right", fontsize=10,
+            ax_cdf.step(values, ys, where="post", label=f"{label} (n={len(values)})", color=colour, linewidth=2,
+                        linestyle=style)
+    ratios = {(r["kind"], r["metric"]): r for r in report.get("ab", [])}
+    ptt = ratios.get(("push_to_talk", "content"))
+    if ptt and ptt["p50_ratio"]:
+        ax_cdf.text(0.98, 0.05, f"push-to-talk content, baseline/new: p50 {ptt['p50_ratio']:.2f}x, "
+                    f"p95 {(ptt['p95_ratio'] or 0):.2f}x", transform=ax_cdf.transAxes, ha="right", fontsize=10,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9})
     ax_cdf.set_xlabel("time to first audio (s)")
     ax_cdf.set_ylabel("share of turns at or below")
-    ax_cdf.set_title("TTFA distribution (content turns; dotted: medians)")
+    ax_cdf.set_title("TTFA distribution, push-to-talk and typed (solid: content; dotted: felt)")
     ax_cdf.set_ylim(0, 1.02)
     ax_cdf.set_xlim(left=0)
     ax_cdf.grid(alpha=0.3)
@@ -102,7 +117,7 @@ def write_png(report: dict[str, Any], path: Path) -> None:
         ax_conc.plot(ns, p95, "s--", label="p95", color=STREAM_COLOURS[3], linewidth=2)
         for r, a, b in zip(conc, p50, p95, strict=True):
             ax_conc.annotate(f"{a:.1f}", (r["sessions"], a), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
-            ax_conc.annotate(f"{b:.1f}  (n={r['content_turns']})", (r["sessions"], b), textcoords="offset points",
+            ax_conc.annotate(f"{b:.1f}  (n={r['counted_turns']})", (r["sessions"], b), textcoords="offset points",
                              xytext=(0, 7), ha="center", fontsize=8)
         ax_conc.set_xscale("log", base=2)
         ax_conc.set_xticks(ns, [str(n) for n in ns])
@@ -111,7 +126,7 @@ def write_png(report: dict[str, Any], path: Path) -> None:
         ax_conc.legend(loc="upper left", fontsize=9)
     ax_conc.set_xlabel("simultaneous sessions")
     ax_conc.set_ylabel("content TTFA (s)")
-    ax_conc.set_title("TTFA under concurrency (streaming pipeline)")
+    ax_conc.set_title("content TTFA under concurrency (new engine)")
     ax_conc.grid(alpha=0.3)
 
     m = report["machine"]

@@ -1,9 +1,19 @@
-"""Play a session's turns against a sidecar over ZeroMQ and time them on the client.
+"""Play a session's turns against a sidecar over ZeroMQ and time them on the client, as a player.
 
-Voice turns push the clip in 20 ms frames at real-time pace (on an absolute schedule, so
-the pace does not drift with the event loop), then send ``audio.end`` (push-to-talk
-release). Text turns send the line. Either way the client's clock starts when the end of
-the player's turn is sent; the engine's ``turn.end`` timings start when it received it.
+Voice turns stream the clip in 20 ms frames at real-time pace (each frame sent when its last
+sample would have been captured, on an absolute schedule, so the pace does not drift with
+the event loop):
+
+* push-to-talk: the clip up to its end of speech plus the release delay (200-300 ms,
+  seeded), then ``audio.end``: the player lets go of the key a moment after the last word.
+  The clock starts when ``audio.end`` is sent.
+* open mic: the whole clip, then silence until the engine starts the turn (a microphone
+  never stops). The clock starts at the END OF SPEECH in the clip, not at the engine's
+  end-of-turn decision: the wait for that decision is part of what the player feels.
+
+Typed turns send the line; the clock starts when it is sent. Every message of the turn is
+stamped on arrival; ``felt.listen`` turns those stamps into felt TTFA (any audio, an
+acknowledgement included), content TTFA (the reply's own words) and the longest silence.
 The client waits for ``turn.end`` before the next line, as a player waits for the answer.
 """
 
@@ -12,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from npc_engine.benchmark.felt import listen
 from npc_engine.benchmark.workload import CLIP_RATE, Planned, Utterance
-from npc_engine.client import ClientSession, EngineClient
+from npc_engine.client import ClientSession, EngineClient, Turn
 
 FRAME = 320  # 20 ms at 16 kHz
 TURN_TIMEOUT_S = 180.0
+OPEN_MIC_SILENCE_S = 10.0  # open mic: silence streamed after the clip while waiting for the engine's turn
 
 
 @dataclass
@@ -30,11 +44,21 @@ class TurnResult:
     character: str
     kind: str  # voice | text
     said: str  # reference text of the clip, or the typed line
+    mode: str = "push_to_talk"  # the session's (a typed line in either is "typed")
+    side: str = "new"  # new | baseline (the --baseline preset's sidecar)
     heard: str | None = None  # the engine's transcript (turn.start input)
     category: str = "content"  # content | scripted | fallback | no_audio | no_turn
     status: str = ""
-    ttfa_ms: float | None = None  # client: end of the player's turn sent -> first reply.audio received
-    end_ms: float | None = None  # client: -> turn.end received
+    # Client clock, ms from the end of the player's turn (push-to-talk: audio.end sent; typed:
+    # the line sent; open mic: the end of speech in the clip).
+    ttfa_ms: float | None = None  # first reply.audio of any kind: the felt TTFA
+    content_ms: float | None = None  # first reply.audio of the reply's own words (not an ack)
+    longest_silence_ms: float | None = None  # the wait for the first audio, or a gap in playback
+    gaps_ms: list[float] = field(default_factory=list)
+    acks: int = 0
+    release_ms: float | None = None  # push-to-talk: end of speech -> audio.end
+    end_ms: float | None = None  # -> turn.end received
+    stopped: bool = False  # cancelled once enough content had arrived (the rest is not measured)
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[dict[str, str]] = field(default_factory=list)
     tokens: int = 0
@@ -44,13 +68,27 @@ class TurnResult:
     started_at: float = 0.0  # seconds since the benchmark started
 
     @property
+    def felt_ms(self) -> float | None:
+        return self.ttfa_ms
+
+    @property
+    def turn_kind(self) -> str:
+        """push_to_talk | typed | open_mic: what the player did to end the turn."""
+        return "typed" if self.kind == "text" else self.mode
+
+    @property
     def transport_ms(self) -> float | None:
-        """First reply.audio: received by the client minus handed to the engine's socket."""
+        """The first chunk of content: received by the client minus handed to the engine's
+        socket (the engine's ``first_audio_sent`` is the reply's own first chunk; an
+        acknowledgement before it is ``ack_sent``). Push-to-talk and typed only: open mic's
+        clock starts before the engine's does."""
         sent = self.timings.get("first_audio_sent")
-        return None if self.ttfa_ms is None or sent is None else round(self.ttfa_ms - sent, 2)
+        if self.content_ms is None or sent is None or self.turn_kind == "open_mic":
+            return None
+        return round(self.content_ms - sent, 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "transport_ms": self.transport_ms}
+        return {**asdict(self), "transport_ms": self.transport_ms, "turn_kind": self.turn_kind}
 
 
 def classify(msgs: list[dict[str, Any]], character: str) -> str:
@@ -66,30 +104,83 @@ def classify(msgs: list[dict[str, Any]], character: str) -> str:
     return "content"
 
 
-async def push_clip(session: ClientSession, pcm: Any, realtime: bool = True) -> None:
-    start = time.perf_counter()
+def push_to_talk_audio(utt: Utterance, release_s: float) -> np.ndarray:
+    """What the microphone captures while the key is held: the clip up to its end of speech
+    plus ``release_s`` (its own trailing room tone, padded with silence if it is shorter)."""
+    assert utt.pcm is not None
+    eos = utt.speech_end_s if utt.speech_end_s is not None else utt.seconds
+    n = round((eos + release_s) * CLIP_RATE)
+    pcm = utt.pcm[:n]
+    if len(pcm) < n:
+        pcm = np.concatenate([pcm, np.zeros(n - len(pcm), dtype=pcm.dtype)])
+    return pcm
+
+
+async def push_clip(session: ClientSession, pcm: np.ndarray, realtime: bool = True, start: float | None = None) -> float:
+    """Send ``pcm`` in 20 ms frames, each when its last sample would have been captured;
+    returns the perf_counter time the clip's first sample was captured (its time zero)."""
+    start = time.perf_counter() if start is None else start
     for n, i in enumerate(range(0, len(pcm), FRAME)):
         if realtime:
-            delay = start + n * FRAME / CLIP_RATE - time.perf_counter()
+            delay = start + (n * FRAME + len(pcm[i : i + FRAME])) / CLIP_RATE - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         await session.send_audio(pcm[i : i + FRAME].tobytes())
+    return start
+
+
+async def push_silence(session: ClientSession, start: float, seconds: float) -> None:
+    """An open microphone after the player stopped talking: silence at real-time pace from
+    ``start`` (perf_counter) on, until cancelled or ``seconds`` have been sent."""
+    frame = np.zeros(FRAME, dtype="<i2").tobytes()
+    for n in range(1, round(seconds * CLIP_RATE / FRAME) + 1):
+        delay = start + n * FRAME / CLIP_RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await session.send_audio(frame)
+
+
+async def _open_mic_turn(session: ClientSession, utt: Utterance, timeout: float) -> tuple[Turn, float]:
+    """Stream the clip and then silence until the engine starts a turn; returns the turn
+    and the end of speech (perf_counter)."""
+    assert utt.pcm is not None
+    waiting = asyncio.create_task(session.next_turn(timeout=timeout))
+    silence: asyncio.Task[None] | None = None
+    try:
+        start = await push_clip(session, utt.pcm)
+        silence = asyncio.create_task(push_silence(session, start + utt.seconds, OPEN_MIC_SILENCE_S))
+        turn = await waiting
+    finally:
+        for task in (waiting, silence):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    eos = utt.speech_end_s if utt.speech_end_s is not None else utt.seconds
+    return turn, start + eos
 
 
 async def play_turn(
     session: ClientSession, plan: Planned, session_index: int, t_bench: float, realtime: bool = True,
-    stop_after_first_audio: bool = False,
+    stop_after_content: int | None = None, side: str = "new",
 ) -> TurnResult:
-    """Play one turn; with ``stop_after_first_audio`` the turn is cancelled once its first
-    chunk arrives (its TTFA is measured; the rest of the reply is not synthesized)."""
+    """Play one turn. With ``stop_after_content`` the turn is cancelled once that many chunks
+    of the reply's own words arrived (felt and content TTFA and the first gap are measured;
+    the rest of the reply is not synthesized)."""
     utt: Utterance = plan.utterance
-    res = TurnResult(plan.index, session_index, plan.character, utt.kind, utt.text, started_at=round(time.perf_counter() - t_bench, 2))
+    res = TurnResult(plan.index, session_index, plan.character, utt.kind, utt.text, mode=plan.mode, side=side,
+                     started_at=round(time.perf_counter() - t_bench, 2))
     try:
-        if utt.kind == "voice":
+        if utt.kind == "voice" and plan.mode == "open_mic":
+            turn, t_end = await _open_mic_turn(session, utt, OPEN_MIC_SILENCE_S + 20.0)
+        elif utt.kind == "voice":
             assert utt.pcm is not None
-            await push_clip(session, utt.pcm, realtime)
+            pcm = push_to_talk_audio(utt, plan.release_s)
+            start = await push_clip(session, pcm, realtime)
             t_end = time.perf_counter()
             await session.end_audio()
+            if utt.speech_end_s is not None:
+                res.release_ms = round((t_end - start - utt.speech_end_s) * 1000, 1)
             turn = await session.next_turn(timeout=60)
         else:
             t_end = time.perf_counter()
@@ -97,22 +188,32 @@ async def play_turn(
     except (asyncio.TimeoutError, TimeoutError):
         res.category, res.status = "no_turn", "no_turn"  # e.g. the recognizer heard nothing
         return res
-    msgs: list[dict[str, Any]] = []
+    events: list[tuple[float, dict[str, Any]]] = []
 
     async def read() -> None:
+        content = 0
         async for msg in turn:
-            if msg["type"] == "reply.audio" and res.ttfa_ms is None:
-                res.ttfa_ms = round((time.perf_counter() - t_end) * 1000, 2)
+            now = time.perf_counter()
+            events.append((now, msg))
+            if msg["type"] != "reply.audio":
+                continue
+            if res.first_chunk_text is None:
                 res.first_chunk_text = msg.get("text")
-                if stop_after_first_audio:
+            if not msg.get("ack"):
+                content += 1
+                if stop_after_content is not None and content == stop_after_content and not res.stopped:
+                    res.stopped = True
                     await turn.cancel()
-            msgs.append(msg)
         res.end_ms = round((time.perf_counter() - t_end) * 1000, 2)
 
     await asyncio.wait_for(read(), TURN_TIMEOUT_S)
+    heard = listen(events, t_end)
+    res.ttfa_ms, res.content_ms, res.acks = heard.felt_ms, heard.content_ms, heard.acks
+    res.longest_silence_ms, res.gaps_ms = heard.longest_silence_ms, list(heard.gaps_ms)
+    msgs = [m for _, m in events]
     end = msgs[-1]
-    start = next((m for m in msgs if m["type"] == "turn.start"), {})
-    res.heard = start.get("input")
+    start_msg = next((m for m in msgs if m["type"] == "turn.start"), {})
+    res.heard = start_msg.get("input")
     res.status = end.get("status", "")
     res.timings = dict(end.get("timings") or {})
     res.degraded = list(end.get("degraded") or [])
@@ -121,6 +222,16 @@ async def play_turn(
     res.reply_text = end.get("text") or ""
     res.category = classify(msgs, plan.character)
     return res
+
+
+async def open_session(
+    client: EngineClient, character: str, player: str, mode: str, acks: bool, preemptive: bool,
+) -> ClientSession:
+    """``session.open`` with the latency features asked for (an engine that does not know
+    ``acks`` / ``preemptive`` ignores them: protocol v1 ignores unknown fields)."""
+    reply = await client.request({"type": "session.open", "character": character, "player": player, "greet": False,
+                                  "audio": True, "vars": {}, "mode": mode, "acks": acks, "preemptive": preemptive})
+    return client.sessions[reply["session"]]
 
 
 async def play_session(
@@ -132,15 +243,18 @@ async def play_session(
     on_turn: Callable[[TurnResult], None],
     deadline: float | None = None,
     gap_s: float = 0.5,
-    between: Callable[[int, TurnResult], Any] | None = None,
-    stop_after_first_audio: bool = False,
+    between: Callable[[int, TurnResult], Awaitable[None]] | None = None,
+    stop_after_content: int | None = None,
+    side: str = "new",
 ) -> list[TurnResult]:
     """One player talking to one character: open a session, play ``turns`` in order.
 
-    ``deadline`` (perf_counter seconds): no new turn starts after it. ``between(i, result)``
-    is awaited after each turn (the naive baseline runs there, on an idle sidecar). If the
-    task is cancelled (a hard time limit), the turn in flight and the session are closed on
-    the sidecar too, so they stop using its CPU.
+    ``side`` "baseline" opens the session with acknowledgements and preemptive replies off
+    (the baseline sidecar has them off engine-wide too). ``deadline`` (perf_counter
+    seconds): no new turn starts after it. ``between(i, result)`` is awaited after each turn
+    (the naive baseline runs there, on an idle sidecar). If the task is cancelled (a hard
+    time limit), the turn in flight and the session are closed on the sidecar too, so they
+    stop using its CPU.
     """
     if not turns:
         return []
@@ -148,12 +262,13 @@ async def play_session(
     client = await EngineClient.connect(endpoint, timeout=30, client_name="npc-engine-bench")
     s: ClientSession | None = None
     try:
-        s = await client.open_session(turns[0].character, player, greet=False, audio=True, mode="push_to_talk")
+        on = side != "baseline"
+        s = await open_session(client, turns[0].character, player, turns[0].mode, acks=on, preemptive=on)
         await asyncio.sleep(1.0)  # a player walks up, then speaks; the persona warm-up runs meanwhile
         for i, plan in enumerate(turns):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            res = await play_turn(s, plan, session_index, t_bench, stop_after_first_audio=stop_after_first_audio)
+            res = await play_turn(s, plan, session_index, t_bench, stop_after_content=stop_after_content, side=side)
             out.append(res)
             on_turn(res)
             if between is not None:

@@ -1,9 +1,16 @@
-"""Turn a benchmark run into numbers: per-stage statistics, content TTFA, speed-up, concurrency.
+"""Turn a benchmark run into numbers: what the player felt, new vs baseline, stages, concurrency.
 
-"Content" turns are those whose first audio is the model's reply; scripted story lines
-and fallback lines come from the pre-rendered cache and would flatter the numbers, so
-they are summarized apart. The streaming TTFA is the client's: from sending the end of
-the player's turn (``audio.end`` or ``text``) to receiving the first ``reply.audio``.
+Two TTFAs, both the client's, from the end of the player's turn (push-to-talk: ``audio.end``
+sent; typed: the line sent; open mic: the end of speech in the clip):
+
+* **felt**: the first ``reply.audio`` of any kind (an acknowledgement such as "Hm." counts:
+  the player hears the character react);
+* **content**: the first ``reply.audio`` of the reply's own words (``ack`` false).
+
+The A/B table counts every turn that got a reply of its own (the model's, or the fallback
+line it fell back to in time: that is what the player heard); a scripted story line comes
+from the pre-rendered cache and would flatter either side, so it is counted apart. The
+stage tables keep to "content" turns, whose reply is the model's.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from npc_engine.benchmark.felt import Comparison, compare
 from npc_engine.benchmark.naive import NaiveResult
 from npc_engine.benchmark.replay import TurnResult
 from npc_engine.benchmark.runner import BenchRun
-from npc_engine.benchmark.stats import Summary, ratio, summarize
+from npc_engine.benchmark.stats import Summary, percentile, ratio, summarize
 from npc_engine.metrics import AUDIO_PATH, audio_path_spans
 
 MARKS: tuple[str, ...] = ("end_of_turn_delay", "stt_final", "llm_first_token", "first_clause", "tts_first_chunk",
@@ -45,25 +53,71 @@ def spans_of(r: TurnResult) -> dict[str, float]:
     return spans
 
 
+TURN_KINDS: tuple[str, ...] = ("push_to_talk", "typed", "open_mic")
+KIND_LABELS = {"push_to_talk": "push-to-talk", "typed": "typed", "open_mic": "open mic", "all": "all"}
+METRICS: tuple[str, ...] = ("felt", "content")
+
+
+def replied(r: TurnResult) -> bool:
+    """Counted in the A/B table: the turn got a reply of its own (the model's, or its
+    fallback line), not a pre-rendered story line, and it started at all."""
+    return r.category not in ("scripted", "no_turn")
+
+
+def sample(r: TurnResult, metric: str) -> float | None:
+    return r.ttfa_ms if metric == "felt" else r.content_ms
+
+
+def ab_table(new: list[TurnResult], baseline: list[TurnResult]) -> list[Comparison]:
+    """Felt and content TTFA by kind of turn, new against baseline, with baseline/new ratios."""
+    rows = []
+    for kind in (*TURN_KINDS, "all"):
+        ns = [r for r in new if replied(r) and kind in ("all", r.turn_kind)]
+        bs = [r for r in baseline if replied(r) and kind in ("all", r.turn_kind)]
+        if not ns and not bs:
+            continue
+        rows += [compare(kind, m, (sample(r, m) for r in ns), (sample(r, m) for r in bs)) for m in METRICS]
+    return rows
+
+
+def silence_summary(results: list[TurnResult], limit_ms: float) -> dict[str, Any]:
+    """The longest silence of each turn (the wait for the first audio, or a gap in playback)
+    against ``limit_ms`` (the first-token budget + 300 ms)."""
+    rs = [r for r in results if r.category != "no_turn"]
+    over = [r for r in rs if r.longest_silence_ms is not None and r.longest_silence_ms > limit_ms]
+    return {
+        "turns": len(rs),
+        "limit_ms": limit_ms,
+        "longest_ms": _d(summarize(r.longest_silence_ms for r in rs)),
+        "over_limit": len(over),
+        "over_limit_by_kind": {k: sum(r.turn_kind == k for r in over) for k in TURN_KINDS},
+        "over_limit_in_a_gap": sum(bool(r.gaps_ms) and max(r.gaps_ms) > limit_ms for r in over),
+        "no_audio": sum(r.ttfa_ms is None for r in rs),
+        "stopped_early": sum(r.stopped for r in rs),
+    }
+
+
 def streaming_summary(results: list[TurnResult]) -> dict[str, Any]:
     content = [r for r in results if r.category == "content"]
     by_category: dict[str, Any] = {}
     for cat in sorted({r.category for r in results}):
         rs = [r for r in results if r.category == cat]
-        by_category[cat] = {"turns": len(rs), "ttfa_ms": _d(summarize(r.ttfa_ms for r in rs))}
+        by_category[cat] = {"turns": len(rs), "ttfa_ms": _d(summarize(r.content_ms for r in rs)),
+                            "felt_ms": _d(summarize(r.ttfa_ms for r in rs))}
     return {
         "turns": len(results),
         "content_turns": len(content),
         "by_category": by_category,
         "degraded_turns": sum(bool(r.degraded) for r in results),
         "degraded_stages": sorted({d["stage"] for r in results for d in r.degraded}),
-        "content_ttfa_ms": _d(summarize(r.ttfa_ms for r in content)),
-        "content_ttfa_ms_by_kind": {k: _d(summarize(r.ttfa_ms for r in content if r.kind == k)) for k in ("voice", "text")},
+        "content_ttfa_ms": _d(summarize(r.content_ms for r in content)),
+        "content_ttfa_ms_by_kind": {k: _d(summarize(r.content_ms for r in content if r.turn_kind == k)) for k in TURN_KINDS},
+        "felt_ttfa_ms_by_kind": {k: _d(summarize(r.ttfa_ms for r in content if r.turn_kind == k)) for k in TURN_KINDS},
         "server_first_audio_ms": _d(summarize(r.timings.get("first_audio_sent") for r in content)),
         "marks_ms": {m: _d(summarize(r.timings.get(m) for r in content)) for m in MARKS},
         "spans_ms": {s: _d(summarize(spans_of(r).get(s) for r in content)) for s in SPANS},
-        "spans_ms_by_kind": {k: {s: _d(summarize(spans_of(r).get(s) for r in content if r.kind == k)) for s in SPANS}
-                             for k in ("voice", "text")},
+        "spans_ms_by_kind": {k: {s: _d(summarize(spans_of(r).get(s) for r in content if r.turn_kind == k)) for s in SPANS}
+                             for k in TURN_KINDS},
     }
 
 
@@ -85,16 +139,16 @@ def speedup(streaming: list[TurnResult], naive: list[NaiveResult]) -> dict[str, 
     by_index = {s.index: s for s in streaming}
     pairs = [(by_index[n.index], n) for n in naive if n.index in by_index]
     pairs = [(s, n) for s, n in pairs
-             if s.said == n.said and s.category == "content" and s.ttfa_ms is not None and not n.scripted and n.reply_text]
+             if s.said == n.said and s.category == "content" and s.content_ms is not None and not n.scripted and n.reply_text]
     if not pairs:
         return None
     out: dict[str, Any] = {"pairs": len(pairs)}
     for kind in ("all", "voice", "text"):
         ps = [(s, n) for s, n in pairs if kind == "all" or s.kind == kind]
-        st, nv = summarize(s.ttfa_ms for s, _ in ps), summarize(n.ttfa_ms for _, n in ps)
+        st, nv = summarize(s.content_ms for s, _ in ps), summarize(n.ttfa_ms for _, n in ps)
         if st is None or nv is None:
             continue
-        per_pair = summarize(n.ttfa_ms / s.ttfa_ms for s, n in ps if s.ttfa_ms)
+        per_pair = summarize(n.ttfa_ms / s.content_ms for s, n in ps if s.content_ms)
         out[kind] = {
             "pairs": len(ps),
             "streaming_ms": st.to_dict(), "naive_ms": nv.to_dict(),
@@ -106,14 +160,19 @@ def speedup(streaming: list[TurnResult], naive: list[NaiveResult]) -> dict[str, 
 
 
 def concurrency_table(levels: dict[int, list[TurnResult]]) -> list[dict[str, Any]]:
+    """Content TTFA per number of simultaneous sessions, overall and for the worst session
+    (the target is per conversation: each one's median)."""
     rows = []
     for n in sorted(levels):
         rs = levels[n]
+        counted = [r for r in rs if replied(r)]
         content = [r for r in rs if r.category == "content"]
-        ttfa = summarize(r.ttfa_ms for r in content)
+        per_session = [percentile(sorted(v), 50) for v in _by_session(counted).values() if v]
         rows.append({
-            "sessions": n, "turns": len(rs), "content_turns": len(content),
-            "ttfa_ms": _d(ttfa),
+            "sessions": n, "turns": len(rs), "counted_turns": len(counted), "content_turns": len(content),
+            "ttfa_ms": _d(summarize(r.content_ms for r in counted)),
+            "felt_ms": _d(summarize(r.ttfa_ms for r in counted)),
+            "worst_session_p50_ms": round(max(per_session), 1) if per_session else None,
             "stt_final_ms": _d(summarize(r.timings.get("stt_final") for r in content)),
             "llm_first_token_ms": _d(summarize(r.timings.get("llm_first_token") for r in content)),
             "degraded_turns": sum(bool(r.degraded) for r in rs),
@@ -122,18 +181,65 @@ def concurrency_table(levels: dict[int, list[TurnResult]]) -> list[dict[str, Any
     return rows
 
 
+def _by_session(rs: list[TurnResult]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for r in rs:
+        if r.content_ms is not None:
+            out.setdefault(r.session, []).append(r.content_ms)
+    return out
+
+
+def _row_of(rows: list[Comparison], kind: str, metric: str) -> Comparison | None:
+    return next((c for c in rows if c.kind == kind and c.metric == metric), None)
+
+
+def targets(ab: list[Comparison], silences: dict[str, Any], conc: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets (#10, item 7), each with the value this run measured and whether
+    it was met (None: not measured in this run)."""
+
+    def check(label: str, value: float | None, limit: float, at_least: bool = False, unit: str = "ms") -> dict[str, Any]:
+        ok = None if value is None else (value >= limit if at_least else value <= limit)
+        return {"target": label, "value": value, "limit": limit, "unit": unit, "ok": ok}
+
+    def stat(kind: str, metric: str, which: str) -> float | None:
+        row = _row_of(ab, kind, metric)
+        side = row.new if row else None
+        return None if side is None else round(side.median if which == "p50" else side.p95, 1)
+
+    ptt = _row_of(ab, "push_to_talk", "content")
+    n4 = next((r for r in conc if r["sessions"] == 4), None)
+    longest = (silences.get("longest_ms") or {}).get("max")
+    return [
+        check("felt TTFA p50, all turns", stat("all", "felt", "p50"), 300),
+        check("push-to-talk content TTFA p50", stat("push_to_talk", "content", "p50"), 1500),
+        check("push-to-talk content TTFA p95", stat("push_to_talk", "content", "p95"), 2500),
+        check("push-to-talk content TTFA p50, baseline/new", ptt.p50_ratio if ptt else None, 2.0, at_least=True, unit="x"),
+        check("open mic, end of speech -> content p50", stat("open_mic", "content", "p50"), 2000),
+        check("longest silence in any turn", longest, float(silences.get("limit_ms") or 0)),
+        check("N=4: content TTFA p50 of the worst session", n4["worst_session_p50_ms"] if n4 else None, 3000),
+    ]
+
+
 def build(run: BenchRun) -> dict[str, Any]:
+    ab = ab_table(run.streaming, run.baseline)
+    silences = {side: silence_summary(rs, run.silence_limit_ms) for side, rs in (("new", run.streaming), ("baseline", run.baseline))}
+    conc = concurrency_table(run.concurrency)
     return {
         "config": run.config,
         "machine": run.machine,
         "phases_s": run.phases_s,
         "notes": run.notes,
+        "ab": [c.to_dict() for c in ab],
+        "silence": silences,
+        "targets": targets(ab, silences["new"], conc),
         "streaming": streaming_summary(run.streaming),
+        "baseline": streaming_summary(run.baseline) if run.baseline else None,
         "naive": naive_summary(run.naive) if run.naive else None,
         "speedup": speedup(run.streaming, run.naive) if run.naive else None,
-        "concurrency": concurrency_table(run.concurrency),
+        "concurrency": conc,
         "turns": {
             "streaming": [r.to_dict() for r in run.streaming],
+            "baseline": [r.to_dict() for r in run.baseline],
             "naive": [r.to_dict() for r in run.naive],
             "concurrency": {str(n): [r.to_dict() for r in rs] for n, rs in run.concurrency.items() if n != 1},
         },
@@ -162,34 +268,84 @@ def _head(title: str, width: int = 28) -> str:
     return f"{title}\n  {'':<{width}} {'median':>7} {'p95':>7} {'max':>7} {'':>6}   (ms)"
 
 
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _ab_lines(report: dict[str, Any]) -> list[str]:
+    rows = report["ab"]
+    has_base = any(r["baseline"] for r in rows)
+    out = ["felt TTFA (any audio, an acknowledgement included) and content TTFA (the reply's own words), ms from the",
+           "end of the player's turn (push-to-talk: audio.end sent; typed: line sent; open mic: end of speech in the clip)"]
+    head = f"  {'turns':<13} {'metric':<8} {'new p50':>8} {'p95':>6} {'n':>4}"
+    if has_base:
+        head += f" | {'base p50':>8} {'p95':>6} {'n':>4} | {'ratio p50':>9} {'p95':>6}"
+    out.append(head)
+    for r in rows:
+        new, base = r["new"] or {}, r["baseline"] or {}
+        line = (f"  {KIND_LABELS[r['kind']]:<13} {r['metric']:<8} {_ms(new.get('median')):>8} {_ms(new.get('p95')):>6} "
+                f"{new.get('n', 0):>4}")
+        if has_base:
+            line += (f" | {_ms(base.get('median')):>8} {_ms(base.get('p95')):>6} {base.get('n', 0):>4} | "
+                     f"{_x(r['p50_ratio']):>9} {_x(r['p95_ratio']):>6}")
+        out.append(line)
+    if has_base:
+        out.append("  (base: `npc-engine serve --baseline`, today's behaviour, same conversations in the same run, "
+                   "sessions interleaved; ratio: baseline / new, 2.00x is twice as fast)")
+    else:
+        out.append("  (no baseline in this run)")
+    return out
+
+
+def _silence_lines(report: dict[str, Any]) -> list[str]:
+    out = []
+    for side, s in report["silence"].items():
+        if not s["turns"]:
+            continue
+        lm = s["longest_ms"] or {}
+        kinds = ", ".join(f"{KIND_LABELS[k]} {v}" for k, v in s["over_limit_by_kind"].items() if v)
+        out.append(f"  {side:<8} longest silence per turn: p50 {_ms(lm.get('median'))}, p95 {_ms(lm.get('p95'))}, "
+                   f"max {_ms(lm.get('max'))} ms; {s['over_limit']} of {s['turns']} turns over {s['limit_ms']:.0f} ms"
+                   + (f" ({kinds}; {s['over_limit_in_a_gap']} in a gap between chunks)" if s["over_limit"] else "")
+                   + (f"; {s['no_audio']} without audio" if s["no_audio"] else ""))
+    if out:
+        stopped = report["config"].get("stop_after_content")
+        note = f"; each turn was stopped after {stopped} chunk(s) of content, later gaps are not measured" if stopped else ""
+        out.insert(0, f"silence: the wait for the first audio, and each gap in playback (chunks played back to back{note})")
+    return out
+
+
+def _target_lines(report: dict[str, Any]) -> list[str]:
+    out = ["targets (issue #10, item 7; new engine):"]
+    for t in report["targets"]:
+        mark = {True: "met", False: "MISSED", None: "not measured"}[t["ok"]]
+        value = "-" if t["value"] is None else (f"{t['value']:.2f}x" if t["unit"] == "x" else f"{t['value']:.0f} ms")
+        limit = f">= {t['limit']:.1f}x" if t["unit"] == "x" else f"<= {t['limit']:.0f} ms"
+        out.append(f"  {t['target']:<46} {value:>9}  ({limit}) {mark}")
+    return out
+
+
 def format_text(report: dict[str, Any]) -> str:
     st = report["streaming"]
     categories = ", ".join(f"{k} {v['turns']}" for k, v in st["by_category"].items())
     stages = f" ({', '.join(st['degraded_stages'])})" if st["degraded_stages"] else ""
     out = [
-        "npc-engine bench: time to first audio (TTFA)",
+        "npc-engine bench: what the player feels (time to first audio)",
         f"machine: {report['machine'].get('cpus')} CPUs, load average {report['machine'].get('load_at_start')} at start, "
         f"{report['machine'].get('load_at_end')} at end (a shared machine: compare ratios, not absolute times)",
         "",
-        f"streaming pipeline: {st['turns']} turns, {st['content_turns']} with model content first "
-        f"({categories}); {st['degraded_turns']} degraded{stages}",
-        "",
-        _head("content TTFA (client: end of the player's turn sent -> first reply.audio received)"),
-        _row("all", st["content_ttfa_ms"]),
-        _row("voice (push-to-talk)", st["content_ttfa_ms_by_kind"]["voice"]),
-        _row("text", st["content_ttfa_ms_by_kind"]["text"]),
-        _row("engine: first_audio_sent", st["server_first_audio_ms"]),
+        f"new engine: {st['turns']} turns, {st['content_turns']} with the model's reply ({categories}); "
+        f"{st['degraded_turns']} degraded{stages}",
     ]
-    for cat, v in st["by_category"].items():
-        if cat != "content":
-            out.append(_row(f"not content: {cat}", v["ttfa_ms"]))
-    stopped = report["config"].get("main_stops_at_first_audio")
-    out += ["", _head("stage marks (ms since the end of the player's turn; content turns)")]
-    out += [_row(m, st["marks_ms"][m]) for m in MARKS
-            if st["marks_ms"][m] and not (stopped and m in ("llm_done", "total"))]
-    if stopped:
-        out.append("  (llm_done and total are left out: each main-run turn was stopped at its first audio)")
-    out += ["", _head("time spent per stage on the path to first audio (content turns)")]
+    bs = report.get("baseline")
+    if bs:
+        bcat = ", ".join(f"{k} {v['turns']}" for k, v in bs["by_category"].items())
+        out.append(f"baseline: {bs['turns']} turns, {bs['content_turns']} with the model's reply ({bcat}); "
+                   f"{bs['degraded_turns']} degraded")
+    out += ["", *_ab_lines(report), "", *_silence_lines(report)]
+    out += ["", _head("new engine, content turns: stage marks (ms since the end of the player's turn)")]
+    out += [_row(m, st["marks_ms"][m]) for m in MARKS if st["marks_ms"][m] and m not in ("llm_done", "total")]
+    out += ["", _head("new engine, content turns: time per stage on the path to the first audio")]
     out += [_row(SPAN_LABELS[s], st["spans_ms"][s]) for s in SPANS]
     nv = report.get("naive")
     if nv:
@@ -200,7 +356,7 @@ def format_text(report: dict[str, Any]) -> str:
         out.append(_row("TTFA text", nv["ttfa_ms_by_kind"]["text"]))
     sp = report.get("speedup")
     if sp:
-        out += ["", f"speed-up of the streaming pipeline over the naive one (same inputs, {sp['pairs']} pairs):"]
+        out += ["", f"speed-up of the new engine's content TTFA over the naive one (same inputs, {sp['pairs']} pairs):"]
         for kind in ("all", "voice", "text"):
             if kind in sp:
                 k = sp[kind]
@@ -208,13 +364,17 @@ def format_text(report: dict[str, Any]) -> str:
                            f"{k['median_ratio']:.2f}x   p95 {_ms(k['naive_ms']['p95'])} / {_ms(k['streaming_ms']['p95'])} ms = "
                            f"{k['p95_ratio']:.2f}x   (median of per-turn ratios {k['median_of_pair_ratios']}x, n={k['pairs']})")
     if report["concurrency"]:
-        out += ["", "concurrency (content TTFA, ms, client side):",
-                f"  {'sessions':>8} {'turns':>6} {'p50':>7} {'p95':>7} {'max':>7} {'stt p50':>8} {'token p50':>10} {'degraded':>9}"]
+        out += ["", "concurrency, new engine (content TTFA, ms, client side; N = 1: the push-to-talk and typed conversations,",
+                "stopped early; N > 1: whole replies):",
+                f"  {'sessions':>8} {'turns':>6} {'p50':>7} {'p95':>7} {'max':>7} {'worst session p50':>18} "
+                f"{'felt p50':>9} {'stt p50':>8} {'token p50':>10} {'degraded':>9}"]
         for row in report["concurrency"]:
             t = row["ttfa_ms"] or {}
-            out.append(f"  {row['sessions']:>8} {row['content_turns']:>6} {_ms(t.get('median')):>7} {_ms(t.get('p95')):>7} "
-                       f"{_ms(t.get('max')):>7} {_ms((row['stt_final_ms'] or {}).get('median')):>8} "
+            out.append(f"  {row['sessions']:>8} {row['counted_turns']:>6} {_ms(t.get('median')):>7} {_ms(t.get('p95')):>7} "
+                       f"{_ms(t.get('max')):>7} {_ms(row['worst_session_p50_ms']):>18} "
+                       f"{_ms((row['felt_ms'] or {}).get('median')):>9} {_ms((row['stt_final_ms'] or {}).get('median')):>8} "
                        f"{_ms((row['llm_first_token_ms'] or {}).get('median')):>10} {row['degraded_turns']:>9}")
+    out += ["", *_target_lines(report)]
     if report["notes"]:
         out += ["", "notes:"] + [f"  - {n}" for n in report["notes"]]
     out += ["", "phases (s): " + ", ".join(f"{k} {v}" for k, v in report["phases_s"].items())]

@@ -1,21 +1,30 @@
 """The benchmark's phases, with progress lines and a time budget.
 
-1. Start: spawn the sidecar (unless ``endpoint`` is given) while this process loads and
-   warms the naive baseline's models; wait until the sidecar is ready and idle (its
-   background pre-rendering of scripted lines, which also warms every character's voice,
-   is done); one untimed warm-up turn.
-2. Main run, one session at a time. Each turn stops at its first audio (the client sends
-   ``cancel``): the TTFA is measured, and the rest of the reply, which cannot affect the
-   next turn's TTFA (the next line waits for ``turn.end``), costs no time. On every k-th
-   voice and typed input the naive baseline follows at once on the same input (the
-   sidecar idle meanwhile), so both paths see the same machine load; on a shared machine
-   the load drifts, and the ratio is what compares.
-3. Concurrency: N sessions at once for each N, whole replies (a session's remaining
-   synthesis competes with the others' first chunks, as in a game); N = 1 is the main run.
+1. Start: spawn two sidecars (unless ``endpoint`` is given): the engine as it is ("new")
+   and ``npc-engine serve --baseline`` (today's behaviour: no acknowledgements, no
+   preemptive replies, silence-only end of turn, the sliding history), both loading at
+   once; wait until each is ready and idle (its background pre-rendering of scripted
+   lines, which also warms every character's voice, is done); one untimed warm-up turn on
+   each. The naive sequential baseline (``--naive``) loads in this process meanwhile.
+2. Conversations, push-to-talk and typed: sessions of ``turns_per_session`` turns (a fresh
+   player each, characters in turn). Each session is played on both sidecars, one after
+   the other, the order swapped every session (new/baseline, baseline/new, ...), so the
+   machine's drifting load hits both sides alike; only one sidecar works at a time. A turn
+   stops once its second chunk of content arrived (the client sends ``cancel``): felt and
+   content TTFA and the first gap in playback are measured, and the rest of the reply,
+   which cannot change the next turn's TTFA (the next line waits for ``turn.end``), costs
+   no time.
+3. Conversations, open mic: the same on open-mic sessions, voice only, each turn timed from
+   the end of speech in the clip.
+4. Concurrency: N sessions at once on the new sidecar for each N, whole replies (a
+   session's remaining synthesis competes with the others' first chunks, as in a game);
+   N = 1 is phase 2's new side.
 
 No new turn starts past its phase's deadline, and a concurrency level still running a
-little after its deadline is cut (its sessions closed), so the whole run keeps to
-``budget_s`` whatever the machine's load; the report says how many turns each phase got.
+little after its deadline is cut (its sessions closed), so phases 2-4 keep to ``budget_s``
+whatever the machine's load; the report says how many turns each phase got. The start
+(loading, pre-rendering: one to three minutes on two busy cores) is not in the budget: it
+is not the bench's to shorten, and counting it would starve the phases on a loaded machine.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,20 +51,25 @@ Progress = Callable[[str], None]
 
 @dataclass
 class BenchConfig:
-    engine: EngineConfig  # the models (naive baseline) and, when spawning, the sidecar's settings
-    serve_args: list[str]  # extra `npc-engine serve` arguments for a spawned sidecar
+    engine: EngineConfig  # the models (naive baseline), the budgets and, when spawning, the sidecars' settings
+    serve_args: list[str]  # extra `npc-engine serve` arguments for the spawned sidecars
     endpoint: str | None = None  # a running sidecar; None: spawn one
-    turns: int = 30
-    turns_per_session: int = 5
+    baseline_endpoint: str | None = None  # with endpoint: a running `serve --baseline` to compare against
+    baseline: bool = True  # also run every conversation on a `serve --baseline` sidecar
+    turns: int = 30  # push-to-talk sessions' turns (voice and typed), per side
+    turns_per_session: int = 10
+    open_mic_turns: int = 10  # open-mic sessions' turns, per side
     voice_share: float = 2 / 3
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    concurrent_turns: int = 8  # turns per concurrency level (at least one per session)
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    concurrent_turns: int = 12  # turns per concurrency level (at least one per session)
+    open_mic_reserve_s: float = 170.0  # kept for the open-mic conversations out of the budget
     concurrency_reserve_s: float = 150.0  # kept for the concurrency levels out of the budget
-    naive: bool = True
+    naive: bool = False
     naive_every: int = 3  # the naive baseline runs on every k-th voice and every k-th typed input
-    full_turns: bool = False  # main run: let each reply finish instead of stopping at its first audio
+    full_turns: bool = False  # conversations: let each reply finish instead of stopping after its second content chunk
+    stop_after_content: int = 2
     clips: Path | None = None
-    budget_s: float = 570.0
+    budget_s: float = 750.0  # phases 2-4, after the start
     seed: int = 0
     keep_dir: Path | None = None
 
@@ -63,12 +77,14 @@ class BenchConfig:
 @dataclass
 class BenchRun:
     config: dict[str, Any]
-    streaming: list[TurnResult] = field(default_factory=list)
+    streaming: list[TurnResult] = field(default_factory=list)  # the new side's conversations
+    baseline: list[TurnResult] = field(default_factory=list)  # the same conversations on the baseline preset
     naive: list[NaiveResult] = field(default_factory=list)
     concurrency: dict[int, list[TurnResult]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     phases_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    silence_limit_ms: float = 0.0  # the first-token budget + 300 ms: no silence should be longer
 
 
 def _load() -> list[float] | None:
@@ -84,7 +100,7 @@ def _fmt(ms: float | None) -> str:
 
 def describe_turn(tag: str, r: TurnResult) -> str:
     t = r.timings
-    bits = [f"{tag} {r.kind:5s} {r.character:6s} {r.category:8s} TTFA {_fmt(r.ttfa_ms)}"]
+    bits = [f"{tag} {r.turn_kind:12s} {r.character:6s} {r.category:8s} felt {_fmt(r.ttfa_ms)} content {_fmt(r.content_ms)}"]
     parts = [f"{name} {_fmt(t[key])}" for name, key in
              (("stt", "stt_final"), ("token", "llm_first_token"), ("clause", "first_clause"), ("tts", "tts_first_chunk"))
              if key in t]
@@ -95,72 +111,136 @@ def describe_turn(tag: str, r: TurnResult) -> str:
     return " ".join(bits)
 
 
+@dataclass
+class _Sides:
+    """The sidecars a run talks to, by side."""
+
+    endpoints: dict[str, str] = field(default_factory=dict)
+    spawned: dict[str, Sidecar] = field(default_factory=dict)
+
+
+async def _start_sidecars(cfg: BenchConfig, run: BenchRun, progress: Progress) -> _Sides:
+    sides = _Sides()
+    if cfg.endpoint is not None:
+        sides.endpoints["new"] = cfg.endpoint
+        if cfg.baseline and cfg.baseline_endpoint:
+            sides.endpoints["baseline"] = cfg.baseline_endpoint
+        elif cfg.baseline:
+            run.notes.append("no baseline: --endpoint without --baseline-endpoint (start one with `npc-engine serve --baseline`)")
+        return sides
+    progress(f"starting the new sidecar (python -m npc_engine serve {' '.join(cfg.serve_args)}) ...")
+    sides.spawned["new"] = Sidecar.spawn(cfg.serve_args, cfg.keep_dir / "new" if cfg.keep_dir else None)
+    sides.endpoints["new"] = sides.spawned["new"].endpoint
+    return sides
+
+
+async def _ready(sides: _Sides, side: str, t0: float, progress: Progress) -> None:
+    sidecar = sides.spawned[side]
+    await asyncio.to_thread(sidecar.wait_ready)
+    progress(f"{side} sidecar ready on {sidecar.endpoint} ({time.perf_counter() - t0:.0f} s); waiting for it to go idle "
+             "(it pre-renders scripted lines in the background) ...")
+    waited = await asyncio.to_thread(sidecar.wait_idle)
+    progress(f"{side} sidecar idle after {waited:.0f} s more")
+
+
+async def _start_baseline(cfg: BenchConfig, sides: _Sides, t0: float, progress: Progress) -> None:
+    """The baseline sidecar, once the new one is idle: it shares the new one's cache of
+    pre-rendered lines (same voices, same lines; written atomically), so it does not render
+    them all again, and its loading does not compete with the other's pre-rendering."""
+    args = [*cfg.serve_args, "--baseline"]
+    progress(f"starting the baseline sidecar (python -m npc_engine serve {' '.join(args)}) ...")
+    new = sides.spawned["new"]
+    sides.spawned["baseline"] = Sidecar.spawn(args, cfg.keep_dir / "baseline" if cfg.keep_dir else None,
+                                              share_cache=new.data_dir / "cache")
+    sides.endpoints["baseline"] = sides.spawned["baseline"].endpoint
+    await _ready(sides, "baseline", t0, progress)
+
+
 async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
     t_bench = time.perf_counter()
     run_id = uuid.uuid4().hex[:6]
     run = BenchRun(config={}, machine={
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "load_at_start": _load(),
-    })
+    }, silence_limit_ms=float(min(cfg.engine.budget_llm_first_token_ms, cfg.engine.llm_timeout_ms) + 300))
     clips: list[Utterance] = []
-    if cfg.voice_share > 0:
+    if cfg.voice_share > 0 or cfg.open_mic_turns > 0:
         clips = load_clips(cfg.clips) if cfg.clips else []
         if not clips:
             run.notes.append("no speech clips: typed lines only")
-    main_plan = plan_turns(cfg.turns, clips, cfg.voice_share, cfg.turns_per_session, cfg.seed)
+    ptt_plan = plan_turns(cfg.turns, clips, cfg.voice_share, cfg.turns_per_session, cfg.seed)
+    n_ptt_sessions = len({p.session for p in ptt_plan})
+    open_plan = plan_turns(cfg.open_mic_turns, clips, 1.0, cfg.turns_per_session, cfg.seed + 500,
+                           first_session=n_ptt_sessions, mode="open_mic") if clips else []
 
-    sidecar: Sidecar | None = None
+    sides = _Sides()
     naive: NaivePipeline | None = None
-    endpoint = cfg.endpoint
     try:
         # ---------------------------------------------------------------- 1. start
         t = time.perf_counter()
-        if endpoint is None:
-            progress("starting the sidecar (python -m npc_engine serve) on a free port with a temp data dir ...")
-            sidecar = Sidecar.spawn(cfg.serve_args, cfg.keep_dir)
-            endpoint = sidecar.endpoint
+        sides = await _start_sidecars(cfg, run, progress)
         if cfg.naive:
-            # Loads while the sidecar loads and pre-renders: two processes, two cores.
+            # Loads while the sidecars load and pre-render.
             progress("loading and warming the naive baseline's models in this process ...")
             naive = await asyncio.to_thread(NaivePipeline.load, cfg.engine)
             await asyncio.to_thread(naive.warm_voices, list(CHARACTERS))
             progress(f"naive baseline ready ({time.perf_counter() - t:.0f} s)")
-        if sidecar is not None:
-            await asyncio.to_thread(sidecar.wait_ready)
-            progress(f"sidecar ready on {endpoint} ({time.perf_counter() - t:.0f} s); waiting for it to go idle "
-                     "(it pre-renders scripted lines in the background) ...")
-            waited = await asyncio.to_thread(sidecar.wait_idle)
-            progress(f"sidecar idle after {waited:.0f} s more")
-        run.config.update(endpoint=endpoint, spawned=sidecar is not None, turns=cfg.turns,
-                          voice_share=round(cfg.voice_share, 2), naive_every=cfg.naive_every,
-                          main_stops_at_first_audio=not cfg.full_turns, concurrency=list(cfg.concurrency),
-                          concurrent_turns=cfg.concurrent_turns, budget_s=cfg.budget_s, seed=cfg.seed)
-        await _warm_up(endpoint, run_id, t_bench, progress)
+        if sides.spawned:
+            await _ready(sides, "new", t, progress)
+            if cfg.baseline:
+                await _start_baseline(cfg, sides, t, progress)
+        run.config.update(endpoints=dict(sides.endpoints), spawned=bool(sides.spawned), turns=cfg.turns,
+                          turns_per_session=cfg.turns_per_session, open_mic_turns=cfg.open_mic_turns,
+                          voice_share=round(cfg.voice_share, 2), naive=cfg.naive, naive_every=cfg.naive_every,
+                          stop_after_content=None if cfg.full_turns else cfg.stop_after_content,
+                          concurrency=list(cfg.concurrency), concurrent_turns=cfg.concurrent_turns,
+                          budget_s=cfg.budget_s, seed=cfg.seed, silence_limit_ms=run.silence_limit_ms,
+                          budget_llm_first_token_ms=cfg.engine.budget_llm_first_token_ms)
+        for side, endpoint in sides.endpoints.items():
+            await _warm_up(endpoint, side, run_id, t_bench, progress)
         run.phases_s["start"] = round(time.perf_counter() - t, 1)
+        t_budget = time.perf_counter()  # the budget counts from here: see the module's docstring
 
-        # ---------------------------------------------------------------- 2. main run
+        # ---------------------------------------------------------------- 2. push-to-talk and typed
         t = time.perf_counter()
-        elapsed = t - t_bench
         levels = [n for n in cfg.concurrency if n > 1]
-        reserve = cfg.concurrency_reserve_s if levels else 10.0
-        main_deadline = t + max(60.0, cfg.budget_s - elapsed - reserve)
-        naive_on = naive_indices(main_plan, cfg.naive_every) if naive else set()
-        n_voice = sum(p.utterance.kind == "voice" for p in main_plan)
-        progress(f"main run: {len(main_plan)} turns ({n_voice} voice: clip at real-time pace, then the push-to-talk "
-                 f"release; {len(main_plan) - n_voice} typed), the naive baseline after {len(naive_on)} of them")
-        run.streaming, run.naive = await _main_run(
-            endpoint, main_plan, naive, naive_on, run_id, t_bench, main_deadline, not cfg.full_turns, progress)
-        if len(run.streaming) < len(main_plan):
-            run.notes.append(f"main run: time budget reached after {len(run.streaming)} of {len(main_plan)} turns")
-        run.phases_s["main"] = round(time.perf_counter() - t, 1)
-        if 1 in cfg.concurrency:
-            run.concurrency[1] = run.streaming
+        reserve = (cfg.concurrency_reserve_s if levels else 10.0) + (cfg.open_mic_reserve_s if open_plan else 0.0)
+        deadline = t + max(60.0, cfg.budget_s - (t - t_budget) - reserve)
+        naive_on = naive_indices(ptt_plan, cfg.naive_every) if naive else set()
+        n_voice = sum(p.utterance.kind == "voice" for p in ptt_plan)
+        progress(f"conversations: {len(ptt_plan)} turns in sessions of {cfg.turns_per_session} on "
+                 f"{' and '.join(sides.endpoints)} ({n_voice} push-to-talk: the clip at real-time pace to its end of "
+                 f"speech, the key released 200-300 ms later; {len(ptt_plan) - n_voice} typed)")
+        await _conversations(sides.endpoints, ptt_plan, naive, naive_on, run, run_id, t_bench, deadline,
+                             None if cfg.full_turns else cfg.stop_after_content, progress)
+        run.phases_s["push_to_talk"] = round(time.perf_counter() - t, 1)
 
-        # ---------------------------------------------------------------- 3. concurrency
+        # ---------------------------------------------------------------- 3. open mic
+        if open_plan:
+            t = time.perf_counter()
+            reserve = cfg.concurrency_reserve_s if levels else 10.0
+            deadline = t + max(30.0, cfg.budget_s - (t - t_budget) - reserve)
+            progress(f"open mic: {len(open_plan)} voice turns in sessions of {cfg.turns_per_session} (the engine ends "
+                     "each turn; timed from the end of speech in the clip)")
+            await _conversations(sides.endpoints, open_plan, None, set(), run, run_id, t_bench, deadline,
+                                 None if cfg.full_turns else cfg.stop_after_content, progress)
+            run.phases_s["open_mic"] = round(time.perf_counter() - t, 1)
+        planned = {"push_to_talk or typed": len(ptt_plan), "open mic": len(open_plan)}
+        for label, n in planned.items():
+            for side in sides.endpoints:
+                got = sum(r.side == side and (r.turn_kind == "open_mic") == (label == "open mic")
+                          for r in [*run.streaming, *run.baseline])
+                if got < n:
+                    run.notes.append(f"{label} ({side}): time budget reached after {got} of {n} turns")
+        if 1 in cfg.concurrency:
+            run.concurrency[1] = [r for r in run.streaming if r.turn_kind != "open_mic"]
+
+        # ---------------------------------------------------------------- 4. concurrency
+        endpoint = sides.endpoints["new"]
         for k, n in enumerate(levels):
             t = time.perf_counter()
-            remaining = cfg.budget_s - (t - t_bench) - 10.0
-            # Bigger N, longer turns: each level's share grows with N (weights N + 2: 20/30/50 % for 2/4/8).
+            remaining = cfg.budget_s - (t - t_budget) - 10.0
+            # Bigger N, longer turns: each level's share grows with N (weights N + 2: 40/60 % for 2/4).
             share = remaining * (n + 2) / sum(m + 2 for m in levels[k:])
             if share < 15:
                 run.notes.append(f"concurrency N={n}: skipped, the time budget is spent")
@@ -178,21 +258,21 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
     finally:
         if naive is not None:
             naive.close()
-        if sidecar is not None:
-            run.config["sidecar_log"] = str(sidecar.log_path) if cfg.keep_dir else None
-            await asyncio.to_thread(sidecar.stop)
+        if sides.spawned:
+            run.config["sidecar_logs"] = {side: str(s.log_path) for side, s in sides.spawned.items()} if cfg.keep_dir else None
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in sides.spawned.values()))
     run.machine["load_at_end"] = _load()
     run.phases_s["total"] = round(time.perf_counter() - t_bench, 1)
     return run
 
 
-async def _warm_up(endpoint: str, run_id: str, t_bench: float, progress: Progress) -> None:
+async def _warm_up(endpoint: str, side: str, run_id: str, t_bench: float, progress: Progress) -> None:
     """One untimed typed turn: the first trip through the whole pipeline is the slow one
     (the voices were warmed by the pre-rendering, the recognizer at load)."""
-    progress("a warm-up turn on the sidecar (not counted) ...")
+    progress(f"a warm-up turn on the {side} sidecar (not counted) ...")
     plan = [Planned(-1, CHARACTERS[0], Utterance("text", "Good day to you."), -1)]
-    await play_session(endpoint, plan, -1, f"bench-{run_id}-warm", t_bench, lambda r: None, gap_s=0.0,
-                       stop_after_first_audio=True)
+    await play_session(endpoint, plan, -1, f"bench-{run_id}-warm-{side}", t_bench, lambda r: None, gap_s=0.0,
+                       stop_after_content=1, side=side)
 
 
 def naive_indices(plan: list[Planned], every: int) -> set[int]:
@@ -205,43 +285,67 @@ def naive_indices(plan: list[Planned], every: int) -> set[int]:
     return out
 
 
-async def _main_run(
-    endpoint: str, plan: list[Planned], naive: NaivePipeline | None, naive_on: set[int], run_id: str,
-    t_bench: float, deadline: float, stop_at_first_audio: bool, progress: Progress,
-) -> tuple[list[TurnResult], list[NaiveResult]]:
-    streaming: list[TurnResult] = []
-    baseline: list[NaiveResult] = []
-    total = len(plan)
+async def _conversations(
+    endpoints: dict[str, str], plan: list[Planned], naive: NaivePipeline | None, naive_on: set[int], run: BenchRun,
+    run_id: str, t_bench: float, deadline: float, stop_after_content: int | None, progress: Progress,
+) -> None:
+    """Each session of ``plan`` on every side, the order swapped each session (A/B, B/A, ...).
+
+    The first side of a pair gets its share of the time left to ``deadline``; the second
+    plays as many turns as the first got, so the two sides always have the same
+    conversations to compare and the pair ends near the deadline."""
+    total = len(plan) * len(endpoints)
+    before = len(run.streaming) + len(run.baseline)  # turns of the phases before this one
     sessions = sorted({p.session for p in plan})
-    for sid in sessions:
-        turns = [p for p in plan if p.session == sid]
-        nsess: NaiveSession | None = None
-        if naive is not None:
-            nsess = naive.open(turns[0].character)
-            await asyncio.to_thread(naive.warm, nsess)  # what session.open does on the sidecar
-
-        def on_turn(r: TurnResult) -> None:
-            streaming.append(r)
-            progress(describe_turn(f"[{len(streaming):2d}/{total}] streaming", r))
-
-        async def between(i: int, r: TurnResult, turns: list[Planned] = turns, nsess: NaiveSession | None = nsess) -> None:
-            if naive is None or nsess is None:
-                return
-            u = turns[i].utterance
-            if turns[i].index in naive_on:
-                res = await asyncio.to_thread(naive.run_turn, nsess, turns[i].session, u.kind, u.text, u.pcm)
-                res.index = turns[i].index
-                baseline.append(res)
-                progress(f"[{len(baseline):2d}/{len(naive_on)}] naive     {res.kind:5s} {res.character:6s} TTFA {_fmt(res.ttfa_ms)} "
-                         f"(stt {_fmt(res.stt_ms)}, llm {_fmt(res.llm_ms)}, tts {_fmt(res.tts_ms)})")
-            # Both paths go on from the same conversation: what the streaming session said.
-            naive.remember(nsess, r.heard or (u.text if u.kind == "text" else None), r.reply_text)
-
-        await play_session(endpoint, turns, sid, f"bench-{run_id}-s{sid}", t_bench, on_turn, deadline, between=between,
-                           stop_after_first_audio=stop_at_first_audio)
+    for k, sid in enumerate(sessions):
         if time.perf_counter() > deadline:
-            break
-    return streaming, baseline
+            return
+        turns = [p for p in plan if p.session == sid]
+        order = list(endpoints) if k % 2 == 0 else list(reversed(endpoints))
+        first_deadline = time.perf_counter() + (deadline - time.perf_counter()) / len(order)
+        for n, side in enumerate(order):
+            got = [r for r in (run.streaming if order[0] == "new" else run.baseline) if r.session == sid]
+            if n > 0:
+                turns = turns[: len(got)]
+            if not turns:
+                break
+            out = run.streaming if side == "new" else run.baseline
+            nsess: NaiveSession | None = None
+            if naive is not None and side == "new":
+                nsess = naive.open(turns[0].character)
+                await asyncio.to_thread(naive.warm, nsess)  # what session.open does on the sidecar
+
+            def on_turn(r: TurnResult, out: list[TurnResult] = out) -> None:
+                out.append(r)
+                done = len(run.streaming) + len(run.baseline) - before
+                progress(describe_turn(f"[{done:3d}/{total}] {r.side:8s}", r))
+
+            between = _naive_between(naive, nsess, turns, naive_on, run.naive, progress) if nsess else None
+            await play_session(endpoints[side], turns, sid, f"bench-{run_id}-{side}-s{sid}", t_bench, on_turn,
+                               first_deadline if n == 0 else None, between=between, stop_after_content=stop_after_content,
+                               side=side)
+
+
+def _naive_between(
+    naive: NaivePipeline | None, nsess: NaiveSession, turns: list[Planned], naive_on: set[int],
+    out: list[NaiveResult], progress: Progress,
+) -> Callable[[int, TurnResult], Awaitable[None]]:
+    """After each new-side turn: the naive baseline on the same input (the sidecar idle meanwhile)."""
+
+    async def between(i: int, r: TurnResult) -> None:
+        if naive is None:
+            return
+        u = turns[i].utterance
+        if turns[i].index in naive_on:
+            res = await asyncio.to_thread(naive.run_turn, nsess, turns[i].session, u.kind, u.text, u.pcm)
+            res.index = turns[i].index
+            out.append(res)
+            progress(f"[{len(out):2d}/{len(naive_on)}] naive     {res.kind:5s} {res.character:6s} TTFA {_fmt(res.ttfa_ms)} "
+                     f"(stt {_fmt(res.stt_ms)}, llm {_fmt(res.llm_ms)}, tts {_fmt(res.tts_ms)})")
+        # Both paths go on from the same conversation: what the streaming session said.
+        naive.remember(nsess, r.heard or (u.text if u.kind == "text" else None), r.reply_text)
+
+    return between
 
 
 async def _concurrent(

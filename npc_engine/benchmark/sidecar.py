@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = "npc-engine ready on"
+PRERENDER_START = "pre-rendering "  # npc_engine.engine logs these two at INFO
+PRERENDER_DONE = "pre-rendered "
 
 
 def free_port() -> int:
@@ -34,7 +36,9 @@ class Sidecar:
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
     @classmethod
-    def spawn(cls, serve_args: list[str], keep_dir: Path | None = None) -> Sidecar:
+    def spawn(cls, serve_args: list[str], keep_dir: Path | None = None, share_cache: Path | None = None) -> Sidecar:
+        """``share_cache``: another sidecar's cache directory, used as this one's (its
+        pre-rendered lines are reused; the cache writes each file atomically)."""
         tmp = None
         if keep_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="npc-bench-")
@@ -44,6 +48,10 @@ class Sidecar:
             base.mkdir(parents=True, exist_ok=True)
         data_dir = base / "data"
         log_path = base / "sidecar.log"
+        if share_cache is not None:
+            share_cache.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "cache").symlink_to(share_cache.resolve(), target_is_directory=True)
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         cmd = [sys.executable, "-m", "npc_engine", "serve", "--endpoint", endpoint, "--data-dir", str(data_dir), *serve_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
@@ -77,18 +85,27 @@ class Sidecar:
         except (OSError, ValueError, IndexError):
             return None
 
-    def wait_idle(self, max_wait: float = 120.0, busy_share: float = 0.15, window: float = 1.5) -> float:
-        """Wait until the sidecar uses less than ``busy_share`` of a core over ``window``
-        seconds (its background pre-rendering of scripted lines is done); returns the wait."""
+    def prerendering(self) -> bool:
+        """The engine logged that it started pre-rendering scripted lines and not yet that it
+        finished (``Engine._prerender``)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        return PRERENDER_START in text and PRERENDER_DONE not in text
+
+    def wait_idle(self, max_wait: float = 300.0, busy_share: float = 0.15, window: float = 1.5) -> float:
+        """Wait until the sidecar's background pre-rendering of scripted lines is done (its
+        log says so) and it uses less than ``busy_share`` of a core over ``window`` seconds;
+        returns the wait. The log matters on a loaded machine, where a sidecar still
+        rendering can get less than ``busy_share`` of a core."""
         t0 = time.perf_counter()
         last = self.cpu_seconds()
-        if last is None:
-            time.sleep(min(max_wait, 20.0))
-            return time.perf_counter() - t0
         while time.perf_counter() - t0 < max_wait:
             time.sleep(window)
             now = self.cpu_seconds()
-            if now is None or (now - last) / window < busy_share:
+            idle = now is None or last is None or (now - last) / window < busy_share
+            if idle and not self.prerendering():
                 break
             last = now
         return time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """The player turns a benchmark replays: fixture WAVs (voice) and typed lines (text).
 
-Lines are chosen to be ordinary LLM turns for Bram and Marta with a fresh player: none of
+Lines are chosen to be ordinary LLM turns for Bram, Marta and Aldric with a fresh player: none of
 them matches an intent that makes the Oakhollow story answer with a scripted line (a turn
 that does anyway is reported apart, see ``replay.classify``). Each session gets a fresh
 player, so one session's story progress never turns another's line into a story beat.
@@ -18,10 +18,11 @@ from typing import Literal
 import numpy as np
 
 import npc_engine
+from npc_engine.benchmark.felt import speech_end
 
 REPO = Path(npc_engine.__file__).resolve().parent.parent
 DEFAULT_CLIPS = REPO / "tests" / "fixtures" / "speech"
-CHARACTERS: tuple[str, ...] = ("bram", "marta")
+CHARACTERS: tuple[str, ...] = ("bram", "marta", "aldric")
 CLIP_RATE = 16_000
 
 TEXT_LINES: tuple[str, ...] = (
@@ -46,10 +47,15 @@ class Utterance:
     text: str  # the typed line, or the clip's reference text
     clip: str | None = None
     pcm: np.ndarray | None = field(default=None, repr=False, compare=False)  # int16 mono 16 kHz
+    speech_end_s: float | None = None  # where the speech ends in the clip (felt.speech_end)
 
     @property
     def seconds(self) -> float:
         return 0.0 if self.pcm is None else len(self.pcm) / CLIP_RATE
+
+
+Mode = Literal["push_to_talk", "open_mic"]
+RELEASE_S: tuple[float, float] = (0.2, 0.3)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class Planned:
     character: str
     utterance: Utterance
     index: int = 0  # position in the plan (pairs a streaming turn with its naive twin)
+    mode: Mode = "push_to_talk"  # the session's: who ends a voice turn
+    # Push-to-talk: the key is released this long after the end of speech (seeded, the same
+    # on both sides of an A/B pair), as a player's thumb lags the last word.
+    release_s: float = 0.25
 
 
 def load_clips(directory: Path) -> list[Utterance]:
@@ -79,17 +89,19 @@ def load_clips(directory: Path) -> list[Utterance]:
             if w.getframerate() != CLIP_RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
                 raise ValueError(f"{c['file']}: clips must be 16 kHz mono 16-bit WAV")
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
-        out.append(Utterance("voice", c["text"], c["file"], pcm))
+        out.append(Utterance("voice", c["text"], c["file"], pcm, speech_end(c, pcm, CLIP_RATE)))
     return out
 
 
 def plan_turns(
     n_turns: int, clips: list[Utterance], voice_share: float, turns_per_session: int, seed: int = 0,
-    characters: tuple[str, ...] = CHARACTERS, first_session: int = 0,
+    characters: tuple[str, ...] = CHARACTERS, first_session: int = 0, mode: Mode = "push_to_talk",
 ) -> list[Planned]:
-    """``n_turns`` turns in sessions of ``turns_per_session``, alternating characters, each
-    session's turns a deterministic mix of clips and typed lines."""
+    """``n_turns`` turns in sessions of ``turns_per_session``, characters in turn, each
+    session's turns a deterministic mix of clips and typed lines, each voice turn with its
+    push-to-talk release delay drawn from ``RELEASE_S``."""
     rng = random.Random(seed)
+    release = random.Random(seed + 1)  # its own stream: the lines chosen do not move with it
     clips = clips[:]
     texts = list(TEXT_LINES)
     rng.shuffle(clips)
@@ -107,5 +119,5 @@ def plan_turns(
         else:
             utt = Utterance("text", texts[ti % len(texts)])
             ti += 1
-        plan.append(Planned(session, character, utt, i))
+        plan.append(Planned(session, character, utt, i, mode, round(release.uniform(*RELEASE_S), 3)))
     return plan

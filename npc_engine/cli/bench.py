@@ -1,8 +1,8 @@
-"""``npc-engine bench``: time to first audio, per stage, streaming vs naive, under concurrency.
+"""``npc-engine bench``: what the player feels, new engine vs ``serve --baseline``, under concurrency.
 
-    npc-engine bench                      # spawn a sidecar, ~30 turns, naive baseline, N = 1, 2, 4, 8
-    npc-engine bench --quick              # a ~2-minute version
-    npc-engine bench --endpoint tcp://127.0.0.1:5555 --json out.json --plot out.png
+    npc-engine bench                      # two sidecars (new, --baseline), 10-turn conversations, N = 1, 2, 4
+    npc-engine bench --quick              # a ~4-minute version
+    npc-engine bench --endpoint tcp://127.0.0.1:5555 --baseline-endpoint tcp://127.0.0.1:5556 --json out.json
 
 The library is ``npc_engine.benchmark``; ``bench/ttfa.py`` runs the same thing as a script.
 """
@@ -24,23 +24,35 @@ def configure(p: argparse.ArgumentParser) -> None:
     from npc_engine.benchmark.workload import DEFAULT_CLIPS, REPO
 
     p.add_argument("--endpoint", help="benchmark a running sidecar here (default: spawn one on a free port with a temp data dir)")
-    p.add_argument("--quick", action="store_true", help="a ~2-3 minute run: 6 turns, N = 1, 2")
-    p.add_argument("--turns", type=int, help="turns in the main run (default 30; --quick 6)")
-    p.add_argument("--turns-per-session", type=int, default=5, help="turns before a new session with a fresh player (default 5)")
-    p.add_argument("--voice-share", type=float, default=2 / 3, help="share of voice turns; the rest are typed (default 0.67)")
-    p.add_argument("--concurrency", default=None, help="simultaneous sessions to try, comma-separated (default 1,2,4,8; --quick 1,2)")
-    p.add_argument("--concurrent-turns", type=int, help="turns per concurrency level, at least one per session (default 8; --quick 4)")
-    p.add_argument("--no-naive", action="store_true", help="skip the naive sequential baseline")
-    p.add_argument("--naive-every", type=int, help="run the naive baseline on every k-th voice and typed input (default 3; --quick 2)")
+    p.add_argument("--baseline-endpoint",
+                   help="with --endpoint: a running `npc-engine serve --baseline` to compare against (default: spawned)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the `serve --baseline` sidecar (today's behaviour) that every conversation is also played on")
+    p.add_argument("--quick", action="store_true",
+                   help="a ~4 minute run: one push-to-talk and one open-mic conversation of 3 turns per side, N = 1, 2")
+    p.add_argument("--turns", type=int,
+                   help="push-to-talk and typed turns per side (default 30: three conversations; --quick 3)")
+    p.add_argument("--turns-per-session", type=int,
+                   help="turns of one conversation, a fresh player each (default 10; --quick 3)")
+    p.add_argument("--open-mic-turns", type=int, help="open-mic voice turns per side (default 10; --quick 3; 0: none)")
+    p.add_argument("--voice-share", type=float, default=2 / 3,
+                   help="share of push-to-talk turns in the push-to-talk conversations; the rest are typed (default 0.67)")
+    p.add_argument("--concurrency", default=None, help="simultaneous sessions to try, comma-separated (default 1,2,4; --quick 1,2)")
+    p.add_argument("--concurrent-turns", type=int, help="turns per concurrency level, at least one per session (default 12; --quick 2)")
+    p.add_argument("--naive", action="store_true", help="also run the naive sequential pipeline in this process (off by default)")
+    p.add_argument("--no-naive", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--naive-every", type=int, help="with --naive: on every k-th voice and typed input (default 3; --quick 2)")
     p.add_argument("--full-turns", action="store_true",
-                   help="main run: let every reply finish (default: stop each turn at its first audio, which is what is measured)")
+                   help="conversations: let every reply finish (default: stop each turn after its second chunk of content)")
     p.add_argument("--clips", type=Path, default=DEFAULT_CLIPS, help=f"speech clips with a manifest.json (default {DEFAULT_CLIPS})")
-    p.add_argument("--budget-min", type=float, help="stop starting turns so the run ends within this many minutes (default 9.25; --quick 3)")
+    p.add_argument("--budget-min", type=float,
+                   help="stop starting turns so the timed phases end within this many minutes (default 12.5; --quick 2.25); "
+                        "starting the sidecars (1-3 minutes) comes on top")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every result (per turn and summaries) here")
-    p.add_argument("--plot", type=Path, help="write a PNG: per-stage medians, TTFA distribution, concurrency curve")
-    p.add_argument("--keep", type=Path, help="keep the spawned sidecar's data dir and log in this directory")
-    g = p.add_argument_group("models (the spawned sidecar and the naive baseline)")
+    p.add_argument("--plot", type=Path, help="write a PNG: per-stage medians, felt and content TTFA distributions, concurrency curve")
+    p.add_argument("--keep", type=Path, help="keep the spawned sidecars' data dirs and logs in this directory")
+    g = p.add_argument_group("models (the spawned sidecars and the naive baseline)")
     g.add_argument("--characters", type=Path, default=REPO / "characters" if (REPO / "characters").is_dir() else None)
     g.add_argument("--story", type=Path, default=REPO / "story" if (REPO / "story").is_dir() else None)
     g.add_argument("--stt", choices=["whisper", "moonshine", "vosk"], help="speech recognition (default whisper)")
@@ -93,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     quick = bool(args.quick)
     try:
-        levels = _concurrency(args.concurrency or ("1,2" if quick else "1,2,4,8"))
+        levels = _concurrency(args.concurrency or ("1,2" if quick else "1,2,4"))
         if not 0 <= args.voice_share <= 1:
             raise ValueError("--voice-share is a share between 0 and 1")
         overrides = {"characters": args.characters, "story": args.story, "stt": args.stt, "tts": args.tts,
@@ -107,13 +119,19 @@ def run(args: argparse.Namespace) -> int:
                       ("--llm-model", "llm_model"), ("--llm-threads", "llm_threads"), ("--llm-slots", "llm_slots")):
         if overrides[key] is not None:
             serve_args += [flag, str(overrides[key])]
+    voice = engine_cfg.stt != "none"
     cfg = BenchConfig(
-        engine=engine_cfg, serve_args=serve_args, endpoint=args.endpoint,
-        turns=args.turns or (6 if quick else 30), turns_per_session=max(1, args.turns_per_session),
-        voice_share=args.voice_share if engine_cfg.stt != "none" else 0.0, concurrency=levels,
-        concurrent_turns=args.concurrent_turns or (4 if quick else 8), concurrency_reserve_s=40.0 if quick else 150.0,
-        naive=not args.no_naive, naive_every=max(1, args.naive_every or (2 if quick else 3)), full_turns=args.full_turns,
-        clips=args.clips, budget_s=60 * (args.budget_min or (3.0 if quick else 9.25)), seed=args.seed, keep_dir=args.keep,
+        engine=engine_cfg, serve_args=serve_args, endpoint=args.endpoint, baseline_endpoint=args.baseline_endpoint,
+        baseline=not args.no_baseline,
+        turns=args.turns if args.turns is not None else (3 if quick else 30),
+        turns_per_session=max(1, args.turns_per_session or (3 if quick else 10)),
+        open_mic_turns=(args.open_mic_turns if args.open_mic_turns is not None else (3 if quick else 10)) if voice else 0,
+        voice_share=args.voice_share if voice else 0.0, concurrency=levels,
+        concurrent_turns=args.concurrent_turns or (2 if quick else 12),
+        open_mic_reserve_s=50.0 if quick else 170.0, concurrency_reserve_s=40.0 if quick else 150.0,
+        naive=bool(args.naive) and not args.no_naive, naive_every=max(1, args.naive_every or (2 if quick else 3)),
+        full_turns=args.full_turns, clips=args.clips, budget_s=60 * (args.budget_min or (2.25 if quick else 12.5)),
+        seed=args.seed, keep_dir=args.keep,
     )
     # The models' own loading chatter would bury the progress lines.
     for name in ("npc_engine", "faster_whisper", "phonemizer"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -27,8 +27,11 @@ from npc_engine.yamlsrc import (
 )
 
 __all__ = [
+    "ACK_KINDS",
     "DEFAULT_EMOTIONS",
     "KNOWN_VOICES",
+    "Ack",
+    "AckKind",
     "Character",
     "Example",
     "Fact",
@@ -49,6 +52,11 @@ KNOWN_VOICES: tuple[str, ...] = ("af_heart", "af_bella", "am_michael", "bm_georg
 DEFAULT_EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised", "afraid")
 CHARACTER_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 YAML_SUFFIXES = (".yaml", ".yml")
+# The kinds of player line an acknowledgement may answer (npc_engine.turns.acks classifies
+# the line); ``any`` fits every line.
+AckKind = Literal["question", "greeting", "thanks", "insult", "any"]
+ACK_KINDS: tuple[str, ...] = get_args(AckKind)
+ACK_MAX_WORDS = 4  # longer, and it stops sounding like a reaction and starts to be an answer
 
 
 class VoiceSpec(Sourced):
@@ -113,6 +121,25 @@ class Fact(Sourced):
         return [str(v) for v in value]
 
 
+class Ack(Sourced):
+    """A short interjection ("Hm.", "Aye.", "Well now,") said at once when the player's turn
+    ends and the model has nothing to say yet; the model's reply then goes on after it.
+    ``kinds``: the player lines it suits (``any``: every line)."""
+
+    text: str = Field(min_length=1)
+    kinds: list[AckKind] = Field(default_factory=lambda: list[AckKind](["any"]), min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class Example(Sourced):
     """One example exchange shown to the model before the real conversation."""
 
@@ -147,6 +174,7 @@ class Character(Sourced):
     greetings: list[Line] = Field(default_factory=list)
     fallbacks: list[Line] = Field(default_factory=list)
     deflections: list[Line] = Field(default_factory=list)
+    acks: list[Ack] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
     reply: ReplyStyle = Field(default_factory=ReplyStyle)
 
@@ -255,7 +283,7 @@ def _check_character(ch: Character) -> list[SourceError]:
                 warning=True,
             )
         )
-    return out + _fact_problems(ch) + _secret_key_problems(ch) + _example_problems(ch)
+    return out + _fact_problems(ch) + _secret_key_problems(ch) + _example_problems(ch) + _ack_problems(ch)
 
 
 _PHRASE_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -297,6 +325,7 @@ def _secret_key_problems(ch: Character) -> list[SourceError]:
     out: list[SourceError] = []
     said = [
         *((f"line {line.id}", line.text) for line in ch.lines()),
+        *((f"ack {i + 1}", ack.text) for i, ack in enumerate(ch.acks)),
         *((f"example {i + 1}", ex.reply) for i, ex in enumerate(ch.examples)),
         *((f"knows {i + 1}", k) for i, k in enumerate(ch.knows)),
         *((f"fact {i + 1}", f.text) for i, f in enumerate(ch.facts)),
@@ -339,6 +368,46 @@ def _example_problems(ch: Character) -> list[SourceError]:
             )
     if len(ch.examples) > 6:
         out.append(ch.problem("more than 6 examples: each one costs prompt tokens on every turn", "examples", warning=True))
+    return out
+
+
+_TEMPLATE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _ack_problems(ch: Character) -> list[SourceError]:
+    """Acks are pre-rendered and said before the model answers: short, fixed text, each once."""
+    out: list[SourceError] = []
+    seen: dict[str, int] = {}
+    for n, ack in enumerate(ch.acks):
+        text = " ".join(ack.text.split())
+        if not text:
+            out.append(ch.problem("an ack's text is empty", "acks", n))
+            continue
+        if _TEMPLATE.search(text):
+            out.append(ch.problem(
+                "an ack cannot use {templates}: it is rendered once, ahead of time, and said before the model answers",
+                "acks", n,
+            ))
+        words = len(text.split())
+        if words > ACK_MAX_WORDS:
+            out.append(ch.problem(
+                f"this ack has {words} words: keep acks to {ACK_MAX_WORDS} or fewer (a reaction, not an answer; "
+                "the model's reply follows it)", "acks", n, warning=True,
+            ))
+        key = text.lower()
+        if key in seen:
+            out.append(ch.problem(f"ack '{text}' is listed twice (first on line {seen[key]})", "acks", n, warning=True))
+        else:
+            seen[key] = ch.src_line("acks", n)
+        kinds = ack.kinds
+        for k, kind in enumerate(kinds):
+            if kind in kinds[:k]:
+                out.append(ch.problem(f"kind '{kind}' is listed twice", "acks", n, "kinds", k, warning=True))
+    if ch.acks and not any("any" in ack.kinds for ack in ch.acks):
+        out.append(ch.problem(
+            "no ack of kind 'any': a line that is not a question, greeting, thanks or insult gets no ack",
+            "acks", key=True, warning=True,
+        ))
     return out
 
 

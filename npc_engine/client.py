@@ -235,9 +235,11 @@ class EngineClient:
     async def open_session(
         self, character: str, player: str = "player", *, greet: bool = True, audio: bool = True,
         vars: dict[str, Any] | None = None, session: str | None = None, mode: str | None = None,
+        preemptive: bool | None = None, acks: bool | None = None,
     ) -> ClientSession:
         msg = {"type": "session.open", "character": character, "player": player, "greet": greet, "audio": audio,
-               "vars": vars or {}, "session": session, "mode": mode}
+               "vars": vars or {}, "session": session, "mode": mode, "preemptive": preemptive,
+               "acks": acks}
         # Register before the reply can race the greeting turn's first message.
         rid = f"r{next(self._ids)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

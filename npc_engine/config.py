@@ -33,13 +33,27 @@ class EngineConfig:
     llm: Literal["embedded", "ollama"] = "embedded"
     llm_model: str | None = None  # embedded: a profile (fast/balanced/quality) or a GGUF path; None: llm_profiles.DEFAULT_PROFILE
     llm_threads: int = 1
+    # llama.cpp's threads run this much lower in priority (Linux nice) than the voice's, so a
+    # synthesis gets the core first (pipeline/scheduling.py). 0: equal; lower it if the game
+    # on the same machine keeps every core busy and starves the LLM.
+    llm_nice: int = 10
     llm_slots: int = 4  # concurrent sessions decoding at once
     llm_ctx: int = 8192  # shared by the slots
     ollama_model: str = "llama3.2"
     ollama_host: str | None = None
     ollama_keep_alive: str = "30m"
     temperature: float = 0.7
-    history_turns: int = 6  # exchanges kept in the prompt
+    history_turns: int = 6  # exchanges kept in the prompt (at least; see history_block)
+    # The history is trimmed in blocks: it grows to history_turns + history_block - 1
+    # exchanges, then the oldest history_block go at once. Between trims the prompt only grows
+    # at its end, so llama.cpp reuses all of it from the KV cache and a turn evaluates only its
+    # new tokens; a window sliding every turn (1) changes the prompt right after the examples
+    # and has the whole history evaluated again each turn (issue #10; bench/prompt_cache.py).
+    history_block: int = 4
+    # At a turn's end, if the next prompt no longer starts as the KV cache holds (a trim, a new
+    # fact, the story moved), evaluate it in the background while the reply plays, so the next
+    # turn evaluates only the player's line (session.py _start_warm). Off: the turn does it.
+    warm_next_prompt: bool = True
     # The guard stage between the LLM and the voice (npc_engine/turns/guard.py): off, replies
     # go out as the model wrote them. "fragment" lets the first clause out once it passed the
     # checks (first audio as without a guard); "sentence" holds every sentence to its end.
@@ -63,8 +77,26 @@ class EngineConfig:
     stt: Literal["whisper", "moonshine", "vosk", "none"] = "whisper"
     stt_threads: int = 1
     vosk_model: str | None = None
-    end_of_turn_ms: int = 600
+    end_of_turn_ms: int = 600  # open mic without smart_turn: the silence that ends a turn
+    # Open mic: end of turn by meaning (pipeline/smart_turn.py, docs/stt.md). Smart Turn hears
+    # the turn at smart_turn_ms of silence: complete, the turn ends after
+    # smart_turn_complete_ms; mid-thought (or the transcript ends on "and"/"um"), after
+    # smart_turn_incomplete_ms. Off: end_of_turn_ms. complete_ms 200 ends finished lines
+    # 380 ms sooner (median) but cuts a pause after a finished clause ("I found the amulet…
+    # in the old mill", the test fixture); 600 keeps it, docs/stt.md has the measured trade.
+    smart_turn: bool = True
+    smart_turn_ms: int = 200
+    smart_turn_complete_ms: int = 600
+    smart_turn_incomplete_ms: int = 1200
     barge_in_ms: int = 300
+    # Preemptive replies: a voice turn's reply starts when the player falls silent, on the
+    # speculative final, and is committed or dropped at the end of the turn. Off here, no
+    # session preempts; on, each session chooses (session.open `preemptive`, default true).
+    preemptive: bool = True
+    # Instant acknowledgements ("Hm.", pre-rendered) as a voice or typed turn's first audio,
+    # ahead of the reply's own words (reply.audio `ack`). Off here, no session gets them; on,
+    # each session chooses (session.open `acks`, default true).
+    acks: bool = True
 
     # Budgets (ms): over budget a stage degrades instead of stalling the turn.
     budget_llm_first_token_ms: int = 2500
@@ -116,6 +148,20 @@ class EngineConfig:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+
+def baseline(cfg: EngineConfig) -> EngineConfig:
+    """``cfg`` with the latency work of issue #10 switched off: the engine as it was before
+    it, for ``npc-engine serve --baseline`` and the bench's A/B comparison (docs/latency.md).
+    No acknowledgements, no preemptive replies, an open-mic turn ends on silence alone
+    (``end_of_turn_ms``), the history slides by one exchange a turn (the prompt changes
+    right after the persona, so each turn evaluates the whole history again) and is not
+    warmed between turns, and the LLM runs at the voice's priority. (Synthesis is still
+    scheduled by deadline across sessions: with one conversation at a time that is the old
+    first-come order.)"""
+    return dataclasses.replace(
+        cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0
+    )
 
 
 def _coerce(tp: Any, raw: str, name: str) -> Any:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from npc_engine.characters import Character
 from npc_engine.config import EngineConfig
+from npc_engine.facts import FactBook
 from npc_engine.pipeline.base import ChatModel, Synthesizer, Transcriber, Voice
 from npc_engine.pipeline.line_cache import LineCache
 from npc_engine.pipeline.tts_fallback import SynthBudget
@@ -29,6 +30,7 @@ from npc_engine.turns.speech import VoiceOut
 from npc_engine.world import load_world
 
 if TYPE_CHECKING:  # loaded lazily: onnxruntime is slow to import and absent with --stt none
+    from npc_engine.pipeline.smart_turn import TurnClassifier
     from npc_engine.pipeline.vad import SileroVad
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def make_chat_model(cfg: EngineConfig) -> ChatModel:
         return OllamaChat(cfg.ollama_model, host=cfg.ollama_host, keep_alive=cfg.ollama_keep_alive)
     from npc_engine.pipeline.llm_llamacpp import LlamaCppChat
 
-    return LlamaCppChat(cfg.llm_model, n_ctx=cfg.llm_ctx, n_parallel=cfg.llm_slots, threads=cfg.llm_threads)
+    # At a lower priority than the voice's threads: scheduling.py says why.
+    return LlamaCppChat(cfg.llm_model, n_ctx=cfg.llm_ctx, n_parallel=cfg.llm_slots, threads=cfg.llm_threads, nice=cfg.llm_nice)
 
 
 def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
@@ -103,7 +106,9 @@ class Engine:
         self.transcriber: Transcriber | None = None
         self.line_cache: LineCache | None = None
         self.vad_model: SileroVad | None = None
+        self.turn_model: TurnClassifier | None = None  # Smart Turn: open-mic end of turn by meaning
         self.store: AsyncStore
+        self.facts: FactBook  # what each character knows of each player (with the store)
         # One worker per model. The LLM's threads only wait on llama.cpp's own decode
         # loop, so there is one per slot to let sessions decode in the same batch.
         self.llm_worker = ModelWorker("llm", threads=max(1, cfg.llm_slots))
@@ -135,6 +140,7 @@ class Engine:
         fallback_synth: Synthesizer | None = None,
         transcriber: Transcriber | None = None,
         vad_model: SileroVad | None = None,
+        turn_model: TurnClassifier | None = None,
     ) -> Engine:
         """An engine from parts already made: the unit tests' way in, with named test doubles."""
         eng = cls(cfg)
@@ -145,7 +151,9 @@ class Engine:
         eng.fallback_synth = fallback_synth
         eng.transcriber = transcriber
         eng.vad_model = vad_model
+        eng.turn_model = turn_model
         eng.store = AsyncStore(cfg.db_path)
+        eng.facts = FactBook(eng.store)
         return eng
 
     async def _load(self, progress: Progress) -> None:
@@ -165,6 +173,7 @@ class Engine:
         )
         self.characters = dict(characters)
         self.store = AsyncStore(self.cfg.db_path)
+        self.facts = FactBook(self.store)
         self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
         if self.cfg.tts != "none":
             try:
@@ -187,6 +196,16 @@ class Engine:
             from npc_engine.pipeline.vad import SileroVad
 
             self.vad_model = await step("voice activity detector (Silero)", SileroVad)
+            if self.cfg.smart_turn:
+                from npc_engine.pipeline.smart_turn import SmartTurn
+
+                try:
+                    smart_turn = await step("end-of-turn model (Smart Turn v3.2)", SmartTurn)
+                    await step("end-of-turn model warm-up", smart_turn.warm_up)
+                    self.turn_model = smart_turn
+                except Exception as exc:  # open-mic turns still end, on silence alone: degrade, don't refuse
+                    log.error("Smart Turn unavailable (%s); open-mic turns end after %d ms of silence",
+                              exc, self.cfg.end_of_turn_ms)
         progress(f"engine ready in {time.perf_counter() - t_all:.1f} s")
 
     @staticmethod
@@ -217,8 +236,9 @@ class Engine:
         )
 
     def scripted_lines(self) -> list[tuple[str, Voice]]:
-        """Every scripted line that can be rendered ahead of time (no {templates} in it)."""
-        out = []
+        """Every scripted line that can be rendered ahead of time (no {templates} in it).
+        Acks first: they are said within milliseconds of a turn's end, so they render first."""
+        out = [(ack.text, Voice(ch.voice.id, ch.voice.speed)) for ch in self.characters.values() for ack in ch.acks]
         for ch in self.characters.values():
             voice = Voice(ch.voice.id, ch.voice.speed)
             out += [(line.text, voice) for line in ch.lines() if not line.template_vars]
@@ -247,7 +267,8 @@ class Engine:
         for text, voice in todo:
             await self.turns.idle()
             try:
-                await self.tts_worker.run(self.line_cache.get_or_render, text, voice)
+                # Behind every live chunk in the TTS queue, whatever its deadline.
+                await self.tts_worker.run_background(self.line_cache.get_or_render, text, voice)
             except Exception as exc:
                 log.warning("could not pre-render %r: %s", text, exc)
         log.info("pre-rendered %d lines in %.1f s", len(todo), time.perf_counter() - t0)

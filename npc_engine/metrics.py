@@ -21,6 +21,7 @@ from typing import Protocol
 # Stage marks in pipeline order; `turn.end` reports those that happened.
 STAGES: tuple[str, ...] = (
     "stt_final",  # final transcript ready (voice turns)
+    "ack_sent",  # an acknowledgement ("Hm.", reply.audio ack: true) went out ahead of the reply
     "llm_first_token",
     "first_clause",  # first speakable fragment handed to TTS
     "tts_first_chunk",  # first audio chunk synthesized
@@ -30,7 +31,9 @@ STAGES: tuple[str, ...] = (
 )
 
 # Keys measured before the clock starts (they are durations, not marks).
-BEFORE: tuple[str, ...] = ("end_of_turn_delay",)
+# preemptive_lead: a preemptive reply's head start, from the player falling silent (the
+# speculative final) to the decision; marks it reached by then read 0.
+BEFORE: tuple[str, ...] = ("end_of_turn_delay", "preemptive_lead")
 
 # The orders that always hold between present marks. `llm_done` is not on the audio chain:
 # a short reply is written before its first chunk is spoken, and the chunker may release

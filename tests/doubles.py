@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError, SpeechChunk, Timed, Voice
+from npc_engine.pipeline.base import (
+    ChatMessage,
+    GenOptions,
+    ModelError,
+    PromptUsage,
+    SpeechChunk,
+    Timed,
+    Voice,
+)
+from npc_engine.pipeline.vad import SileroVad, VadState
 
 # --------------------------------------------------------------------------- chat
 
@@ -51,6 +60,7 @@ class ChatCall:
     closed_early: bool = False  # the consumer closed the stream before its end
     failed: bool = False  # raised ModelError
     finished: threading.Event = field(default_factory=threading.Event)
+    prompt: PromptUsage = field(default_factory=PromptUsage)  # as reported to the caller (see prompt_tokens)
 
     @property
     def stopped_early(self) -> bool:
@@ -59,6 +69,18 @@ class ChatCall:
     def wait_finished(self, timeout: float) -> bool:
         """Blocking: until the stream is over (run it with ``asyncio.to_thread``)."""
         return self.finished.wait(timeout)
+
+
+def prompt_tokens(messages: Sequence[ChatMessage]) -> list[str]:
+    """The double's stand-in for a tokenized prompt: a role marker, then the words, per message."""
+    return [tok for m in messages for tok in (f"<{m.role}>", *m.content.split())]
+
+
+def _shared_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def word_pieces(text: str) -> list[str]:
@@ -97,6 +119,9 @@ class ScriptedChat:
         self.warm_ups: list[tuple[list[ChatMessage], str | None]] = []
         self.closed = threading.Event()  # releases a stalled stream (never_first_token)
         self._lock = threading.Lock()
+        # Like llama.cpp's slots, one "KV cache" per affinity: the previous prompt's tokens.
+        # A call is reported (``usage``) as evaluating what follows the prefix it shares with it.
+        self._cached: dict[str | None, list[str]] = {}
 
     def stream(
         self,
@@ -104,14 +129,22 @@ class ScriptedChat:
         options: GenOptions,
         cancel: threading.Event,
         affinity: str | None = None,
+        usage: PromptUsage | None = None,
     ) -> Iterator[str]:
         with self._lock:
             script = self.replies[len(self.calls) % len(self.replies)]
             call = ChatCall(list(messages), options, affinity, script.text, total=len(word_pieces(script.text)))
             self.calls.append(call)
-        return self._run(call, script, cancel)
+            tokens = prompt_tokens(messages)
+            cached = self._cached.get(affinity, [])
+            shared = _shared_prefix(tokens, cached)
+            self._cached[affinity] = tokens
+            call.prompt = PromptUsage(tokens=len(tokens), evaluated=len(tokens) - shared)
+        return self._run(call, script, cancel, usage)
 
-    def _run(self, call: ChatCall, script: ScriptedReply, cancel: threading.Event) -> Iterator[str]:
+    def _run(
+        self, call: ChatCall, script: ScriptedReply, cancel: threading.Event, usage: PromptUsage | None = None
+    ) -> Iterator[str]:
         ttft = self.ttft_s if script.ttft_s is None else script.ttft_s
         rate = self.tokens_per_s if script.tokens_per_s is None else script.tokens_per_s
         fail_first = self.fail_before_first_token if script.fail_before_first_token is None else script.fail_before_first_token
@@ -130,6 +163,8 @@ class ScriptedChat:
             if cancel.wait(ttft):
                 call.saw_cancel = True
                 return
+            if usage is not None:  # known once the prompt is processed, as with llama.cpp
+                usage.tokens, usage.evaluated = call.prompt.tokens, call.prompt.evaluated
             for i, piece in enumerate(word_pieces(call.reply)):
                 if i and cancel.wait(1.0 / rate):
                     call.saw_cancel = True
@@ -145,8 +180,16 @@ class ScriptedChat:
         finally:
             call.finished.set()
 
-    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
-        self.warm_ups.append((list(messages), affinity))
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        with self._lock:
+            self.warm_ups.append((list(messages), affinity))
+            tokens = prompt_tokens(messages)
+            shared = _shared_prefix(tokens, self._cached.get(affinity, []))
+            self._cached[affinity] = tokens  # evaluated now: cached for the next call
+        if usage is not None:  # reported like a turn's call: what followed the cached prefix
+            usage.tokens, usage.evaluated = len(tokens), len(tokens) - shared
 
     def close(self) -> None:
         self.closed.set()
@@ -204,3 +247,115 @@ class SilenceSynth:
 
     def warm_up(self) -> None:
         self.warm_ups += 1
+
+
+# --------------------------------------------------------------------------- voice in
+
+WORD_SAMPLES = 4000  # 0.25 s of 16 kHz audio per spoken word
+WORD_GAP = 16  # exact zeros between words: how the transcriber tells two words apart
+
+
+class EnergyVad(SileroVad):
+    """A ``SileroVad`` that hears any window that is not exact silence as speech (probability
+    1, else 0). Test speech (``ToneTranscriber.say``) is silence or a constant level, so the
+    end-of-turn detector's events fall exactly where the audio says."""
+
+    def __init__(self) -> None:  # no model to load
+        self.path = None
+
+    def probability(self, st: VadState, window: np.ndarray) -> float:
+        return 1.0 if window.size and float(np.abs(window).max()) > 0.01 else 0.0
+
+
+class ToneTranscriber:
+    """A speech recognizer of tone words: ``say(text)`` renders each word as ``WORD_SAMPLES``
+    of a constant level that names it, and the streams it opens read the levels back.
+
+    Its streams decode ahead like the real ones (``prepare_final`` caches the text until more
+    audio is accepted; ``decodes`` counts real decodes). ``final_extra`` is a word the final
+    decode hears that the speculative one did not (a recognizer whose two decodes differ).
+    """
+
+    name = "tone-transcriber (test double)"
+    sample_rate = 16_000
+
+    def __init__(self, final_extra: str | None = None) -> None:
+        self.final_extra = final_extra
+        self.words: list[str] = []
+        self.streams: list[ToneStream] = []
+
+    def say(self, text: str, silence_s: float = 0.0) -> np.ndarray:
+        """``text`` as tone words, then ``silence_s`` of silence (int16, 16 kHz)."""
+        parts = []
+        for word in text.split():
+            if word not in self.words:
+                self.words.append(word)
+            level = 1000 + 100 * self.words.index(word)
+            parts += [np.full(WORD_SAMPLES, level, np.int16), np.zeros(WORD_GAP, np.int16)]
+        parts.append(np.zeros(round(silence_s * self.sample_rate), np.int16))
+        return np.concatenate(parts)
+
+    def read(self, pcm: np.ndarray) -> str:
+        words, run_level, run = [], 0, 0
+        for level in [*pcm.tolist(), 0]:
+            if level == run_level and level:
+                run += 1
+                continue
+            if run_level and run >= WORD_SAMPLES // 4:  # the pre-roll may clip nothing, a word is whole
+                words.append(self.words[(run_level - 1000) // 100])
+            run_level, run = level, 1
+        return " ".join(words)
+
+    def open_stream(self) -> ToneStream:
+        stream = ToneStream(self)
+        self.streams.append(stream)
+        return stream
+
+    def warm_up(self) -> None:
+        pass
+
+
+class ToneStream:
+    def __init__(self, owner: ToneTranscriber) -> None:
+        self.owner = owner
+        self._audio: list[np.ndarray] = []
+        self._n = 0
+        self._cached: tuple[int, str] | None = None
+        self.decodes = 0
+
+    def accept(self, pcm: np.ndarray) -> str | None:
+        self._audio.append(np.asarray(pcm, np.int16).copy())
+        self._n += len(pcm)
+        return None
+
+    def prepare_final(self) -> str:
+        if self._cached is None or self._cached[0] != self._n:
+            self.decodes += 1
+            audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+            self._cached = (self._n, self.owner.read(audio))
+        return self._cached[1]
+
+    def finalize(self) -> str:
+        text = self.prepare_final()
+        if text and self.owner.final_extra:
+            text = f"{text} {self.owner.final_extra}"
+        self.reset()
+        return text
+
+    def reset(self) -> None:
+        self._audio.clear()
+        self._n = 0
+        self._cached = None
+
+
+class ScriptedTurnModel:
+    """A turn classifier (Smart Turn's place) that answers from a script: each ``predict``
+    pops the next probability of "complete" (the last one repeats), and keeps the audio it heard."""
+
+    def __init__(self, *probabilities: float) -> None:
+        self.script = list(probabilities) or [1.0]
+        self.heard: list[np.ndarray] = []
+
+    def predict(self, pcm: np.ndarray) -> float:
+        self.heard.append(np.asarray(pcm, np.int16).copy())
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]

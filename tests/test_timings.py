@@ -41,12 +41,12 @@ async def send_clip(session: ClientSession, pcm: np.ndarray) -> None:
 
 async def timed(turn: Any, t_end: float) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The turn's messages, and when (ms after ``t_end``, the client's end of the player's
-    turn) the first reply.audio and the turn.end reached the client."""
+    turn) the first reply.audio of the reply's words (not an ack), the ack and the turn.end reached the client."""
     msgs: list[dict[str, Any]] = []
     seen: dict[str, float] = {}
     async for msg in turn:
         msgs.append(msg)
-        key = {"reply.audio": "first_audio", "turn.end": "end"}.get(msg["type"])
+        key = {"reply.audio": "ack" if msg.get("ack") else "first_audio", "turn.end": "end"}.get(msg["type"])
         if key and key not in seen:
             seen[key] = (time.perf_counter() - t_end) * 1000
     return msgs, seen
@@ -60,6 +60,8 @@ def check_consistent(end: dict[str, Any], seen: dict[str, float]) -> dict[str, f
     # The server's clock starts after the client ended the turn, on the same machine clock:
     # no mark can be later than the client receiving the message it marks.
     assert t["total"] <= seen["end"]
+    if "ack_sent" in t:  # acks are on by default; whether a turn has one depends on the reply's pace
+        assert t["ack_sent"] <= seen["ack"]
     if "first_audio_sent" in t:
         assert t["first_audio_sent"] <= seen["first_audio"]
         assert sum(audio_path_spans(t).values()) == pytest.approx(t["first_audio_sent"], abs=0.1)
@@ -80,7 +82,7 @@ async def test_text_turn_with_tts_has_every_llm_and_audio_mark(client: EngineCli
     end = msgs[-1]
     assert [m for m in msgs if m["type"] == "reply.audio"], "a voiced session answers with audio"
     t = check_consistent(end, seen)
-    assert set(t) == LLM_AUDIO_MARKS, f"a text turn with TTS reports all LLM and audio marks: {sorted(t)}"
+    assert set(t) - {"ack_sent"} == LLM_AUDIO_MARKS, f"a text turn with TTS reports all LLM and audio marks: {sorted(t)}"
 
 
 async def test_push_to_talk_turn_adds_stt_final_only(client: EngineClient) -> None:
@@ -91,7 +93,7 @@ async def test_push_to_talk_turn_adds_stt_final_only(client: EngineClient) -> No
     msgs, seen = await timed(await s.next_turn(timeout=60), t_end)
     assert msgs[0]["source"] == "voice"
     t = check_consistent(msgs[-1], seen)
-    assert set(t) == LLM_AUDIO_MARKS | {"stt_final"}, sorted(t)
+    assert set(t) - {"ack_sent"} == LLM_AUDIO_MARKS | {"stt_final"}, sorted(t)
     assert t["stt_final"] <= t["llm_first_token"]
 
 
@@ -102,7 +104,10 @@ async def test_open_mic_turn_reports_the_end_of_turn_delay(client: EngineClient)
     msgs = await turn.collect(timeout=240)
     t = msgs[-1]["timings"]
     assert order_violations(t) == []
-    assert set(t) == LLM_AUDIO_MARKS | {"stt_final", "end_of_turn_delay"}, sorted(t)
+    # A reply started when the player fell silent and committed at the end of the turn also
+    # says how long before the decision it started (preemptive_lead), and only then.
+    preemptive = {"preemptive_lead"} if msgs[-1].get("preemptive") else set()
+    assert set(t) - {"ack_sent"} == LLM_AUDIO_MARKS | {"stt_final", "end_of_turn_delay"} | preemptive, sorted(t)
     assert t["end_of_turn_delay"] > 0
 
 

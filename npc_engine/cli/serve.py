@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from npc_engine.cli.parent import ParentWatch
-from npc_engine.config import DEFAULT_ENDPOINT, EngineConfig
+from npc_engine.config import DEFAULT_ENDPOINT, EngineConfig, baseline
 from npc_engine.pipeline.llm_profiles import DEFAULT_PROFILE, PROFILES
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` stays fast
@@ -41,9 +41,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vosk-model", help="directory of a Vosk model (with --stt vosk)")
     g.add_argument("--end-of-turn-ms", type=int, help="trailing silence that ends an open-mic turn (default 600)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default)")
+    p.add_argument("--baseline", action="store_true",
+                   help="the engine as it was before the latency work of issue #10, to compare against (npc-engine bench "
+                        "runs one): no acknowledgements, no preemptive replies, open-mic turns end on silence alone, "
+                        "the history slides by one exchange a turn")
     p.add_argument("--parent-pid", type=int, metavar="PID",
                    help="stop (cleanly) once process PID exits: for a game that starts its own engine, "
                         "so that the engine does not outlive a game that crashed")
+    p.add_argument("--no-guard", dest="guard", action="store_false", default=None,
+                   help="switch off the guard stage: replies are spoken as the model wrote them, with no check for "
+                        "AI talk, secrets told too soon, speaker labels, loops or repeats (for measuring; the same as "
+                        "NPC_ENGINE_GUARD=0; docs/quality.md)")
     g = p.add_argument_group("limits")
     g.add_argument("--session-idle-timeout", type=float, dest="session_idle_timeout_s", metavar="SECONDS",
                    help="close a session nobody has sent anything for in this long (default 1800; 0: never)")
@@ -70,8 +78,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     keys = ("endpoint", "characters", "story", "data_dir", "llm", "llm_model", "llm_threads", "llm_slots",
             "ollama_model", "ollama_host", "tts", "stt", "vosk_model", "end_of_turn_ms", "metrics_port",
             "session_idle_timeout_s", "max_sessions_per_client", "max_queued_turns_per_client", "max_players_cached",
-            "curve_secret_key", "insecure", "max_outbox_bytes", "accept_unsigned_saves")
-    return EngineConfig.from_env(**{k: getattr(args, k, None) for k in keys})
+            "curve_secret_key", "insecure", "max_outbox_bytes", "accept_unsigned_saves",
+            "guard")
+    cfg = EngineConfig.from_env(**{k: getattr(args, k, None) for k in keys})
+    return baseline(cfg) if getattr(args, "baseline", False) else cfg
 
 
 async def serve(cfg: EngineConfig, ready: asyncio.Event | None = None, parent_pid: int | None = None) -> int:

@@ -47,6 +47,20 @@ class GenOptions:
     logit_bias: tuple[tuple[str | int, float], ...] = ()
 
 
+@dataclass(slots=True)
+class PromptUsage:
+    """How much of one request's prompt the model evaluated; filled in by the backend (on its
+    thread) once the prompt is processed, read by the turn after the stream ends. Stays zero
+    for a backend that does not report it, or a request stopped before its prompt was done."""
+
+    tokens: int = 0  # the whole prompt
+    evaluated: int = 0  # not served from the KV cache: what this request had to compute
+
+    @property
+    def cached(self) -> int:
+        return self.tokens - self.evaluated
+
+
 class ModelError(RuntimeError):
     """A model failed in a way the turn cannot recover from (it died, or is unreachable).
 
@@ -70,6 +84,7 @@ class ChatModel(Protocol):
         options: GenOptions,
         cancel: threading.Event,
         affinity: str | None = None,
+        usage: PromptUsage | None = None,
     ) -> Iterator[str]:
         """Yield text deltas as the model produces them; stop early once ``cancel`` is set.
 
@@ -77,12 +92,18 @@ class ChatModel(Protocol):
         character, so backends can keep that prefix's KV cache warm.
         ``affinity`` names the conversation: requests with the same affinity should
         reuse the same cache (a backend with several KV caches routes them there).
+        ``usage``, if given, is filled in with the prompt's token counts (a backend that
+        cannot tell leaves it at zero).
         Raises ``ModelError`` when the model is unreachable or dies.
         """
         ...
 
-    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
-        """Evaluate ``messages`` (the persona prefix) so the next turn starts fast."""
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        """Evaluate ``messages`` (the persona prefix, or the whole prompt up to the player's
+        next line) in ``affinity``'s cache so the next turn starts fast; ``usage`` as in
+        ``stream``: what the warm-up itself evaluated."""
         ...
 
     def close(self) -> None: ...

@@ -12,6 +12,11 @@ player's values (``Hello, {player_name}``) is a new text for every player: writt
 it would stay there forever, one file pair per name any game sends. Given the authored
 lines (``keep``), the cache writes only those; any other line is kept in a small in-memory
 LRU (a greeting repeated in one play session is still synthesized once).
+
+A few lines must cost nothing at all when they are needed: a character's acknowledgements
+("Hm.", "Aye.") go out within milliseconds of the end of the player's turn, when there is no
+time to read a file, let alone to wait for the TTS thread. ``pin`` keeps such a line in memory
+(rendered or loaded off the event loop, once); ``pinned`` hands it over without blocking.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class LineCache:
         self._keep = None if keep is None else {self.key(t, v) for t, v in keep}
         self._memory: OrderedDict[str, SpeechChunk] = OrderedDict()
         self._memory_lines = memory_lines
+        self._pinned: dict[str, SpeechChunk] = {}  # never evicted: a few short lines per character
 
     def on_disk(self, text: str, voice: Voice) -> bool:
         """Whether this line belongs on disk (an authored line, not one filled in per player)."""
@@ -133,6 +139,29 @@ class LineCache:
                     self._memory.popitem(last=False)
             self._memory.move_to_end(key)
             return chunk
+
+    def pin(self, text: str, voice: Voice) -> SpeechChunk:
+        """Render (or load) the line and keep it in memory for ``pinned``. Blocking: run it on
+        the TTS worker."""
+        key = self.key(text, voice)
+        chunk = self._pinned.get(key)
+        if chunk is None:
+            chunk = self.get_or_render(text, voice)
+            self._pinned[key] = chunk  # one dict store: safe to read from the loop meanwhile
+        return chunk
+
+    def pin_stored(self, text: str, voice: Voice) -> SpeechChunk | None:
+        """``pin`` for a line already rendered (on disk or pinned): a file read, no synthesis;
+        None if it was never rendered. Blocking (disk): run it off the event loop."""
+        key = self.key(text, voice)
+        chunk = self._pinned.get(key) or self.get(text, voice)
+        if chunk is not None:
+            self._pinned[key] = chunk
+        return chunk
+
+    def pinned(self, text: str, voice: Voice) -> SpeechChunk | None:
+        """A pinned line, or None if ``pin`` has not finished for it. Never blocks."""
+        return self._pinned.get(self.key(text, voice))
 
     def put(self, text: str, voice: Voice, chunk: SpeechChunk) -> None:
         audio_path, meta_path = self.paths(text, voice)

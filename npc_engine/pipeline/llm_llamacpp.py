@@ -18,10 +18,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
+from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError, PromptUsage
 from npc_engine.pipeline.llm_profiles import resolve_model
+from npc_engine.pipeline.scheduling import lower_priority, native_threads
 
 log = logging.getLogger(__name__)
+
+
+def _fill_usage(usage: PromptUsage, timings: dict[str, Any]) -> None:
+    """llama.cpp's ``prompt_n`` is the prompt tokens this request evaluated, ``cache_n`` those
+    reused from the slot's KV cache (the longest prefix shared with its previous request)."""
+    evaluated = int(timings.get("prompt_n") or 0)
+    usage.evaluated = evaluated
+    usage.tokens = evaluated + int(timings.get("cache_n") or 0)
 
 
 def embedded_model_path() -> Path:
@@ -39,6 +48,7 @@ class LlamaCppChat:
         n_ctx: int = 4096,
         n_parallel: int = 4,
         threads: int = 1,
+        nice: int = 0,
     ) -> None:
         import xllamacpp
 
@@ -57,10 +67,13 @@ class LlamaCppChat:
         params.cache_prompt = True
         params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else 1
         t0 = time.perf_counter()
+        before = native_threads()
         try:
             self._server = xllamacpp.Server(params)
         except Exception as exc:
             raise ModelError(f"llama.cpp could not load {path}: {exc}", code="model_unavailable") from exc
+        if nice:  # the voice gets the core first when both want it (scheduling.py)
+            lower_priority(native_threads() - before, nice)
         log.info("LLM %s loaded in %.2f s (%d slots, %d thread(s))", path.name, time.perf_counter() - t0, n_parallel, threads)
         self._closed = False
         # llama.cpp's timings of the latest request (cache_n = prompt tokens reused from
@@ -113,7 +126,12 @@ class LlamaCppChat:
         return req
 
     def stream(
-        self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+        affinity: str | None = None,
+        usage: PromptUsage | None = None,
     ) -> Iterator[str]:
         if self._closed:
             raise ModelError("the LLM has been shut down")
@@ -131,12 +149,17 @@ class LlamaCppChat:
                 if "error" in chunk:
                     items.put(ModelError(f"llama.cpp: {chunk['error']}"))
                     return True
+                # Timings before the text: the queue hand-off then publishes the usage to
+                # the reader along with the first delta.
+                if "timings" in chunk:
+                    timings = chunk["timings"]
+                    self.last_timings = timings
+                    if usage is not None:
+                        _fill_usage(usage, timings)
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         items.put(text)
-                if "timings" in chunk:
-                    self.last_timings = chunk["timings"]
             return cancel.is_set() or stop.is_set()
 
         def call() -> None:
@@ -165,10 +188,13 @@ class LlamaCppChat:
             # the next request and no thread is left inside llama.cpp when the process exits.
             caller.join(timeout=5.0)
 
-    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
-        # One token is enough to evaluate (and so cache) the prompt prefix.
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        # One token is enough to evaluate (and so cache) the prompt prefix. The same slot as
+        # the conversation's turns (``slot_for``), or the next turn would find a cold cache.
         opts = GenOptions(max_tokens=1, temperature=0.0)
-        for _ in self.stream(messages, opts, threading.Event(), affinity):
+        for _ in self.stream(messages, opts, threading.Event(), affinity, usage):
             pass
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError
+from npc_engine.pipeline.base import ChatMessage, GenOptions, ModelError, PromptUsage
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,12 @@ class OllamaChat:
         return self.host or "$OLLAMA_HOST or http://127.0.0.1:11434"
 
     def stream(
-        self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+        affinity: str | None = None,
+        usage: PromptUsage | None = None,  # left at zero: Ollama does not say what came from its cache
     ) -> Iterator[str]:
         if self._client is None:
             raise ModelError(f"the Ollama client for {self.model!r} is closed")
@@ -96,8 +101,10 @@ class OllamaChat:
         except Exception as exc:  # a dropped stream surfaces as an httpx error
             raise ModelError(f"the Ollama stream broke off: {exc}") from exc
 
-    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
-        for _ in self.stream(messages, GenOptions(max_tokens=1, temperature=0.0), threading.Event()):
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        for _ in self.stream(messages, GenOptions(max_tokens=1, temperature=0.0), threading.Event(), usage=usage):
             pass
 
     def close(self) -> None:

@@ -47,6 +47,9 @@ def persona_prompt(character: Character) -> str:
     lines.append(
         f"Speak only as {name}, in at most {character.reply.max_sentences} short sentences of plain speech. "
         "Never write the other person's words. Never mention being an AI, a character or a game. "
+        # Small models invent what the player said or did ("you said you lost it"): only the
+        # lines written here (and what was said in the conversation) are true.
+        "You know only what is written here and what was said to you. "
         "If you do not know something, say so in your own words."
     )
     cue_help = _cue_help(character)
@@ -78,7 +81,9 @@ def system_prompt(
     text = persona_prompt(character)
     who = _addressee(player_name)
     extra = [f"You are talking to {who}."] if player_name else []
-    extra += [_sentence(f) for f in facts]
+    known = [_sentence(f) for f in facts]
+    if known:  # one short line each, like the persona's facts
+        extra.append("What you know about them:\n" + "\n".join(f"- {k}" for k in known))
     secrets = [_sentence(s) for s in revealed_secrets]
     if secrets:
         extra.append("You may now tell them: " + " ".join(secrets))
@@ -113,8 +118,13 @@ def build_messages(
     user_text: str,
     history_turns: int,
     examples: Sequence[ChatMessage] = (),
+    reply_start: str = "",
 ) -> list[ChatMessage]:
-    """System prompt, example exchanges (``example_messages``), recent history, the line."""
+    """System prompt, example exchanges (``example_messages``), recent history, the line.
+
+    ``reply_start``: what the character has already said of this reply (an acknowledgement,
+    "Hm."), as the start of its answer: llama.cpp and Ollama continue a trailing assistant
+    message, so the model goes on after it instead of starting afresh (or saying it again)."""
     msgs = [ChatMessage("system", system), *examples]
     # Keep whole exchanges so the model never sees an answer without its question.
     recent = list(history)[-2 * history_turns:] if history_turns > 0 else []
@@ -124,6 +134,8 @@ def build_messages(
         content = h.content + (" (you were interrupted here)" if h.interrupted else "")
         msgs.append(ChatMessage("user" if h.role == "user" else "assistant", content))
     msgs.append(ChatMessage("user", user_text))
+    if reply_start.strip():
+        msgs.append(ChatMessage("assistant", reply_start.strip()))
     return msgs
 
 

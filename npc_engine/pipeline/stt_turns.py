@@ -9,7 +9,9 @@ final text. It runs on the STT worker thread (every call may decode).
 * At ``silence_start`` the frames are held back instead of fed, and
   ``prepare_final`` decodes what was said (when ``speculative``). If the player
   goes on (``speech_resume``) the held frames are fed and the cache is dropped;
-  if the turn ends, ``finalize`` returns the cached text at once.
+  if the turn ends, ``finalize`` returns the cached text at once. The decoded text
+  is handed back (``TurnUpdate.speculative``) so the session can start its reply
+  before the end of the turn is confirmed (a preemptive reply).
 * A push-to-talk release (``audio.end`` on the wire) is ``end_turn()``; it
   returns what the VAD let through (a push-to-talk session that wants every
   sample can feed its stream directly instead).
@@ -35,6 +37,13 @@ class TurnUpdate:
     partial: str | None = None  # new partial text of the current turn
     final: str | None = None  # the turn's text, set on end_of_turn (may be "")
     finalize_seconds: float = 0.0  # time finalize() took (≈0 when the speculative decode hit)
+    # The speculative final decoded at a silence_start in this update and still standing at its
+    # end (no speech_resume after it): what the turn's text will be if the player stays silent.
+    speculative: str | None = None
+
+    def resumed(self) -> bool:
+        """The player spoke again in this update: any speculative final before it is void."""
+        return any(e.kind in ("speech_resume", "speech_start") for e in self.events)
 
 
 class TurnRecognizer:
@@ -63,6 +72,10 @@ class TurnRecognizer:
             step = self._feed_step(pcm[i : i + STEP])
             update.events += step.events
             update.partial = step.partial if step.partial is not None else update.partial
+            if step.resumed():
+                update.speculative = None
+            if step.speculative is not None:
+                update.speculative = step.speculative
             if step.final is not None:  # callers feed ~100 ms at a time: one turn end at most
                 update.final, update.finalize_seconds = step.final, step.finalize_seconds
         return update
@@ -85,9 +98,11 @@ class TurnRecognizer:
                     consumed = True
                 self._feeding = False
                 if self._speculative is not None:
-                    self._speculative.prepare_final()
+                    update.speculative = self._speculative.prepare_final()
+                    self.detector.hear(update.speculative)  # the text check: "…and" holds the turn
             elif event.kind == "speech_resume":
                 self._feeding = True
+                update.speculative = None
                 held, self._held = self._held, []
                 if not consumed:
                     held.append(pcm)

@@ -65,6 +65,12 @@ class SessionOpen(_In):
     greet: bool = True
     audio: bool = True  # stream reply.audio; false = text and cues only
     mode: Literal["push_to_talk", "open_mic"] = "push_to_talk"
+    # Voice turns: start the reply when the player falls silent, before the end of the turn
+    # is confirmed (committed if the turn ends on the same words, else dropped unseen).
+    preemptive: bool = True
+    # Say a short pre-rendered acknowledgement ("Hm.", reply.audio ack: true) when the reply's
+    # audio is not ready at the end of the player's turn; false: the reply's own audio only.
+    acks: bool = True
 
 
 class Text(InSession):

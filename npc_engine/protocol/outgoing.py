@@ -197,6 +197,9 @@ class ReplyAudio(SessionMessage):
     start: float
     duration: float
     text: str
+    # An acknowledgement ("Hm.") said while the reply was not ready yet; the reply's own
+    # chunks follow. False is sent too (always on the wire), so a game can rely on the key.
+    ack: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,6 +259,13 @@ class TurnEnd(SessionMessage):
     tokens: int
     audio_seconds: float
     guard: list[dict[str, str]] | None = None  # what the guard stopped: [{check, action}], absent if nothing
+    # The LLM call's prompt, in tokens, and how many of them it had to evaluate (not served
+    # from the KV cache); absent for a turn without one, or a backend that does not say.
+    prompt_tokens: int | None = None
+    prompt_tokens_evaluated: int | None = None
+    # True for a voice reply started before the end of the player's turn was confirmed and
+    # committed at it (timings.preemptive_lead: how long before); absent otherwise.
+    preemptive: bool | None = None
 
 
 def as_dict(msg: Outgoing) -> dict[str, object]:

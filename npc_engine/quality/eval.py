@@ -34,7 +34,7 @@ from typing import Literal
 from npc_engine.characters import Character
 from npc_engine.config import EngineConfig
 from npc_engine.engine import Engine
-from npc_engine.pipeline.base import ChatMessage, ChatModel, GenOptions
+from npc_engine.pipeline.base import ChatMessage, ChatModel, GenOptions, PromptUsage
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.outgoing import Outgoing
 from npc_engine.quality.checks import check_reply
@@ -147,19 +147,26 @@ class RecordingChat:
         return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
     def stream(
-        self, messages: Sequence[ChatMessage], options: GenOptions, cancel: threading.Event, affinity: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+        affinity: str | None = None,
+        usage: PromptUsage | None = None,
     ) -> Iterator[str]:
         opts = dataclasses.replace(options, seed=self._seed_for(messages))
         out: list[str] = []
         if affinity is not None:
             with self._lock:
                 self._raw[affinity] = out
-        for delta in self.inner.stream(messages, opts, cancel, affinity):
+        for delta in self.inner.stream(messages, opts, cancel, affinity, usage):
             out.append(delta)
             yield delta
 
-    def warm_up(self, messages: Sequence[ChatMessage], affinity: str | None = None) -> None:
-        self.inner.warm_up(messages, affinity)
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        self.inner.warm_up(messages, affinity, usage)
 
     def close(self) -> None:
         self.inner.close()

@@ -285,7 +285,8 @@ class Server:
         check_vars(request.vars, eng.cfg.max_vars_bytes)
         session = Session(
             eng, sid, character, request.player, functools.partial(self.send_to_session, sid),
-            audio=request.audio, mode=request.mode, route_lines=self.registry.speak_story_lines,
+            audio=request.audio, mode=request.mode, preemptive=request.preemptive, acks=request.acks,
+            route_lines=self.registry.speak_story_lines,
             model_admission=functools.partial(
                 self.registry.model_admission, sid, eng.cfg.max_queued_turns_per_client
             ),

@@ -4,6 +4,12 @@ The history the prompt is built from lives here and in the store. It records onl
 player actually got from a turn (heard, or read in a text-only session), so a reply cut off
 by barge-in is remembered as cut; a ``cancel`` with ``heard`` that arrives after the turn
 ended trims the remembered reply to the words the player heard.
+
+The prompt shows a window of the latest exchanges, trimmed in blocks (``prompt_history``):
+it grows to ``window + block - 1`` exchanges, then the oldest ``block`` go at once. Between
+trims a turn's prompt is the previous one plus the last reply and the new line, so llama.cpp
+serves everything else from its KV cache; a window sliding by one exchange every turn would
+change the prompt right after the persona and have the whole history evaluated again.
 """
 
 from __future__ import annotations
@@ -17,16 +23,42 @@ log = logging.getLogger(__name__)
 
 
 class Memory:
-    def __init__(self, store: AsyncStore, player: str, character: str, window_turns: int) -> None:
+    def __init__(
+        self, store: AsyncStore, player: str, character: str, window_turns: int, block_turns: int = 1
+    ) -> None:
         self._store = store
         self.player = player
         self.character = character
         self._window = window_turns
+        self._block = max(1, block_turns)
         self.history: list[HistoryEntry] = []
+        # Where the prompt's window begins in ``history``: it moves only a whole block at a time.
+        self._start = 0
+
+    @property
+    def prompt_turns(self) -> int:
+        """The most exchanges the prompt's window holds."""
+        return self._window + self._block - 1
+
+    def prompt_history(self) -> list[HistoryEntry]:
+        """The entries the prompt is built from: the window (once trimmed, it starts with a
+        player's line; ``build_messages`` drops a reply without its question before that)."""
+        return self.history[self._start:]
+
+    def _trim(self) -> None:
+        if len(self.history) - self._start <= 2 * self.prompt_turns:  # two entries an exchange
+            return
+        start = len(self.history) - 2 * self._window
+        # Whole exchanges only: the model never sees an answer without its question.
+        while start < len(self.history) and self.history[start].role != "user":
+            start += 1
+        self._start = start
 
     async def load(self) -> None:
         # Twice the prompt's window: user and assistant entries count separately.
         self.history = await self._store.load_history(self.player, self.character, 2 * self._window)
+        self._start = 0
+        self._trim()
 
     def remember(self, turn: TurnHandle, *, audio: bool) -> list[HistoryEntry]:
         """Record a finished turn in memory (not yet on disk); returns the new entries."""
@@ -37,6 +69,7 @@ class Memory:
         if spoken:
             entries.append(HistoryEntry("assistant", spoken, interrupted=turn.interrupted))
         self.history.extend(entries)
+        self._trim()
         return entries
 
     async def persist(self, entries: list[HistoryEntry]) -> None:

@@ -10,6 +10,7 @@ through the ``VoiceHooks`` protocol it implements.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import threading
@@ -19,8 +20,9 @@ from typing import Literal
 from npc_engine import prom
 from npc_engine.characters import Character
 from npc_engine.engine import Engine
+from npc_engine.facts import extract_told, fact_lines, learned_from_effects, told_name
 from npc_engine.metrics import TurnClock, turn_log_line
-from npc_engine.pipeline.base import ChatMessage, GenOptions
+from npc_engine.pipeline.base import ChatMessage, GenOptions, PromptUsage
 from npc_engine.pipeline.cues import CueParser
 from npc_engine.pipeline.prompt import build_messages, example_messages, system_prompt
 from npc_engine.protocol import outgoing as msg
@@ -30,13 +32,15 @@ from npc_engine.quality.checks import CheckContext, Checker
 from npc_engine.session.memory import Memory
 from npc_engine.session.story import lines_by_character, story_message
 from npc_engine.session.voice import VoiceInput
+from npc_engine.store import Fact
 from npc_engine.story.lines import Line
-from npc_engine.story.state import Scalar, StoryEffect
+from npc_engine.story.state import Scalar, StoryEffect, StoryState
 from npc_engine.tasks import BackgroundTasks
+from npc_engine.turns.acks import AckPicker
 from npc_engine.turns.guard import for_turn as guard_for_turn
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from npc_engine.turns.reply import Guard, LlmCall, ahead, model_reply, pass_through
-from npc_engine.turns.speech import Speakable, VoiceOut, from_list, line_cues, speak
+from npc_engine.turns.speech import Speakable, VoiceOut, from_list, line_cues, say_ack, speak
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,30 @@ Mode = Literal["push_to_talk", "open_mic"]
 # Asked before a turn queues work for the model: None to go ahead, else why not (the game
 # already has too many turns waiting for the model); the turn then says a fallback line.
 ModelAdmission = Callable[[], str | None]
+
+
+class _WarmGate:
+    """Whether a warm-up reached the model, settled once under a lock: the LLM thread enters
+    just before calling the model, a turn (or closing) closes it just before going ahead
+    without it. With a flag alone, a warm-up could reach the model right after a turn gave up
+    on it, and that turn's request would then queue behind it on the conversation's slot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = False
+        self._closed = False
+
+    def enter(self) -> bool:
+        """On the LLM thread: True to go ahead (nobody has given up on it)."""
+        with self._lock:
+            self.started = not self._closed
+            return self.started
+
+    def close(self) -> bool:
+        """True if it had not reached the model, and now never will."""
+        with self._lock:
+            self._closed = not self.started
+            return self._closed
 
 
 class Session:
@@ -64,17 +92,29 @@ class Session:
         route_lines: RouteLines | None = None,
         guard: Guard | None = None,
         model_admission: ModelAdmission | None = None,
+        preemptive: bool = True,
+        acks: bool = False,
     ) -> None:
+        """``acks``: say an acknowledgement when a reply is not ready at the end of the player's
+        turn (session.open's ``acks``; the server passes the game's choice, on by default)."""
         self.engine = engine
         self.id = session_id
         self.character = character
         self.player = player
         self.mode = mode
+        # Voice turns: start the reply when the player falls silent (session.open, engine config).
+        self.preemptive = preemptive and engine.cfg.preemptive
         self._send = send
         self._route_lines = route_lines
         self._guard = guard  # None: the real guard, built per turn (_guard_for); pass_through: none
         self.voice_out: VoiceOut = engine.voice_out(character, audio)
-        self.memory = Memory(engine.store, player, character.id, engine.cfg.history_turns)
+        # Acks are audio: a text-only session, or a character without any, has none; the engine's
+        # `acks` setting (off in the --baseline preset) overrides the session's choice.
+        self.acks = (acks and engine.cfg.acks and self.voice_out.audio and bool(character.acks)
+                     and engine.line_cache is not None)
+        self._ack_picker = AckPicker(character.acks)
+        self._pin_acks: asyncio.Task[None] | None = None
+        self.memory = Memory(engine.store, player, character.id, engine.cfg.history_turns, engine.cfg.history_block)
         self.current: TurnHandle | None = None
         self.last_turn: TurnHandle | None = None  # the latest finished turn, for a late cancel
         self._turn_ids = itertools.count(1)
@@ -84,14 +124,29 @@ class Session:
         self.closed = False
         self.voice_input: VoiceInput | None = None  # created on the first audio frame
         self._warm: asyncio.Task[None] | None = None
-        self._warm_started = threading.Event()  # set on the LLM thread when the warm-up reaches the model
+        self._warm_gate = _WarmGate()  # the latest warm-up's: has it reached the model?
+        # The prompt this conversation's KV cache holds (the latest request on its slot, a
+        # turn's or a warm-up's): a turn's end warms the next prompt when it no longer starts so.
+        self._cached_prompt: list[ChatMessage] = []
+        # The warm-ups that reached the model, and their prompt tokens all told (tests and
+        # bench/prompt_cache.py read them): the work that a turn after a trim no longer shows
+        # in its turn.end.prompt_tokens_evaluated.
+        self.warm_ups = 0
+        self.warmed = PromptUsage()
         self._model_admission = model_admission
         self.waiting_for_model = 0  # turns of this session waiting for the model's first words
         self._holds_player = False
+        self._holds_facts = False
+        self._fact_writes: list[asyncio.Task[None]] = []  # facts a turn learned, not yet on disk
 
     @property
     def audio(self) -> bool:
         return self.voice_out.audio
+
+    @property
+    def warming(self) -> bool:
+        """A warm-up is queued or on the model (a test waits it out, as a player listening would)."""
+        return self._warm is not None and not self._warm.done()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,13 +159,18 @@ class Session:
             eng.hold_player(self.player)
             self._holds_player = True
         await self.memory.load()
+        if not self._holds_facts:  # what the character knows of the player stays in memory while open
+            self._holds_facts = True
+            await eng.facts.hold(self.player, self.character.id)
         async with eng.state_lock(self.player):
             state = await eng.story_state(self.player, vars)
             if vars:  # committed before session.opened goes out: the game's vars survive a restart
                 await eng.save_story_state(self.player)
         beat = eng.story.active_beat(state, self.character.id)
         # Evaluate the persona prompt now, off the hot path, so the first reply starts fast.
-        self._warm = self._tasks.spawn(self._warm_llm(), "warm-up")
+        self._start_warm(only_if_changed=False)
+        if self.acks:
+            self._pin_acks = self._tasks.spawn(self._pin_ack_audio(), "pin-acks")
         return msg.SessionOpened(
             session=self.id,
             character=self.character.id,
@@ -122,37 +182,89 @@ class Session:
             sample_rate=self.voice_out.voices[0].sample_rate if self.audio else None,
         )
 
-    async def _warm_llm(self) -> None:
+    def _start_warm(self, *, only_if_changed: bool) -> None:
+        """Evaluate the next turn's prompt up to the player's line in the background: at open,
+        and at a turn's end if that prompt no longer starts with what the cache holds."""
+        if self._warm is not None and not self._warm.done():
+            if not self._warm_gate.close():
+                return  # one is on the model now (rare: a scripted turn ended meanwhile)
+            self._warm.cancel()  # still queued, and about an older prompt
+        self._warm_gate = gate = _WarmGate()
+        self._warm = self._tasks.spawn(self._warm_llm(gate, only_if_changed), "warm-up")
+
+    async def _warm_llm(self, gate: _WarmGate, only_if_changed: bool = False) -> None:
         eng = self.engine
         try:
-            messages = await self._messages("Hello.")
+            # Everything before the player's line: the persona, the example exchanges and the
+            # history up to the last reply all stay in the slot's KV cache for the next turn.
+            messages = (await self._messages("Hello."))[:-1]
+            if only_if_changed and not self._cache_lost(messages):
+                return  # the next turn evaluates only the last reply and its line anyway
+            usage = PromptUsage()
+            cached = self._cached_prompt
 
             def warm() -> None:
-                self._warm_started.set()
-                # Everything before the player's line: the persona, the example exchanges
-                # and any history all stay in the slot's KV cache for the first turn.
-                eng.chat.warm_up(messages[:-1], self.id)
+                if gate.enter():
+                    # The session's affinity: the turns' slot, so its KV cache is what they reuse.
+                    eng.chat.warm_up(messages, self.id, usage)
 
             # Background lane: a burst of sessions opening never queues warm-ups ahead of turns.
             await eng.llm_worker.run_background(warm)
+            if gate.started:
+                if self._cached_prompt is cached:  # else a turn's call, queued behind it, holds the slot now
+                    self._cached_prompt = messages
+                self.warm_ups += 1
+                self.warmed.tokens += usage.tokens
+                self.warmed.evaluated += usage.evaluated
+                log.debug("session %s: warmed the prompt, %d of %d tokens evaluated", self.id, usage.evaluated, usage.tokens)
         except Exception as exc:  # the first real turn will report it properly
             log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
 
+    def _cache_lost(self, upcoming: list[ChatMessage]) -> bool:
+        """Whether the next prompt (``upcoming``: up to the player's line) drops part of what
+        the KV cache holds: the history lost a block at its front, or the system prompt changed
+        (a fact, the objective, a beat). Between trims the cached prompt is the next one's
+        beginning but for its last message (the player's line, or an ack the reply went on
+        from), which is remembered again with the reply: no loss worth a warm-up."""
+        cached = self._cached_prompt
+        return not cached or upcoming[: len(cached) - 1] != cached[:-1]
+
     async def _warm_settled(self) -> None:
-        """Before a turn asks the model: a warm-up evaluating the same prompt right now is
-        waited for (two evaluations of one prompt at once would only slow both down); one that
-        has not reached the model yet is cancelled, the turn's own call does its work."""
+        """Before a turn asks the model: a warm-up that has not reached the model yet is
+        cancelled (it never will; the turn's own call does its work, no later than without it).
+        One on the model now is waited for: llama.cpp cannot stop it mid-prompt and it holds
+        the conversation's slot, so the turn's request would queue behind it anyway; it is
+        evaluating this turn's prompt up to its line, which the turn then reuses."""
         warm = self._warm
         if warm is None or warm.done():
             return
-        if self._warm_started.is_set():
-            await asyncio.shield(warm)
-        else:
+        if self._warm_gate.close():
             warm.cancel()
+        else:
+            await asyncio.shield(warm)
+
+    async def _pin_ack_audio(self) -> None:
+        """Have this character's acks in memory, so saying one costs no synthesis and no disk
+        read (usually loaded from the pre-rendered cache; rendered once if not yet there).
+        Until one is in, a turn goes without it."""
+        cache = self.engine.line_cache
+        if cache is None:
+            return
+        voice = self.voice_out.voice
+        for ack in self.character.acks:
+            if cache.pinned(ack.text, voice) is None:
+                try:
+                    # Rendered before (the usual case): a file read, not a place in the TTS queue.
+                    if await asyncio.to_thread(cache.pin_stored, ack.text, voice) is None:
+                        await self.engine.tts_worker.run_background(cache.pin, ack.text, voice)
+                except Exception as exc:  # that ack is not said; the reply is unaffected
+                    log.warning("session %s: ack %r could not be rendered: %s", self.id, ack.text, exc)
 
     async def close(self) -> None:
         self.closed = True
-        if self._warm is not None and not self._warm_started.is_set():
+        if self._pin_acks is not None and not self._pin_acks.done():
+            self._pin_acks.cancel()  # waiting behind live synthesis: not needed any more
+        if self._warm is not None and self._warm_gate.close():
             self._warm.cancel()  # a closed session's queued warm-up never reaches the model
         if self.voice_input is not None:
             await self.voice_input.close()
@@ -166,6 +278,9 @@ class Session:
         if self._holds_player:
             self._holds_player = False
             self.engine.release_player(self.player)
+        if self._holds_facts:
+            self._holds_facts = False
+            self.engine.facts.release(self.player, self.character.id)
 
     # ------------------------------------------------------------------ voice in (VoiceHooks)
 
@@ -184,7 +299,8 @@ class Session:
             )
         if self.voice_input is None:
             self.voice_input = VoiceInput(
-                self, eng.transcriber, eng.vad_model, eng.stt_worker, eng.cfg, push_to_talk=self.mode == "push_to_talk"
+                self, eng.transcriber, eng.vad_model, eng.stt_worker, eng.cfg, push_to_talk=self.mode == "push_to_talk",
+                preemptive=self.preemptive, turn_model=eng.turn_model,
             )
         return self.voice_input
 
@@ -204,6 +320,43 @@ class Session:
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)
+
+    def start_preemptive(self, text: str) -> TurnHandle | None:
+        if self.closed or (self.current is not None and not self.current.cancelled):
+            # The NPC is still speaking (the player spoke too briefly to barge in): its turn has
+            # not recorded its memory, so a reply written now would not know it. The end of the
+            # player's turn starts the reply then, as without preemption. (A turn already cut
+            # off is waited for by the speculative one before it asks the model.)
+            return None
+        clock = TurnClock()
+        clock.mark("stt_final")  # the speculative final is the turn's text: ready before the decision
+        turn = self.start_turn("voice", text, clock=clock, speculative=True)
+        turn.preemptive = True
+        return turn
+
+    def commit_preemptive(self, turn: TurnHandle, clock: TurnClock) -> None:
+        # The reply has been running since the player fell silent: turn.end says for how long
+        # before the decision (marks it reached by then read 0 once the clock restarts there).
+        turn.clock.before.update(clock.before)
+        turn.clock.before["preemptive_lead"] = round(max(0.0, clock.t0 - turn.clock.t0) * 1000.0, 2)
+        self._tasks.spawn(self._commit_preemptive(turn, clock.t0), "commit")
+
+    async def _commit_preemptive(self, turn: TurnHandle, decided_at: float) -> None:
+        if turn.speculative:  # not dropped meanwhile (a cancel, closing)
+            await self.commit_turn(turn, decided_at)
+
+    def drop_preemptive(self, turn: TurnHandle) -> None:
+        # No harm to the model's cache: the dropped request ran on this conversation's slot
+        # with the prompt the next turn will have up to the player's line (persona, examples,
+        # history: a dropped turn adds none), so llama.cpp reuses all of that and evaluates only
+        # the new line; what the dropped request added after it is simply overwritten.
+        self.drop_turn(turn)
+
+    def _drop_speculative(self) -> None:
+        """A cancel reaches the replies not yet decided too: the voice turn, if it ends, is
+        answered afresh."""
+        for spec in list(self._speculative):
+            self.drop_turn(spec)
 
     def report_error(self, code: ErrorCode, message: str) -> None:
         self._send(msg.Error(session=self.id, code=code.value, message=message))
@@ -231,6 +384,8 @@ class Session:
         previous = None
         if speculative:
             self._speculative.add(turn)
+            if self.current is not None and self.current.cancelled:
+                previous = self.current  # cut off, winding down: its memory goes into this prompt
         else:
             previous = self._take_over(turn)
         turn.task = asyncio.get_running_loop().create_task(
@@ -269,12 +424,15 @@ class Session:
         words, also for a turn the engine had already finished sending.
         """
         turn = self.current
+        if turn_id is None or (turn is not None and turn.id == turn_id):
+            self._drop_speculative()
         if turn is not None and (turn_id is None or turn.id == turn_id):
             turn.cancel(heard=heard)
         elif heard is not None and (last := self.last_turn) is not None and turn_id in (None, last.id):
             self._tasks.spawn(self.memory.trim_heard(last, heard), "trim-heard")
 
     async def cancel_and_wait(self) -> None:
+        self._drop_speculative()
         turn = self.current
         if turn is not None:
             turn.cancel()
@@ -313,6 +471,10 @@ class Session:
             if not lines:
                 async for item in self._model_reply(turn, turn.user_text):
                     yield item
+                    if turn.preemptive and turn.speculative:
+                        # Before the decision a preemptive reply synthesizes its first chunk
+                        # only (the model writes on): the voice is shared, and it may be dropped.
+                        await turn.decided()
                 return
         async for item in from_list(lines, on_each=lambda s: self._send_text(turn, s.text)):
             yield item
@@ -339,6 +501,11 @@ class Session:
         text = entries[-1].content if entries and entries[-1].role == "assistant" else ""
         try:
             await self.memory.persist(entries)
+            if turn.user_text and (told := extract_told(turn.user_text)):  # remembered with the line
+                await self.engine.facts.learn(self.player, {self.character.id: told})
+            writes, self._fact_writes = self._fact_writes, []
+            for write in writes:  # what the story taught in this turn is on disk before turn.end
+                await write
             if text and turn.heard is not None and turn.heard != heard:
                 await self.memory.trim_heard(turn, turn.heard)
                 text = self.memory.history[-1].content  # this turn's reply, trimmed or not
@@ -352,6 +519,11 @@ class Session:
         if self.current is turn:
             self.current = None
         self.last_turn = turn
+        if self.current is None and not self._speculative and not self.closed and self.engine.cfg.warm_next_prompt:
+            # Nothing waits for the model: while the player hears (or reads) this reply, have
+            # the next prompt evaluated if this turn changed its beginning (a trim, the story).
+            # Spawned before turn.end goes out, so the next turn always finds it (_warm_settled).
+            self._start_warm(only_if_changed=True)
         turn.clock.mark("total")
         got = turn.delivered
         turn.emit(msg.TurnEnd(
@@ -363,6 +535,9 @@ class Session:
             guard=turn.guard_report or None,
             tokens=got.tokens,
             audio_seconds=round(got.audio_seconds, 3),
+            prompt_tokens=got.prompt.tokens or None,
+            prompt_tokens_evaluated=got.prompt.evaluated if got.prompt.tokens else None,
+            preemptive=turn.preemptive or None,
         ))
         prom.turn_ended(turn)
         log.info("%s", turn_log_line(self.id, self.character.id, turn))
@@ -386,6 +561,11 @@ class Session:
             effects = eng.story.on_player_line(state, self.character.id, text)
             if effects:
                 await eng.save_story_state(self.player)
+        if effects:  # this character saw it happen; a tell reaches its character wherever it is
+            # In the prompt at once; committed while the model starts, and before turn.end (_finish).
+            changed = eng.facts.note(self.player, learned_from_effects(effects, self.character.id))
+            if changed:
+                self._fact_writes.append(self._tasks.spawn(eng.facts.write(self.player, changed), "facts"))
         return self.apply_effects(effects, turn)
 
     def apply_effects(self, effects: Sequence[StoryEffect], turn: TurnHandle) -> list[Speakable]:
@@ -401,7 +581,7 @@ class Session:
 
     # ------------------------------------------------------------------ the model's reply
 
-    async def _messages(self, user_text: str) -> list[ChatMessage]:
+    async def _messages(self, user_text: str, reply_start: str = "") -> list[ChatMessage]:
         eng = self.engine
         state = await eng.story_state(self.player)
         cid = self.character.id
@@ -409,10 +589,13 @@ class Session:
             s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state, cid)
         ]
         objective = eng.story.objective(state, cid)
-        name = state.vars.get("player_name")
-        system = system_prompt(self.character, objective, revealed, player_name=str(name) if name else None)
+        known = eng.facts.known(self.player, cid)
+        name = self._player_name(state, known)
+        # What it knows of the player (facts.py) goes between the persona and the history.
+        system = system_prompt(self.character, objective, revealed, fact_lines(known, name), player_name=name)
         return build_messages(
-            system, self.memory.history, user_text, eng.cfg.history_turns, example_messages(self.character)
+            system, self.memory.prompt_history(), user_text, self.memory.prompt_turns, example_messages(self.character),
+            reply_start=reply_start,
         )
 
     async def _model_reply(self, turn: TurnHandle, user_text: str) -> AsyncGenerator[Speakable, None]:
@@ -426,12 +609,16 @@ class Session:
                 self._send_text(turn, line.text)
                 yield line
             return
+        # Said now (or at the commit of a speculative turn) if no audio of the reply is ready,
+        # and written into the prompt as the start of the reply, so the model goes on after it.
+        ack = self._offer_ack(turn, user_text)
         self.waiting_for_model += 1
         waiting = True
         try:
             async for item in model_reply(
-                turn, await self._llm_call(user_text), self._cue_parser(),
+                turn, await self._llm_call(user_text, ack), self._cue_parser(),
                 self.character.reply.max_sentences, self._fallback, await self._guard_for(turn, user_text),
+                reply_start=ack,
             ):
                 if waiting:
                     waiting = False
@@ -441,12 +628,28 @@ class Session:
             if waiting:
                 self.waiting_for_model -= 1
 
-    async def _llm_call(self, user_text: str) -> LlmCall:
+    def _offer_ack(self, turn: TurnHandle, user_text: str) -> str:
+        """Choose this line's acknowledgement and hand it to the turn (``TurnHandle.offer_ack``);
+        returns its text ("" for none: acks off, none fits, or its audio is not in memory yet)."""
+        cache = self.engine.line_cache
+        if not self.acks or cache is None:
+            return ""
+        ack = self._ack_picker.pick(user_text)
+        speech = cache.pinned(ack.text, self.voice_out.voice) if ack is not None else None
+        if ack is None or speech is None:
+            return ""
+        item = Speakable(ack.text, ack=True, prerendered=True)
+        turn.offer_ack(functools.partial(say_ack, turn, item, speech))
+        return ack.text
+
+    async def _llm_call(self, user_text: str, reply_start: str = "") -> LlmCall:
         eng = self.engine
+        messages = await self._messages(user_text, reply_start)
+        self._cached_prompt = messages  # what the slot will hold once the call has run
         return LlmCall(
             chat=eng.chat,
             worker=eng.llm_worker,
-            messages=await self._messages(user_text),
+            messages=messages,
             options=GenOptions(
                 max_tokens=self.character.reply.max_tokens,
                 temperature=eng.cfg.temperature,
@@ -479,11 +682,10 @@ class Session:
         ch = self.character
         state = await eng.story_state(self.player)
         hidden = [s for s in ch.secrets if not (s.reveal_when and eng.story.condition_true(s.reveal_when, state, ch.id))]
-        name = state.vars.get("player_name")
         ctx = CheckContext.for_character(
             ch,
             other_names=[n for o in eng.characters.values() if o.id != ch.id for n in (o.name, o.id)],
-            player_name=str(name) if name else None,
+            player_name=self._player_name(state, eng.facts.known(self.player, ch.id)),
             hidden=hidden,
             earlier=self._earlier_replies(),
             player_line=user_text,
@@ -492,6 +694,12 @@ class Session:
             turn, Checker(ctx), deflection=self._deflection, fallback=self._fallback, hold=eng.cfg.guard_hold,
             max_sentences=ch.reply.max_sentences,
         )
+
+    @staticmethod
+    def _player_name(state: StoryState, known: list[Fact]) -> str | None:
+        """The name the player told this character, else the one the game gave the story."""
+        name = told_name(known) or state.vars.get("player_name")
+        return str(name) if name else None
 
     def _earlier_replies(self) -> list[str]:
         return [h.content for h in self.memory.history if h.role == "assistant" and h.content]

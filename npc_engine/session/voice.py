@@ -10,6 +10,11 @@ server loop and frames are handled strictly in order.
   barge-in and to start the speculative decode when the player falls silent.
 * barge-in: player speech of at least ``barge_in_ms`` while the NPC's turn is running
   cancels that turn; a cough is shorter and is ignored.
+* preemptive replies (LiveKit Agents' preemptive generation): when the player falls silent
+  the speculative final is handed back at once, and the reply to it starts as a speculative
+  turn (model, first chunk's synthesis), before the end of the turn is confirmed. At the end
+  of the turn it is committed if the final says the same words, else dropped without a trace
+  (and a normal turn starts); the player speaking again, a cancel, or closing drops it too.
 
 This module knows nothing of sessions: it talks to its owner through ``VoiceHooks``
 (LiveKit Agents' ``RecognitionHooks``), which the session implements.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,11 +37,13 @@ import numpy.typing as npt
 from npc_engine.config import EngineConfig
 from npc_engine.metrics import TurnClock
 from npc_engine.pipeline.base import STT_SAMPLE_RATE, Transcriber
+from npc_engine.pipeline.smart_turn import TurnClassifier
 from npc_engine.pipeline.stt_common import SpeculativeStream
 from npc_engine.pipeline.stt_turns import STEP, TurnRecognizer, TurnUpdate
 from npc_engine.pipeline.vad import EndOfTurnDetector, SileroVad, TurnConfig
-from npc_engine.pipeline.workers import ModelWorker
+from npc_engine.pipeline.workers import URGENT, ModelWorker
 from npc_engine.protocol.errors import ErrorCode
+from npc_engine.turns.handle import TurnHandle
 
 log = logging.getLogger(__name__)
 MAX_BATCH = STT_SAMPLE_RATE // 10
@@ -65,12 +73,47 @@ class VoiceHooks(Protocol):
         """The player finished a non-empty utterance; ``clock`` starts at the decision."""
         ...
 
+    def start_preemptive(self, text: str) -> TurnHandle | None:
+        """Start a speculative reply to ``text`` (the player fell silent); None if the owner
+        will not preempt now."""
+        ...
+
+    def commit_preemptive(self, turn: TurnHandle, clock: TurnClock) -> None:
+        """The turn ended on the words ``turn`` answers: it becomes the next turn; ``clock``
+        starts at the decision."""
+        ...
+
+    def drop_preemptive(self, turn: TurnHandle) -> None:
+        """Abandon a speculative reply without a trace."""
+        ...
+
     def report_error(self, code: ErrorCode, message: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _KeyReleased:
     at: float  # perf_counter of the audio.end's arrival: the turn's clock starts there
+
+
+@dataclass(frozen=True, slots=True)
+class _Preempted:
+    text: str  # the speculative final it answers
+    turn: TurnHandle
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same words: case, punctuation and spacing aside
+    (a recognizer may punctuate a decode differently and still have heard the same)."""
+    return re.findall(r"\w+", a.casefold()) == re.findall(r"\w+", b.casefold())
+
+
+@dataclass(slots=True)
+class PreemptStats:
+    """What this microphone's preemptive replies became (logs and tests read it)."""
+
+    started: int = 0
+    committed: int = 0
+    dropped: int = 0
 
 
 class VoiceInput:
@@ -83,12 +126,21 @@ class VoiceInput:
         cfg: EngineConfig,
         *,
         push_to_talk: bool,
+        preemptive: bool = False,
+        turn_model: TurnClassifier | None = None,
     ) -> None:
         self.hooks = hooks
         self.worker = worker
         self.cfg = cfg
         self.push_to_talk = push_to_talk
-        self.detector = EndOfTurnDetector(vad, TurnConfig(end_of_turn_ms=cfg.end_of_turn_ms))
+        self.preemptive = preemptive
+        turn_cfg = TurnConfig(
+            end_of_turn_ms=cfg.end_of_turn_ms, smart_turn_ms=cfg.smart_turn_ms,
+            complete_ms=cfg.smart_turn_complete_ms, incomplete_ms=cfg.smart_turn_incomplete_ms,
+        )
+        # End of turn by meaning on open mic only: with push-to-talk the key ends the turn.
+        classifier = turn_model if cfg.smart_turn and not push_to_talk else None
+        self.detector = EndOfTurnDetector(vad, turn_cfg, classifier)
         self.recognizer = TurnRecognizer(self.detector, transcriber.open_stream())
         self.max_samples = int(cfg.max_audio_seconds * STT_SAMPLE_RATE)
         self._pending: deque[Pcm | _KeyReleased] = deque()
@@ -97,6 +149,9 @@ class VoiceInput:
         self._utterance = 0
         self._overlong = False
         self._held: list[Pcm] | None = None  # push-to-talk frames held during a silence
+        # The one speculative reply of this microphone, until the end of the turn decides it.
+        self._preempted: _Preempted | None = None
+        self.preempt_stats = PreemptStats()
 
     # ------------------------------------------------------------------ from the server
 
@@ -114,6 +169,7 @@ class VoiceInput:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.drop_preemptive()
 
     async def drained(self) -> None:
         """Until every frame received so far has been recognised (tests wait on this, not on time)."""
@@ -131,18 +187,28 @@ class VoiceInput:
             item = self._pending.popleft()
             try:
                 if isinstance(item, _KeyReleased):
-                    update = await self.worker.run(self._end_turn)
+                    update = await self.worker.run_by(URGENT, self._end_turn)  # a final: ahead of partials
                     self._handle(update, ended_at=item.at)
                     continue
                 pcm = self._batch(item)
                 if self._too_long(len(pcm)):
                     continue
-                update = await self.worker.run(self._feed, pcm)
+                update = await self.worker.run_by(self._feed_deadline(), self._feed, pcm)
                 self._handle(update, ended_at=None)
             except Exception as exc:  # the player's turn is lost: say so, and listen afresh
                 log.exception("session %s: speech recognition failed", self.hooks.id)
+                self.drop_preemptive()
                 self.hooks.report_error(ErrorCode.MODEL_ERROR, f"speech recognition failed: {exc}")
                 await self.worker.run(self._reset)
+
+    def _feed_deadline(self) -> float:
+        """Frames that may end the turn or start its speculative final (the player is in a
+        silence, or the last window was quiet) go ahead of other sessions' partial decodes;
+        other frames are due now (read between this session's jobs: its detector is idle)."""
+        det = self.detector
+        if det.in_turn and (not det.is_speech_ongoing(0.0) or det.last_probability < det.config.threshold):
+            return URGENT
+        return time.perf_counter()
 
     def _batch(self, first: Pcm) -> Pcm:
         """Take what piled up, but at most ~100 ms per recognizer call: barge-in is checked
@@ -186,12 +252,13 @@ class VoiceInput:
             if kinds and kinds[-1] == "silence_start":
                 self._held = []
                 if isinstance(stream, SpeculativeStream):
-                    stream.prepare_final()
+                    update.speculative = stream.prepare_final()
         else:
             self._held.append(pcm)
             if any(k in ("speech_resume", "speech_start") for k in kinds):
                 held, self._held = self._held, None
                 self._accept(np.concatenate(held), update)
+                update.speculative = None  # the player went on: that decode is void
 
     def _accept(self, pcm: Pcm, update: TurnUpdate) -> None:
         partial = self.recognizer.stream.accept(pcm)
@@ -225,6 +292,7 @@ class VoiceInput:
                 "Send audio.end when the player stops talking",
             )
             self.recognizer.reset()  # safe: the drain loop is the recognizer's only user
+            self.drop_preemptive()
         return True
 
     def _handle(self, update: TurnUpdate, ended_at: float | None) -> None:
@@ -233,9 +301,13 @@ class VoiceInput:
             return
         if hooks.npc_speaking() and self.detector.is_speech_ongoing(self.cfg.barge_in_ms):
             hooks.barge_in()
+        if update.resumed():
+            self.drop_preemptive()  # the player went on (barge-in included): not the turn's text
         if update.partial:
             hooks.transcript(update.partial, final=False, utterance=self._utterance)
         if update.final is None:
+            if update.speculative:
+                self._preempt(update.speculative)
             return
         eot = next((e for e in update.events if e.kind == "end_of_turn"), None)
         self._samples = 0
@@ -243,7 +315,10 @@ class VoiceInput:
         utterance, self._utterance = self._utterance, self._utterance + 1
         text = update.final.strip()
         hooks.transcript(text, final=True, utterance=utterance)
+        preempted, self._preempted = self._preempted, None
         if not text:
+            if preempted is not None:
+                self._drop(preempted)
             return  # noise or silence: no turn
         # The turn's clock starts at the end-of-turn decision: the VAD's, or the key release.
         now = time.perf_counter()
@@ -251,4 +326,43 @@ class VoiceInput:
         if eot is not None:
             clock.before["end_of_turn_delay"] = eot.delay_ms
         clock.mark("stt_final")
+        if preempted is not None:
+            # Dropped meanwhile (a cancel, a state load): the turn is answered afresh.
+            if preempted.turn.speculative and same_words(preempted.text, text):
+                self.preempt_stats.committed += 1
+                hooks.commit_preemptive(preempted.turn, clock)
+                return
+            self._drop(preempted)
         hooks.player_turn_ended(text, clock)
+
+    # ------------------------------------------------------------------ preemptive replies
+
+    def _preempt(self, text: str) -> None:
+        """The player fell silent and ``text`` is what they said, if they stay so: answer it
+        now, speculatively. One preemptive reply at a time: a newer decode replaces it."""
+        text = text.strip()
+        if not (self.preemptive and text):
+            return
+        self.drop_preemptive()
+        if any(isinstance(item, _KeyReleased) for item in self._pending):
+            return  # recognition lags and the key is already up: the end of the turn is known
+        turn = self.hooks.start_preemptive(text)
+        if turn is not None:
+            self.preempt_stats.started += 1
+            self._preempted = _Preempted(text, turn)
+
+    @property
+    def preempted(self) -> TurnHandle | None:
+        """The speculative reply waiting for the end of the turn, if any."""
+        return self._preempted.turn if self._preempted is not None else None
+
+    def drop_preemptive(self) -> None:
+        """Drop the speculative reply, if any (the player went on, a cancel, closing)."""
+        preempted, self._preempted = self._preempted, None
+        if preempted is not None:
+            self._drop(preempted)
+
+    def _drop(self, preempted: _Preempted) -> None:
+        self.preempt_stats.dropped += 1
+        if preempted.turn.speculative:  # not dropped already by its session
+            self.hooks.drop_preemptive(preempted.turn)

@@ -10,20 +10,37 @@ A turn can start **speculatively**: it runs (model work, synthesis) but its mess
 held in its outbox and it has no turn id yet. ``commit(turn_id)`` numbers it and lets its
 messages out in order; ``drop()`` cancels it and throws the held messages away, so nothing
 of it reaches the game or the conversation's memory.
+
+An **acknowledgement** ("Hm.") is offered to the turn (``offer_ack``) and said only if no audio
+of the reply has gone out when the turn is decided: at once for a turn that is already real,
+at ``commit`` for a speculative one (ahead of what it held of the reply). Both paths share it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
 from npc_engine.metrics import TurnClock
-from npc_engine.protocol.outgoing import Outgoing, SessionMessage, TurnSource, TurnStatus
+from npc_engine.pipeline.base import PromptUsage
+from npc_engine.protocol.outgoing import (
+    Cue,
+    Outgoing,
+    ReplyAudio,
+    ReplyText,
+    SessionMessage,
+    TurnSource,
+    TurnStatus,
+)
+
+# The messages of the reply itself (what an acknowledgement must precede).
+_REPLY = (ReplyText, ReplyAudio, Cue)
 
 
 class Decision(Enum):
@@ -45,10 +62,15 @@ class TurnOutbox:
         self.turn_id = turn_id
         self._seq = itertools.count()
         self._held: list[SessionMessage] | None = [] if turn_id is None else None
+        self._insert_at: int | None = None
 
     def emit(self, msg: SessionMessage) -> None:
         if self._held is not None:
-            self._held.append(msg)
+            if self._insert_at is None:
+                self._held.append(msg)
+            else:
+                self._held.insert(self._insert_at, msg)
+                self._insert_at += 1
         else:
             self._send(dataclasses.replace(msg, session=self.session, turn=self.turn_id, seq=next(self._seq)))
 
@@ -58,6 +80,17 @@ class TurnOutbox:
         self.turn_id = turn_id
         for msg in held:
             self.emit(msg)
+
+    @contextlib.contextmanager
+    def ahead_of_reply(self) -> Iterator[None]:
+        """Messages emitted inside go before the held messages of the reply (its reply.text,
+        reply.audio and cues), after its turn.start and story messages. No effect once open."""
+        if self._held is not None:
+            self._insert_at = next((i for i, m in enumerate(self._held) if isinstance(m, _REPLY)), len(self._held))
+        try:
+            yield
+        finally:
+            self._insert_at = None
 
     def discard(self) -> int:
         held, self._held = self._held or [], []
@@ -74,7 +107,9 @@ class Delivered:
     # per chunk when a voice has no word timings. A late cancel trims memory to what was heard.
     heard_marks: list[tuple[float, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
+    chunks: int = 0  # reply.audio chunks sent: the next chunk's number
     tokens: int = 0
+    prompt: PromptUsage = field(default_factory=PromptUsage)  # the LLM call's prompt tokens, filled by its backend
 
     def heard_text(self, seconds: float) -> str:
         return " ".join(text for start, text in self.heard_marks if start < seconds)
@@ -110,8 +145,10 @@ class TurnHandle:
         self.interrupted = False
         self.heard: float | None = None  # seconds of audio the player heard, from a cancel
         self.guard_report: list[dict[str, str]] = []  # what the guard stopped: turn.end's `guard`
+        self.preemptive = False  # a voice reply started when the player fell silent: turn.end's `preemptive`
         self.stop = threading.Event()  # polled by model threads; set only through cancel() / drop()
         self._on_stop: list[Callable[[], None]] = []
+        self._ack: Callable[[], None] | None = None  # an acknowledgement waiting for the commit
         self.task: asyncio.Task[None] | None = None
         self._decision = Decision.PENDING if outbox.turn_id is None else Decision.COMMITTED
         self._decided = asyncio.Event()
@@ -185,6 +222,10 @@ class TurnHandle:
         if self._decision is not Decision.PENDING:
             raise RuntimeError(f"turn already {self._decision.value}")
         self._decision = Decision.COMMITTED
+        ack, self._ack = self._ack, None
+        if ack is not None and self._may_ack():
+            with self.outbox.ahead_of_reply():
+                ack()
         self.outbox.open(turn_id)
         self._decided.set()
 
@@ -193,9 +234,22 @@ class TurnHandle:
         if self._decision is not Decision.PENDING:
             raise RuntimeError(f"turn already {self._decision.value}")
         self._decision = Decision.DROPPED
+        self._ack = None
         self.outbox.discard()
         self._stop()
         self._decided.set()
+
+    def offer_ack(self, say: Callable[[], None]) -> None:
+        """An acknowledgement to say if no audio of the reply is ready when the turn is decided:
+        ``say()`` is called now for a real turn, at ``commit`` for a speculative one (its
+        messages then go ahead of the reply it held). Not said once the turn is stopped."""
+        if self._decision is Decision.PENDING:
+            self._ack = say
+        elif self._decision is Decision.COMMITTED and self._may_ack():
+            say()
+
+    def _may_ack(self) -> bool:
+        return self.delivered.chunks == 0 and not self.cancelled
 
     async def decided(self) -> bool:
         """Wait until the turn is committed (True) or dropped (False)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -78,7 +79,11 @@ async def llm_deltas(turn: TurnHandle, call: LlmCall) -> AsyncGenerator[str, Non
     # the model, so the model thread is freed (or never taken, if the call was still queued).
     stop = threading.Event()
     turn.on_stop(stop.set)
-    stream = _after(call.ready, call.worker.stream(lambda: call.chat.stream(call.messages, call.options, stop, call.affinity), stop))
+    usage = turn.delivered.prompt  # the backend fills it in: turn.end's prompt_tokens*
+    stream = _after(
+        call.ready,
+        call.worker.stream(lambda: call.chat.stream(call.messages, call.options, stop, call.affinity, usage=usage), stop),
+    )
     spoke = False
     try:
         first = await _first(turn, stream, call)
@@ -133,11 +138,50 @@ async def _within(turn: TurnHandle, fut: asyncio.Future[str], ms: float) -> bool
     """Whether ``fut`` is done by ``ms`` on the turn's clock. The clock may be restarted later
     while this waits (a speculative turn learns its end-of-turn decision), so the deadline is
     read again after each wait."""
-    while (left := ms - turn.clock.now_ms()) > 0:
-        done, _ = await asyncio.wait({fut}, timeout=left / 1000)
+    while (left := ms - turn.clock.now_ms()) > 0 or turn.speculative:
+        # Undecided, a speculative turn has no budget running yet (its clock restarts at the
+        # decision): it waits for its token, looking again now and then for the decision.
+        done, _ = await asyncio.wait({fut}, timeout=max(left, 50.0) / 1000)
         if done:
             return True
     return fut.done()
+
+
+_NOT_LETTERS = re.compile(r"[\W_]+")
+
+
+def _letters(text: str) -> str:
+    return _NOT_LETTERS.sub("", text.lower())
+
+
+async def after_ack(deltas: AsyncGenerator[str, None], ack: str) -> AsyncGenerator[str, None]:
+    """The model's deltas when its reply was started with an acknowledgement (``ack``, put in
+    the prompt as the start of its answer and already said): the leading space goes (the
+    ack's ``reply.text`` ends with one), and so does the ack if the model says it again
+    ("Aye." then "Aye, the forge..."). Text is held only while it could still be that repeat."""
+    target = _letters(ack)
+    words = [w for w in _NOT_LETTERS.split(ack) if w]
+    repeat = re.compile(r"\s*" + r"[\W_]*".join(re.escape(w) for w in words) + r"\b[\W_]*", re.IGNORECASE)
+    held: str | None = ""
+    async with aclosing(deltas):
+        async for delta in deltas:
+            if held is None:
+                yield delta
+                continue
+            held += delta
+            text = held.lstrip()
+            got = _letters(text)
+            if not got or (target and target.startswith(got)):
+                continue  # nothing yet, or the ack again so far: wait for what follows
+            if target and got.startswith(target) and (m := repeat.match(text)) is not None:
+                text = text[m.end():]
+                if ack.rstrip().endswith((".", "!", "?")):  # "Aye." then "the forge": a new sentence
+                    text = text[:1].upper() + text[1:]
+            held = None
+            if text:
+                yield text
+    if held is not None and _letters(held) != target and held.strip():
+        yield held.lstrip()  # the stream ended while the text could still have been the repeat
 
 
 async def parse_cues(
@@ -224,14 +268,20 @@ async def model_reply(
     max_sentences: int,
     fallback: Callable[[], Speakable | None],
     guard: Guard = pass_through,
+    *,
+    reply_start: str = "",
 ) -> AsyncGenerator[Speakable, None]:
     """The model's reply as speakables; a model that fails or stays silent gives way to a
-    scripted fallback line, and a failure is reported in the turn (``error``, ``degraded``)."""
+    scripted fallback line, and a failure is reported in the turn (``error``, ``degraded``).
+    ``reply_start``: an acknowledgement the call's prompt starts the answer with (``after_ack``)."""
 
     def rejected(tag: str) -> None:
         log.info("turn %s: dropped cue [%s] the character is not allowed", turn.id, tag)
 
-    chain = clauses(turn, guard(parse_cues(turn, llm_deltas(turn, call), parser, rejected)), ClauseChunker(), max_sentences)
+    deltas = llm_deltas(turn, call)
+    if reply_start.strip():
+        deltas = after_ack(deltas, reply_start)
+    chain = clauses(turn, guard(parse_cues(turn, deltas, parser, rejected)), ClauseChunker(), max_sentences)
     try:
         async with aclosing(chain):
             async for item in chain:

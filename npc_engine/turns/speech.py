@@ -4,11 +4,17 @@
 ``FallbackSynthesizer``, on the TTS thread) and sends ``reply.audio`` followed by that chunk's
 cues, visemes and word timings: the one place a chunk's messages are put together. In a
 text-only session (or once no voice is left) only the emotion/gesture/action cues go out.
+
+``say_ack`` sends a pre-rendered acknowledgement ("Hm.") the same way, outside that order: it
+is handed to ``TurnHandle.offer_ack`` and goes out when the turn is decided, if no audio of the
+reply has gone out yet. Chunk numbers and offsets live in the turn (``Delivered``), so the
+reply's chunks simply follow it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
 from npc_engine.pipeline.cues import Cue
 from npc_engine.pipeline.line_cache import LineCache
+from npc_engine.pipeline.scheduling import playback_deadline
 from npc_engine.pipeline.tts_fallback import FallbackSynthesizer, NoVoiceLeft, SynthBudget
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.protocol import outgoing as msg
@@ -31,6 +38,7 @@ class Speakable:
     text: str
     cues: list[Cue] = field(default_factory=list)
     prerendered: bool = False  # a scripted line: from the line cache, no synthesis wait
+    ack: bool = False  # an acknowledgement said before the reply (reply.audio ``ack: true``)
 
 
 def line_cues(emotion: str | None, gesture: str | None) -> list[Cue]:
@@ -56,14 +64,23 @@ class VoiceOut:
         return FallbackSynthesizer(self.voices, self.budget)
 
 
+def chunk_deadline(turn: TurnHandle) -> float:
+    """When this turn's playback runs dry (``scheduling.playback_deadline``): now if no audio of
+    it has gone out, else when its first audio (an ack's included) went out plus all sent since."""
+    marks = [m for k in ("ack_sent", "first_audio_sent") if (m := turn.clock.marks.get(k)) is not None]
+    start = turn.clock.t0 + min(marks) / 1000.0 if marks else None
+    return playback_deadline(start, turn.delivered.audio_seconds, time.perf_counter())
+
+
 async def synthesize(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable) -> SpeechChunk | None:
     """Render one item; None once no voice is left (the turn goes on as text)."""
     if chain.current is None:
         return None
     try:
+        due = chunk_deadline(turn)  # across sessions, the chunk whose playback runs dry first goes first
         if item.prerendered and out.line_cache is not None and chain.on_primary:
-            return await out.worker.run(out.line_cache.get_or_render, item.text, out.voice)
-        return await out.worker.run(chain.synthesize, item.text, out.voice)
+            return await out.worker.run_by(due, out.line_cache.get_or_render, item.text, out.voice)
+        return await out.worker.run_by(due, chain.synthesize, item.text, out.voice)
     except NoVoiceLeft:
         return None
     except Exception as exc:  # the line cache's voice failed: the chain takes over from here
@@ -88,8 +105,11 @@ def emit_chunk(turn: TurnHandle, index: int, offset: float, item: Speakable, spe
         start=round(offset, 4),
         duration=round(speech.duration, 4),
         text=item.text,
+        ack=item.ack,
     ))
-    turn.clock.mark("first_audio_sent")
+    # The ack has its own mark: first_audio_sent stays the reply's first audio, after its
+    # first token and clause (the order docs/protocol.md section 11 promises).
+    turn.clock.mark("ack_sent" if item.ack else "first_audio_sent")
     emit_cues(turn, item.cues, chunk=index)
     if speech.visemes:
         turn.emit(msg.Cue.track("visemes", index, [msg.Span(label=v.label, start=v.start, end=v.end) for v in speech.visemes]))
@@ -97,10 +117,32 @@ def emit_chunk(turn: TurnHandle, index: int, offset: float, item: Speakable, spe
         turn.emit(msg.Cue.track("words", index, [msg.Span(label=w.label, start=w.start, end=w.end) for w in speech.words]))
 
 
+def deliver(turn: TurnHandle, item: Speakable, speech: SpeechChunk) -> None:
+    """Send one chunk as the turn's next and record it as heard (memory, a late cancel's trim)."""
+    got = turn.delivered
+    emit_chunk(turn, got.chunks, got.audio_seconds, item, speech)
+    got.audio_text.append(item.text)
+    if speech.words:
+        got.heard_marks += [(got.audio_seconds + w.start, w.label) for w in speech.words]
+    else:
+        got.heard_marks.append((got.audio_seconds, item.text))
+    got.audio_seconds += speech.duration
+    got.chunks += 1
+
+
+def say_ack(turn: TurnHandle, item: Speakable, speech: SpeechChunk) -> None:
+    """An acknowledgement as the turn's first chunk: its ``reply.text`` (ahead of the reply's
+    text, which may already be held in a speculative turn), then ``reply.audio`` with
+    ``ack: true`` and its visemes and words. Called by ``TurnHandle.offer_ack``."""
+    delta = item.text.rstrip() + " "  # the reply's text follows it
+    turn.delivered.text_sent.insert(0, delta)
+    turn.emit(msg.ReplyText(delta=delta))
+    deliver(turn, item, speech)
+
+
 async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: VoiceOut) -> None:
     """Synthesize items in order and send each as soon as it is ready; what was sent is recorded."""
     chain = out.for_turn()
-    index = 0
     got = turn.delivered
     async with aclosing(items):
         async for item in items:
@@ -117,14 +159,7 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
                 got.audio_text.append(item.text)
                 continue
             turn.clock.mark("tts_first_chunk")
-            emit_chunk(turn, index, got.audio_seconds, item, speech)
-            got.audio_text.append(item.text)
-            if speech.words:
-                got.heard_marks += [(got.audio_seconds + w.start, w.label) for w in speech.words]
-            else:
-                got.heard_marks.append((got.audio_seconds, item.text))
-            got.audio_seconds += speech.duration
-            index += 1
+            deliver(turn, item, speech)
 
 
 async def from_list(items: Sequence[Speakable], on_each: Callable[[Speakable], None] | None = None) -> AsyncGenerator[Speakable, None]:

@@ -4,7 +4,10 @@ TTS latency grows with the length of what it is given, so the first chunk is a
 short clause (cut at a comma or similar once it has a couple of words, or after
 a few words at most): the NPC starts talking while the rest is still being
 generated. Later chunks are whole sentences, which sound better, capped in
-length so a run-on sentence cannot stall the voice.
+length so a run-on sentence cannot stall the voice: the cap grows with what has been said
+(at most ``grow`` times the text already cut, from ``grow_floor`` up to ``max_chars``), so
+the next chunk renders while the audio already sent plays (a short "Dear!" is not followed
+by a 30-word sentence that takes seconds to render).
 
 The cue parser upstream strips markup, but this is the last gate before the
 voice, so it also drops anything in ``[brackets]``, ``*asterisks*`` or
@@ -45,6 +48,11 @@ class ChunkerConfig:
     first_min_chars: int = 12
     first_max_words: int = 5  # ... and a word gap cuts it here if no boundary came first
     max_chars: int = 220  # later chunks: a sentence, cut at a clause (else a word) beyond this
+    # ... or beyond ``grow`` × the characters already cut, at least ``grow_floor``. Synthesis
+    # takes ~0.2 s + 0.3 s per second of audio on an idle core (2-3x that when loaded), so a
+    # chunk about twice as long as what is queued is ready before that has played.
+    grow: float = 2.0
+    grow_floor: int = 40
     weak_ending_grace: int = 2  # extra words allowed to avoid ending the fragment on "the", "to"...
 
 
@@ -62,6 +70,7 @@ class ClauseChunker:
         self._buf = ""  # speakable text not yet emitted
         self._markup: list[str] = []  # stack of closers we are waiting for
         self._first_done = False
+        self._said = 0  # characters cut into chunks so far
 
     @property
     def first_emitted(self) -> bool:
@@ -86,8 +95,8 @@ class ClauseChunker:
     def flush(self) -> list[str]:
         """The rest of the reply (an unclosed ``[``/``*``/``<`` span is dropped), then reset."""
         chunks: list[str] = []
-        while len(self._buf) > self.config.max_chars:
-            cut = self._overlong_cut(self._buf)
+        while len(self._buf) > self._limit():
+            cut = self._overlong_cut(self._buf) or len(self._buf)
             self._emit(self._buf[:cut], chunks)
             self._buf = self._buf[cut:]
         self._emit(self._buf, chunks)
@@ -120,6 +129,7 @@ class ClauseChunker:
         if any(c.isalnum() for c in text):
             chunks.append(text)
             self._first_done = True
+            self._said += len(text)
 
     def _find_cut(self) -> int | None:
         buf = self._buf
@@ -127,11 +137,17 @@ class ClauseChunker:
         if not self._first_done:
             candidates = [c for c in (sentence, self._first_fragment_cut(buf)) if c is not None]
             return min(candidates) if candidates else None
-        if sentence is not None and sentence <= self.config.max_chars:
+        limit = self._limit()
+        if sentence is not None and sentence <= limit:
             return sentence
-        if len(buf) > self.config.max_chars:
-            return self._overlong_cut(buf)
-        return sentence
+        if len(buf) > limit:
+            return self._overlong_cut(buf, final=False)
+        return None  # a sentence longer than the cap: cut once the cap is reached
+
+    def _limit(self) -> int:
+        """The longest chunk to cut now: it grows with what has been said (see ``grow``)."""
+        cfg = self.config
+        return min(cfg.max_chars, max(cfg.grow_floor, int(cfg.grow * self._said)))
 
     def _sentence_cut(self, buf: str) -> int | None:
         for match in _SENTENCE_END.finditer(buf):
@@ -158,13 +174,23 @@ class ClauseChunker:
                 return gaps[index]
         return gaps[cfg.first_max_words - 1 + cfg.weak_ending_grace]
 
-    def _overlong_cut(self, buf: str) -> int:
-        limit = self.config.max_chars
-        clause = [m.end() for m in _CLAUSE_END.finditer(buf[:limit])]
+    def _overlong_cut(self, buf: str, final: bool = True) -> int | None:
+        """Where to cut a sentence longer than the cap: at its last clause end, else between
+        words (not after "the", "to"...). Under a growing cap a clause end up to a quarter
+        past it is better than a cut between words; while that could still come (``final``
+        False: more text may follow), wait for it."""
+        limit = self._limit()
+        reach = limit if limit >= self.config.max_chars else limit + limit // 4
+        clause = [m.end() for m in _CLAUSE_END.finditer(buf[:reach])]
         if clause and clause[-1] > limit // 3:
             return clause[-1]
-        space = buf.rfind(" ", 0, limit)
-        return space if space > 0 else limit
+        if not final and len(buf) <= reach:
+            return None
+        spaces = [m.start() for m in re.finditer(r"\s+", buf[:limit]) if m.start() > 0]
+        for space in reversed(spaces):
+            if buf[:space].split()[-1].strip("\"'”’“‘,").lower() not in _WEAK_ENDINGS:
+                return space
+        return spaces[-1] if spaces else limit
 
 
 def _word_count(text: str) -> int:

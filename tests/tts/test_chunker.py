@@ -79,13 +79,36 @@ def test_a_comma_after_one_word_does_not_cut_the_first_fragment() -> None:
     assert chunks[0] == "Hm, you need a sword?"
 
 
-def test_later_chunks_are_whole_sentences() -> None:
+def test_later_chunks_are_whole_sentences_once_enough_has_been_said() -> None:
     text = ("Hello there, friend. The forge is hot today, so mind your fingers. I lost my hammer, "
             "the good one, last night. Have you seen it?")
     chunks = all_chunks(text)
     assert chunks[:2] == ["Hello there,", "friend."]
-    assert chunks[2:] == ["The forge is hot today, so mind your fingers.",
+    # 19 characters said: the next chunk may be 40 long, so the 45-character sentence is cut
+    # at its comma; after that the cap (twice what was said) holds whole sentences.
+    assert chunks[2:] == ["The forge is hot today,", "so mind your fingers.",
                           "I lost my hammer, the good one, last night.", "Have you seen it?"]
+
+
+def test_a_long_sentence_after_a_short_start_is_cut_so_it_renders_while_the_start_plays() -> None:
+    # The bench's 3 s silence: "Dear!" then a 30-word sentence rendered whole.
+    text = ("Dear! I'm going to the other side of the road, but I'll tell you this: there was a little "
+            "girl with a very evil spirit in the village, and she had been living on the outskirts.")
+    chunks = all_chunks(text)
+    assert chunks[0] == "Dear!"
+    assert " ".join(chunks) == text
+    cfg = ChunkerConfig()
+    for i, chunk in enumerate(chunks[1:], start=1):
+        said = sum(len(c) for c in chunks[:i])
+        assert len(chunk) <= max(cfg.grow_floor, cfg.grow * said), (chunk, said)
+    assert chunks[1] == "I'm going to the other side of the road,"
+
+
+def test_without_growth_later_chunks_are_whole_sentences() -> None:
+    text = "Dear! I'm going to the other side of the road, but I'll tell you this: it was raining."
+    chunker = ClauseChunker(ChunkerConfig(grow_floor=220))
+    released, rest = stream(word_deltas(text), chunker)
+    assert [c for _, c in released] + rest == ["Dear!", "I'm going to the other side of the road, but I'll tell you this: it was raining."]
 
 
 @pytest.mark.parametrize("text", [
@@ -93,8 +116,8 @@ def test_later_chunks_are_whole_sentences() -> None:
     "The letter was signed J. R. Smith, and nobody knew him.",
 ])
 def test_abbreviations_initials_and_decimals_do_not_end_a_sentence(text: str) -> None:
-    chunker = ClauseChunker()
-    chunker._first_done = True  # look at sentence cutting alone
+    chunker = ClauseChunker(ChunkerConfig(grow_floor=220))  # no growth cap: sentence cutting alone
+    chunker._first_done = True
     released = [c for d in word_deltas(text) for c in chunker.feed(d)]
     assert released == [] and chunker.flush() == [text]
 

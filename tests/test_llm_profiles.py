@@ -6,9 +6,11 @@ missing is skipped with the reason, not failed, so a partial install can still r
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import threading
 from collections.abc import Iterator
+from multiprocessing.synchronize import Event as MpEvent
 
 import pytest
 
@@ -74,3 +76,32 @@ def test_balanced_profile_keeps_the_persona_prefix_cached(balanced: LlamaCppChat
     timings = balanced.last_timings
     assert timings is not None
     assert timings["cache_n"] > 100 and timings["prompt_n"] < 30, f"the persona was evaluated again: {timings}"
+
+
+def _spin(stop: MpEvent) -> None:
+    while not stop.is_set():
+        pass
+
+
+def test_a_server_closed_right_after_it_opened_does_not_hang() -> None:
+    """xllamacpp's server, destroyed before its loop thread has started, waits for that thread
+    forever. An engine that opens and closes at once on a busy machine (a test, a bad config
+    found after load) hung CI this way; the first token run at load makes sure the loop is up.
+    Two spinning processes keep both cores busy (without the fix this hung within 5 rounds);
+    each close is given 60 s on its own thread, so a hang fails the test instead of the run."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinners = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for p in spinners:
+        p.start()
+    try:
+        for round_ in range(8):
+            chat = LlamaCppChat("fast", n_ctx=2048, n_parallel=4)
+            closer = threading.Thread(target=chat.close, daemon=True)
+            closer.start()
+            closer.join(timeout=60)
+            assert not closer.is_alive(), f"round {round_}: closing the llama.cpp server hung"
+    finally:
+        stop.set()
+        for p in spinners:
+            p.join(timeout=10)

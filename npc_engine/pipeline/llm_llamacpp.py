@@ -74,6 +74,13 @@ class LlamaCppChat:
             raise ModelError(f"llama.cpp could not load {path}: {exc}", code="model_unavailable") from exc
         if nice:  # the voice gets the core first when both want it (scheduling.py)
             lower_priority(native_threads() - before, nice)
+        # One token through the server's loop before it is used or closed: a server destroyed
+        # before its loop thread has started waits for that thread forever (its stop signal is
+        # lost; seen under load when an engine opens and closes at once, tests/test_security).
+        try:
+            self._server.handle_completions({"prompt": "Hi", "max_tokens": 1, "stream": False})
+        except Exception as exc:
+            raise ModelError(f"llama.cpp could not run {path}: {exc}", code="model_unavailable") from exc
         log.info("LLM %s loaded in %.2f s (%d slots, %d thread(s))", path.name, time.perf_counter() - t0, n_parallel, threads)
         self._closed = False
         # llama.cpp's timings of the latest request (cache_n = prompt tokens reused from

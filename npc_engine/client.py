@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -57,6 +57,7 @@ class Turn:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.end: dict[str, Any] | None = None
         self.claimed = False  # handed to a caller (by say()); next_turn() skips it
+        self.start: dict[str, Any] | None = None  # its turn.start once it came: source, character
         if start is not None:
             self.queue.put_nowait(start)
 
@@ -95,6 +96,7 @@ class ClientSession:
         self._new_turns: asyncio.Queue[Turn] = asyncio.Queue()
         self.other: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # transcripts, errors, story outside turns
         self.cancelled: set[int] = set()
+        self.started: list[dict[str, Any]] = []  # every turn.start, in order (who spoke, from what)
 
     # routing ---------------------------------------------------------------
 
@@ -111,6 +113,9 @@ class ClientSession:
             turn.claimed = claimed  # a say() is waiting for exactly this turn
             self.turns[tid] = turn
             self._new_turns.put_nowait(turn)
+        if msg["type"] == "turn.start":
+            turn.start = msg
+            self.started.append(msg)
         turn.queue.put_nowait(msg)
         # A finished turn is forgotten once read to its end; bound those nobody reads.
         while len(self.turns) > 64:
@@ -131,11 +136,28 @@ class ClientSession:
 
         return await asyncio.wait_for(unclaimed(), timeout)
 
-    async def say(self, text: str, timeout: float | None = 120.0) -> Turn:
-        """Send a typed player line; returns the turn that answers it."""
+    async def say(self, text: str, timeout: float | None = 120.0, *, character: str | None = None) -> Turn:
+        """Send a typed player line; returns the turn that answers it. ``character``: who must
+        answer (a scene's)."""
         # The engine's turn.start echoes this request's id, which is how we find our turn.
-        start = await self.client.request({"type": "text", "session": self.id, "text": text}, timeout=timeout)
+        start = await self.client.request(
+            {"type": "text", "session": self.id, "text": text, "character": character}, timeout=timeout
+        )
         return self.turns[start["turn"]]  # routed as claimed, so next_turn() never hands it out
+
+    # scenes ------------------------------------------------------------------
+
+    async def update(self, **fields: Any) -> dict[str, Any]:
+        """``scene.update`` (facing=, reactions=, join=[...], leave=[...]); returns ``scene.updated``.
+        ``facing=None`` is sent as nil (faces nobody)."""
+        msg = {"v": PROTOCOL_VERSION, "type": "scene.update", "session": self.id, **fields}
+        return await self.client.request_exact(msg)
+
+    async def banter(self, timeout: float | None = 120.0, **fields: Any) -> Turn:
+        """``scene.banter`` (topic=, beat=, characters=, lines=); returns its first line's turn
+        (the rest come through ``next_turn``, then ``banter.end`` in ``other``)."""
+        start = await self.client.request({"type": "scene.banter", "session": self.id, **fields}, timeout=timeout)
+        return self.turns[start["turn"]]
 
     async def send_audio(self, pcm: bytes, rate: int = 16_000) -> None:
         await self.client.send({"type": "audio", "session": self.id, "pcm": pcm, "rate": rate})
@@ -220,11 +242,24 @@ class EngineClient:
 
     async def request(self, msg: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
         """Send a message with a fresh ``id`` and wait for the reply (or error) that echoes it."""
+        return await self._request(msg, timeout, self.send)
+
+    async def request_exact(self, msg: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+        """``request``, with nil fields kept (a nil that means something, like ``facing``)."""
+
+        async def send(m: dict[str, Any]) -> None:
+            await self.sock.send(msgpack.packb(m, use_bin_type=True))
+
+        return await self._request(msg, timeout, send)
+
+    async def _request(
+        self, msg: dict[str, Any], timeout: float | None, send: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> dict[str, Any]:
         rid = f"r{next(self._ids)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            await self.send({**msg, "id": rid})
+            await send({**msg, "id": rid})
             reply = await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
@@ -253,6 +288,19 @@ class EngineClient:
             raise EngineError(reply)
         return self.sessions[reply["session"]]
 
+    async def open_scene(
+        self, characters: list[str], player: str = "player", *, greet: bool = False, audio: bool = True,
+        vars: dict[str, Any] | None = None, session: str | None = None, reactions: bool | None = None,
+        facing: str | None = None, mode: str | None = None, acks: bool | None = None,
+    ) -> ClientSession:
+        """``scene.open``: one player with several characters; the scene is used like a session."""
+        reply = await self.request({
+            "type": "scene.open", "characters": characters, "player": player, "greet": greet, "audio": audio,
+            "vars": vars or {}, "session": session, "reactions": reactions, "facing": facing, "mode": mode,
+            "acks": acks,
+        })
+        return self.sessions[reply["session"]]
+
     async def resume_session(self, session: str, token: str, timeout: float | None = 30.0) -> ClientSession:
         """Take over a session opened on another connection (this game before it reconnected).
 
@@ -270,7 +318,7 @@ class EngineClient:
                 return
             msg = msgpack.unpackb(payload, raw=False)
             rid = msg.get("id")
-            if msg.get("type") in ("session.opened", "session.resumed"):
+            if msg.get("type") in ("session.opened", "session.resumed", "scene.opened", "scene.resumed"):
                 self.sessions[msg["session"]] = ClientSession(self, msg)
             fut = self._pending.get(rid) if rid is not None else None
             claimed = False

@@ -160,10 +160,10 @@ def cross_check(
         for n, who in enumerate(beat.characters):
             if who not in ids:
                 out.append(beat.problem(f"unknown character '{who}'{suggest(who, ids)}", "character", n))
-        speaker = characters.get(beat.speaker)
-        if speaker is not None:
-            for line in beat.lines:
-                out += line_cue_problems(line, speaker)
+        for said in beat.lines:  # each line's cues are its own speaker's
+            speaker = characters.get(beat.line_speaker(said))
+            if speaker is not None:
+                out += line_cue_problems(said, speaker)
 
     # Gossip (an exit's tell) goes to a character that exists.
     for exit_ in [*story.triggers, *(e for b in story.beats.values() for e in b.exits)]:

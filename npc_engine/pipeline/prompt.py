@@ -132,11 +132,22 @@ def build_messages(
         recent.pop(0)
     for h in recent:
         content = h.content + (" (you were interrupted here)" if h.interrupted else "")
-        msgs.append(ChatMessage("user" if h.role == "user" else "assistant", content))
-    msgs.append(ChatMessage("user", user_text))
+        _append(msgs, ChatMessage("user" if h.role == "user" else "assistant", content))
+    _append(msgs, ChatMessage("user", user_text))
     if reply_start.strip():
         msgs.append(ChatMessage("assistant", reply_start.strip()))
     return msgs
+
+
+def _append(msgs: list[ChatMessage], message: ChatMessage) -> None:
+    """Add ``message``, joined to the previous one if it has the same role: in a scene, lines
+    the character overheard come before the player's next line to it, and chat templates
+    expect the roles to alternate. Joining keeps earlier messages as they were, so the prompt
+    still only grows at its end (the KV cache keeps serving its beginning)."""
+    if msgs and msgs[-1].role == message.role and message.role == "user":
+        msgs[-1] = ChatMessage("user", msgs[-1].content + "\n" + message.content)
+    else:
+        msgs.append(message)
 
 
 def _display(character_id: str) -> str:

@@ -76,6 +76,58 @@ class SessionOpen(_In):
 class Text(InSession):
     type: Literal["text"]
     text: str = Field(min_length=1, max_length=2000)
+    # Who answers (a scene's present character; in a one-to-one session its own character).
+    character: Id | None = None
+
+
+# A scene holds at most this many characters: each keeps its own KV-cache slot warm.
+MAX_SCENE_CHARACTERS = 8
+
+
+class SceneOpen(_In):
+    """Two or more characters and one player in one conversation (docs/protocol.md, Scenes)."""
+
+    type: Literal["scene.open"]
+    characters: list[Id] = Field(min_length=1, max_length=MAX_SCENE_CHARACTERS)
+    player: str = Field(default="player", min_length=1, max_length=128)
+    session: str | None = Field(default=None, min_length=1, max_length=128)
+    vars: dict[VarName, str | int | float | bool] = Field(default_factory=dict, max_length=MAX_VARS)
+    greet: bool = False  # true: the first character listed greets the player
+    audio: bool = True
+    mode: Literal["push_to_talk", "open_mic"] = "push_to_talk"
+    preemptive: bool = True
+    acks: bool = True
+    # Another character may add a short remark after the answer, when the line concerns it.
+    reactions: bool = True
+    facing: Id | None = None  # the character the player faces (answers a line naming nobody)
+
+
+class SceneUpdate(InSession):
+    """Change a running scene; a field left out stays as it is (``facing: nil`` clears it)."""
+
+    type: Literal["scene.update"]
+    facing: Id | None = None
+    reactions: bool | None = None
+    join: list[Id] = Field(default_factory=list, max_length=MAX_SCENE_CHARACTERS)
+    leave: list[Id] = Field(default_factory=list, max_length=MAX_SCENE_CHARACTERS)
+
+    @property
+    def sets_facing(self) -> bool:
+        """Whether the game sent ``facing`` (nil included), rather than leaving it out."""
+        return "facing" in self.model_fields_set
+
+
+MAX_BANTER_LINES = 8
+
+
+class SceneBanter(InSession):
+    """Characters of a scene talk to each other: about ``topic``, or a story beat's exchange."""
+
+    type: Literal["scene.banter"]
+    topic: str | None = Field(default=None, min_length=1, max_length=300)
+    beat: Id | None = None
+    characters: list[Id] | None = Field(default=None, min_length=2, max_length=MAX_SCENE_CHARACTERS)
+    lines: int = Field(default=4, ge=2, le=MAX_BANTER_LINES)
 
 
 class Audio(InSession):
@@ -140,13 +192,13 @@ class Ping(_In):
 
 Incoming = Annotated[
     Hello | SessionOpen | Text | Audio | AudioEnd | Event | Cancel | StateGet | StateSave | StateLoad | SessionClose
-    | SessionResume | Ping,
+    | SessionResume | Ping | SceneOpen | SceneUpdate | SceneBanter,
     Field(discriminator="type"),
 ]
 INCOMING_TYPES: frozenset[str] = frozenset(
     m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
     for m in (Hello, SessionOpen, Text, Audio, AudioEnd, Event, Cancel, StateGet, StateSave, StateLoad, SessionClose,
-              SessionResume, Ping)
+              SessionResume, Ping, SceneOpen, SceneUpdate, SceneBanter)
 )
 _incoming = TypeAdapter(Incoming)
 

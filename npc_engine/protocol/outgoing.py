@@ -25,7 +25,7 @@ from npc_engine.protocol.errors import PROTOCOL_VERSION, ErrorCode, ProtocolErro
 WireValue: TypeAlias = (
     "bool | int | float | str | bytes | Sequence[WireValue] | Mapping[str, WireValue] | None"
 )
-TurnSource = Literal["text", "voice", "greeting", "story"]
+TurnSource = Literal["text", "voice", "greeting", "story", "reaction", "banter"]
 TurnStatus = Literal["ok", "degraded", "cancelled", "error"]
 
 
@@ -53,6 +53,9 @@ class SessionMessage(Outgoing):
     session: str | None = None
     turn: int | None = None
     seq: int | None = None
+    # Who speaks: stamped on every message of a turn (in a scene, the game routes the audio,
+    # lips and subtitles by it).
+    character: str | None = None
 
 
 # --------------------------------------------------------------------------- replies to requests
@@ -102,6 +105,40 @@ class SessionResumed(SessionOpened):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionClosed(SessionMessage):
     TYPE: ClassVar[str] = "session.closed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SceneOpened(SessionMessage):
+    """``scene.opened`` (and ``scene.updated``, ``scene.resumed``): who is in the scene now."""
+
+    TYPE: ClassVar[str] = "scene.opened"
+    player: str
+    characters: list[dict[str, str | None]]  # [{character, name, beat}] in the scene's order
+    audio: bool
+    sample_rate: int | None
+    reactions: bool
+    facing: str | None = None
+    resumed: bool | None = None
+    token: str | None = None  # to the opener only, as for session.opened
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SceneUpdated(SceneOpened):
+    TYPE: ClassVar[str] = "scene.updated"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SceneResumed(SceneOpened):
+    TYPE: ClassVar[str] = "scene.resumed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BanterEnd(SessionMessage):
+    """``banter.end``: a ``scene.banter`` is over: ``lines`` said, ``interrupted`` if cut short."""
+
+    TYPE: ClassVar[str] = "banter.end"
+    lines: int
+    interrupted: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
+from npc_engine.scene import Scene
 from npc_engine.session import Session
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,17 @@ class ResumeTokens:
     """
 
     def __init__(self) -> None:
-        self._tokens: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
+        self._tokens: weakref.WeakKeyDictionary[Session | Scene, str] = weakref.WeakKeyDictionary()
 
-    def issue(self, session: Session) -> str:
+    def issue(self, session: Session | Scene) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         self._tokens[session] = token
         return token
 
-    def token_of(self, session: Session) -> str | None:
+    def token_of(self, session: Session | Scene) -> str | None:
         return self._tokens.get(session)
 
-    def accepts(self, session: Session, token: str) -> bool:
+    def accepts(self, session: Session | Scene, token: str) -> bool:
         """Whether ``token`` is this session's; compared in constant time (no timing oracle)."""
         expected = self._tokens.get(session)
         return expected is not None and hmac.compare_digest(expected.encode(), token.encode())

@@ -11,11 +11,16 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 
 from npc_engine.protocol import ErrorCode, ProtocolError
+from npc_engine.scene import Scene
 from npc_engine.session import Session
+from npc_engine.session.story import by_character
 from npc_engine.turns.speech import Speakable
+
+# What a session id names: a one-to-one conversation, or a scene (several characters).
+Conversation = Session | Scene
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ MAX_CLOSED_IDS = 10_000
 
 class SessionRegistry:
     def __init__(self) -> None:
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Conversation] = {}
         self.peers: dict[str, bytes] = {}  # session id -> the connection that owns it (opened or resumed it)
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
         # session id -> when its game last sent anything for it (time.monotonic)
@@ -34,19 +39,19 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self.sessions)
 
-    def __iter__(self) -> Iterator[Session]:
+    def __iter__(self) -> Iterator[Conversation]:
         return iter(list(self.sessions.values()))
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.sessions
 
-    def add(self, session: Session, peer: bytes) -> None:
+    def add(self, session: Conversation, peer: bytes) -> None:
         self._closed.pop(session.id, None)
         self.sessions[session.id] = session
         self.peers[session.id] = peer
         self._last_seen[session.id] = time.monotonic()
 
-    def remove(self, sid: str) -> Session | None:
+    def remove(self, sid: str) -> Conversation | None:
         """Closed at once for new messages (the session itself may still be finishing a turn:
         its peer stays known until ``release``, so that turn's ``turn.end`` still goes out)."""
         session = self.sessions.pop(sid, None)
@@ -56,7 +61,7 @@ class SessionRegistry:
             self._closed.popitem(last=False)
         return session
 
-    def get(self, sid: str | None, *, request_id: str | int | None, request_type: str, peer: bytes) -> Session:
+    def get(self, sid: str | None, *, request_id: str | int | None, request_type: str, peer: bytes) -> Conversation:
         """The open session ``sid`` if ``peer`` owns it, or a typed error.
 
         A session belongs to the connection that opened (or last resumed) it. Any other
@@ -80,7 +85,7 @@ class SessionRegistry:
         if sid not in self.sessions:
             self.peers.pop(sid, None)
 
-    def lookup(self, sid: str | None, *, request_id: str | int | None, request_type: str) -> Session:
+    def lookup(self, sid: str | None, *, request_id: str | int | None, request_type: str) -> Conversation:
         """The open session ``sid`` whoever owns it, or ``unknown_session`` / ``session_closed``."""
         session = self.sessions.get(sid) if sid is not None else None
         if session is None:
@@ -92,7 +97,7 @@ class SessionRegistry:
             raise ProtocolError(code, why, request_id=request_id, request_type=request_type, session=sid)
         return session
 
-    def take_over(self, session: Session, peer: bytes) -> None:
+    def take_over(self, session: Conversation, peer: bytes) -> None:
         """``peer`` owns ``session`` from now on (a resume with the right token): the rest of
         its messages go there, and the connection that had it gets nothing more."""
         self.peers[session.id] = peer
@@ -114,12 +119,12 @@ class SessionRegistry:
             return None
         return f"this game already has {waiting} turns waiting for the model (the limit is {limit})"
 
-    def idle(self, timeout_s: float) -> list[Session]:
+    def idle(self, timeout_s: float) -> list[Conversation]:
         """Open sessions nobody has sent anything for in ``timeout_s`` seconds."""
         cutoff = time.monotonic() - timeout_s
         return [self.sessions[sid] for sid, seen in list(self._last_seen.items()) if seen < cutoff]
 
-    def of_player(self, player: str) -> list[Session]:
+    def of_player(self, player: str) -> list[Conversation]:
         return [s for s in self.sessions.values() if s.player == player]
 
     def peer_gone(self, peer: bytes) -> None:
@@ -133,10 +138,19 @@ class SessionRegistry:
                 log.info("game for session %s %s; cancelling its turn", sid, why)
                 s.current.cancel()
 
-    def speak_story_lines(self, player: str, lines: Mapping[str, list[Speakable]]) -> None:
-        """Start one story turn per character with scripted lines, in that character's open session."""
-        for character, said in lines.items():
-            speaker = next((s for s in self.sessions.values() if s.player == player and s.character.id == character), None)
+    def speak_story_lines(self, player: str, lines: Sequence[tuple[str, Speakable]]) -> None:
+        """Scripted lines for characters of ``player``'s open conversations: a scene with the
+        speaker in it plays them in order; else one story turn per character, in its session."""
+        for scene in (s for s in self.sessions.values() if isinstance(s, Scene) and s.player == player):
+            here = [(c, line) for c, line in lines if scene.has_character(c)]
+            if here:
+                scene.say_lines(here)
+                lines = [(c, line) for c, line in lines if not scene.has_character(c)]
+        for character, said in by_character(lines).items():
+            speaker = next(
+                (s for s in self.sessions.values()
+                 if isinstance(s, Session) and s.player == player and s.character.id == character), None,
+            )
             if speaker is not None:
                 speaker.start_turn("story", None, scripted=said)
 

@@ -34,6 +34,9 @@ from npc_engine.protocol import (
     Incoming,
     Ping,
     ProtocolError,
+    SceneBanter,
+    SceneOpen,
+    SceneUpdate,
     SessionClose,
     SessionOpen,
     SessionResume,
@@ -45,9 +48,11 @@ from npc_engine.protocol import (
 )
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.incoming import InSession, check_vars
+from npc_engine.scene import Scene
+from npc_engine.scene.scene import scene_characters
 from npc_engine.server import auth
 from npc_engine.server.outbox import SNDBUF, SNDHWM, Outbox
-from npc_engine.server.registry import SessionRegistry
+from npc_engine.server.registry import Conversation, SessionRegistry
 from npc_engine.server.state import StateRequests
 from npc_engine.session import Session
 from npc_engine.tasks import BackgroundTasks
@@ -75,7 +80,7 @@ class Server:
         prom.watch_server(self)
 
     @property
-    def sessions(self) -> dict[str, Session]:
+    def sessions(self) -> dict[str, Conversation]:
         return self.registry.sessions
 
     # ------------------------------------------------------------------ run
@@ -197,6 +202,8 @@ class Server:
             reply(msg.Pong(id=request.id, t=request.t, server_time=time.time()))
         elif isinstance(request, SessionOpen):
             await self._open(peer, request)
+        elif isinstance(request, SceneOpen):
+            await self._open_scene(peer, request)
         elif isinstance(request, Event):
             await self.state.event(peer, request, reply)
         elif isinstance(request, StateGet):
@@ -206,7 +213,9 @@ class Server:
         else:
             session = self.registry.get(request.session, request_id=request.id, request_type=request.type, peer=peer)
             if isinstance(request, Text):
-                session.start_turn("text", request.text, request_id=request.id)
+                self._text(session, request)
+            elif isinstance(request, SceneUpdate | SceneBanter):
+                await self._scene_request(peer, session, request)
             elif isinstance(request, Audio):
                 self._check_audio(request)
                 session.audio_in(request.pcm)
@@ -223,7 +232,7 @@ class Server:
                 self.registry.remove(session.id)
                 self._tasks.spawn(self._close(peer, session, request.id), f"close {session.id}")
 
-    async def _close(self, peer: bytes | None, session: Session, request_id: str | int | None) -> None:
+    async def _close(self, peer: bytes | None, session: Conversation, request_id: str | int | None) -> None:
         try:
             await session.close()
             if peer is not None:
@@ -271,18 +280,7 @@ class Server:
                 request_id=request.id, request_type=request.type,
             )
         sid = request.session or uuid.uuid4().hex[:12]
-        if sid in self.registry:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
-                request_type=request.type, session=sid,
-            )
-        limit = eng.cfg.max_sessions_per_client
-        if self.registry.open_by(peer) >= limit:
-            raise ProtocolError(
-                ErrorCode.OVERLOADED, f"this connection already has {limit} open sessions, the most it may have; "
-                "close one first", request_id=request.id, request_type=request.type, session=sid,
-            )
-        check_vars(request.vars, eng.cfg.max_vars_bytes)
+        self._open_checks(peer, sid, request)
         session = Session(
             eng, sid, character, request.player, functools.partial(self.send_to_session, sid),
             audio=request.audio, mode=request.mode, preemptive=request.preemptive, acks=request.acks,
@@ -311,6 +309,89 @@ class Server:
         if request.greet and character.greetings:
             session.start_turn("greeting", None)
 
+    def _text(self, conv: Conversation, request: Text) -> None:
+        if isinstance(conv, Scene):
+            conv.start_turn("text", request.text, request_id=request.id, character=request.character)
+            return
+        if request.character is not None and request.character != conv.character.id:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"character: this session is with {conv.character.id!r}, not "
+                f"{request.character!r} (open a scene to talk to several characters)", session=conv.id,
+            )
+        conv.start_turn("text", request.text, request_id=request.id)
+
+    def _open_checks(self, peer: bytes, sid: str, request: SessionOpen | SceneOpen) -> None:
+        """What every open must pass: a free id, the connection's session limit, the vars' size."""
+        eng = self.engine
+        if sid in self.registry:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
+                request_type=request.type, session=sid,
+            )
+        limit = eng.cfg.max_sessions_per_client
+        if self.registry.open_by(peer) >= limit:
+            raise ProtocolError(
+                ErrorCode.OVERLOADED, f"this connection already has {limit} open sessions, the most it may have; "
+                "close one first", request_id=request.id, request_type=request.type, session=sid,
+            )
+        check_vars(request.vars, eng.cfg.max_vars_bytes)
+
+    async def _open_scene(self, peer: bytes, request: SceneOpen) -> None:
+        eng = self.engine
+        characters = scene_characters(eng, request.characters, request.id, request.type)
+        if request.facing is not None and request.facing not in request.characters:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"facing: {request.facing!r} is not one of the scene's characters",
+                request_id=request.id, request_type=request.type,
+            )
+        sid = request.session or uuid.uuid4().hex[:12]
+        self._open_checks(peer, sid, request)
+        scene = Scene(
+            eng, sid, request.player, functools.partial(self.send_to_session, sid),
+            audio=request.audio, mode=request.mode, preemptive=request.preemptive, acks=request.acks,
+            reactions=request.reactions, route_lines=self.registry.speak_story_lines,
+            model_admission=functools.partial(
+                self.registry.model_admission, sid, eng.cfg.max_queued_turns_per_client
+            ),
+        )
+        scene.facing = request.facing
+        try:
+            opened = await scene.open(characters, dict(request.vars))
+        except Exception:
+            await scene.close()
+            raise
+        if sid in self.registry:  # opened meanwhile by another request (open awaits the store)
+            await scene.close()
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
+                request_type=request.type, session=sid,
+            )
+        self.registry.add(scene, peer)
+        self.send(peer, dataclasses.replace(opened, id=request.id, token=self.tokens.issue(scene)))
+        log.info("scene %s opened: player %s with %s", sid, request.player, ", ".join(request.characters))
+        if request.greet and characters[0].greetings:
+            scene.start_turn("greeting", None)
+
+    async def _scene_request(self, peer: bytes, conv: Conversation, request: SceneUpdate | SceneBanter) -> None:
+        if not isinstance(conv, Scene):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"session {conv.id!r} is a one-to-one session, not a scene (scene.open)",
+                session=conv.id,
+            )
+        if isinstance(request, SceneBanter):
+            conv.banter(
+                request_id=request.id, topic=request.topic, beat=request.beat, characters=request.characters,
+                lines=request.lines,
+            )
+            return
+        join = scene_characters(self.engine, request.join, request.id, request.type)
+        await conv.update(
+            facing=request.facing, sets_facing=request.sets_facing, reactions=request.reactions, join=join,
+            leave=request.leave,
+        )
+        updated = await conv.report(msg.SceneUpdated)
+        self.send(peer, dataclasses.replace(updated, id=request.id))
+
     async def _resume(self, peer: bytes, request: SessionResume) -> None:
         """Hand a session to the connection that proves it owns it (a game that reconnected)."""
         session = self.registry.lookup(request.session, request_id=request.id, request_type=request.type)
@@ -327,6 +408,17 @@ class Server:
                 ErrorCode.OVERLOADED, f"this connection already has {limit} open sessions, the most it may have; "
                 "close one first", request_id=request.id, request_type=request.type, session=session.id,
             )
+        if isinstance(session, Scene):
+            resumed = dataclasses.replace(await session.report(msg.SceneResumed), id=request.id, token=request.token)
+            if self.registry.lookup(session.id, request_id=request.id, request_type=request.type) is not session:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN, f"wrong token for session {session.id!r}", request_id=request.id,
+                    request_type=request.type, session=session.id,
+                )
+            self.registry.take_over(session, peer)  # no await since the check: scene.resumed goes first
+            self.send(peer, resumed)
+            log.info("scene %s resumed by connection %s", session.id, peer.hex()[:8])
+            return
         beat = eng.story.active_beat(await eng.story_state(session.player), session.character.id)
         if self.registry.lookup(session.id, request_id=request.id, request_type=request.type) is not session:
             raise ProtocolError(  # closed and opened anew while its state was read: another token

@@ -12,9 +12,9 @@ from npc_engine.engine import Engine
 from npc_engine.facts import learned_from_effects
 from npc_engine.protocol import ErrorCode, Event, ProtocolError, StateGet, StateLoad, StateSave
 from npc_engine.protocol import outgoing as msg
-from npc_engine.server.registry import SessionRegistry
-from npc_engine.session import Session
-from npc_engine.session.story import effect_fields, lines_by_character
+from npc_engine.scene import Scene
+from npc_engine.server.registry import Conversation, SessionRegistry
+from npc_engine.session.story import effect_fields, story_lines
 from npc_engine.store import BadBlob, parse_blob
 from npc_engine.story import Story
 from npc_engine.story.state import StoryState, UnreadableState
@@ -97,18 +97,23 @@ class StateRequests:
             if effects:
                 await eng.save_story_state(player)
         if effects:
-            # An event sent for a session happened in front of its character; by player, before nobody.
-            witness = next((s.character.id for s in self.registry.of_player(player) if s.id == request.session), None)
-            await eng.facts.learn(player, learned_from_effects(effects, witness))
-        self.registry.speak_story_lines(player, lines_by_character(effects))
+            # An event sent for a session happened in front of its character (a scene: all of
+            # them); sent by player, before nobody.
+            conv = next((s for s in self.registry.of_player(player) if s.id == request.session), None)
+            witnesses: list[str | None] = (
+                [None] if conv is None else [*conv.present_ids()] if isinstance(conv, Scene) else [conv.character.id]
+            )
+            for witness in witnesses:
+                await eng.facts.learn(player, learned_from_effects(effects, witness))
+        self.registry.speak_story_lines(player, story_lines(effects))
         reply(msg.EventOk(id=request.id, name=request.name, effects=[effect_fields(e) for e in effects]))
 
-    async def save(self, session: Session, request: StateSave, reply: Reply) -> None:
+    async def save(self, session: Conversation, request: StateSave, reply: Reply) -> None:
         await self.engine.save_story_state(session.player)
         blob = await self.engine.store.export_blob(session.player)
         reply(msg.StateSaved(id=request.id, session=session.id, player=session.player, blob=blob))
 
-    async def load(self, session: Session, request: StateLoad, reply: Reply) -> None:
+    async def load(self, session: Conversation, request: StateLoad, reply: Reply) -> None:
         eng = self.engine
         player = session.player
 
@@ -133,6 +138,7 @@ class StateRequests:
             await eng.facts.reload(player)
             state = await eng.story_state(player)
         for s in mine:
-            await s.memory.load()
-        beat = eng.story.active_beat(state, session.character.id)
+            await s.reload_memory()
+        first = session.present_ids()[0] if isinstance(session, Scene) else session.character.id
+        beat = eng.story.active_beat(state, first)
         reply(msg.StateLoaded(id=request.id, session=session.id, player=player, beat=beat.id if beat else None))

@@ -72,6 +72,14 @@ class Memory:
         self._trim()
         return entries
 
+    async def hear(self, text: str) -> None:
+        """A line the character overheard (a scene: the player talking to another character,
+        another character speaking): a player-side entry, on disk when this returns."""
+        entry = HistoryEntry("user", text)
+        self.history.append(entry)
+        self._trim()
+        await self._store.append_history(self.player, self.character, [entry])
+
     async def persist(self, entries: list[HistoryEntry]) -> None:
         """Commit a turn's entries; returns once they are on disk (the session sends turn.end after)."""
         if entries:

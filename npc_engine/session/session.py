@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
 from npc_engine import prom
@@ -29,8 +29,9 @@ from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode, ProtocolError
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
 from npc_engine.quality.checks import CheckContext, Checker
+from npc_engine.session.floor import Floor
 from npc_engine.session.memory import Memory
-from npc_engine.session.story import lines_by_character, story_message
+from npc_engine.session.story import story_lines, story_message
 from npc_engine.session.voice import VoiceInput
 from npc_engine.store import Fact
 from npc_engine.story.lines import Line
@@ -45,13 +46,20 @@ from npc_engine.turns.speech import Speakable, VoiceOut, from_list, line_cues, s
 log = logging.getLogger(__name__)
 
 Send = Callable[[Outgoing], None]
-# Scripted lines a turn's story effects give to *other* characters, by character id; the
-# server starts a story turn in that player's session with each of them.
-RouteLines = Callable[[str, Mapping[str, list[Speakable]]], None]
+# Scripted lines a turn's story effects give to *other* characters, in order, with who says
+# each; the server starts a story turn in the session (or scene) of each of them.
+RouteLines = Callable[[str, Sequence[tuple[str, Speakable]]], None]
 Mode = Literal["push_to_talk", "open_mic"]
 # Asked before a turn queues work for the model: None to go ahead, else why not (the game
 # already has too many turns waiting for the model); the turn then says a fallback line.
 ModelAdmission = Callable[[], str | None]
+# Called when a turn has been remembered, before its turn.end goes out: a scene tells the
+# other characters present what was said (so it is on disk before the game sees the end).
+TurnEnded = Callable[["Session", TurnHandle, str], Awaitable[None]]
+# Who else is there when the player speaks (a scene's characters; None: one-to-one).
+Present = Callable[[], Sequence[str]]
+# Turns whose "player line" is an instruction to the model, not the player's words.
+PROMPTED: frozenset[TurnSource] = frozenset({"reaction", "banter"})
 
 
 class _WarmGate:
@@ -94,11 +102,22 @@ class Session:
         model_admission: ModelAdmission | None = None,
         preemptive: bool = True,
         acks: bool = False,
+        floor: Floor | None = None,
+        affinity: str | None = None,
+        on_turn_end: TurnEnded | None = None,
+        present: Present | None = None,
     ) -> None:
         """``acks``: say an acknowledgement when a reply is not ready at the end of the player's
-        turn (session.open's ``acks``; the server passes the game's choice, on by default)."""
+        turn (session.open's ``acks``; the server passes the game's choice, on by default).
+
+        A scene's character (``npc_engine.scene``) shares the scene's ``floor`` and id, and has
+        its own ``affinity`` (its llama.cpp slot, so each character keeps its KV cache)."""
         self.engine = engine
         self.id = session_id
+        self.affinity = affinity or session_id
+        self.floor = floor or Floor()
+        self._on_turn_end = on_turn_end
+        self._present = present
         self.character = character
         self.player = player
         self.mode = mode
@@ -115,9 +134,6 @@ class Session:
         self._ack_picker = AckPicker(character.acks)
         self._pin_acks: asyncio.Task[None] | None = None
         self.memory = Memory(engine.store, player, character.id, engine.cfg.history_turns, engine.cfg.history_block)
-        self.current: TurnHandle | None = None
-        self.last_turn: TurnHandle | None = None  # the latest finished turn, for a late cancel
-        self._turn_ids = itertools.count(1)
         self._line_rotation = itertools.count()
         self._speculative: set[TurnHandle] = set()
         self._tasks = BackgroundTasks(f"session {session_id}")
@@ -142,6 +158,15 @@ class Session:
     @property
     def audio(self) -> bool:
         return self.voice_out.audio
+
+    @property
+    def current(self) -> TurnHandle | None:
+        """The running turn on this conversation's floor (in a scene, maybe another character's)."""
+        return self.floor.current
+
+    @property
+    def last_turn(self) -> TurnHandle | None:
+        return self.floor.last_turn
 
     @property
     def warming(self) -> bool:
@@ -206,7 +231,7 @@ class Session:
             def warm() -> None:
                 if gate.enter():
                     # The session's affinity: the turns' slot, so its KV cache is what they reuse.
-                    eng.chat.warm_up(messages, self.id, usage)
+                    eng.chat.warm_up(messages, self.affinity, usage)
 
             # Background lane: a burst of sessions opening never queues warm-ups ahead of turns.
             await eng.llm_worker.run_background(warm)
@@ -271,7 +296,7 @@ class Session:
         for spec in list(self._speculative):
             self.drop_turn(spec)
         turn = self.current
-        if turn is not None:
+        if turn is not None and self.owns(turn):  # in a scene another character may have the floor
             turn.cancel()
             await turn.wait()
         await self._tasks.wait()
@@ -372,13 +397,16 @@ class Session:
         request_id: str | int | None = None,
         scripted: Sequence[Speakable] = (),
         speculative: bool = False,
+        prompt: str | None = None,
     ) -> TurnHandle:
         """Start a turn now. A real turn cuts off the one running (the player spoke over it);
         a speculative one runs beside it, silently, until ``commit_turn`` or ``drop``."""
-        turn_id = None if speculative else next(self._turn_ids)
+        turn_id = None if speculative else self.floor.next_id()
         turn = TurnHandle(
-            source, TurnOutbox(self._send, self.id, turn_id), clock=clock, user_text=user_text, request_id=request_id
+            source, TurnOutbox(self._send, self.id, turn_id, self.character.id), clock=clock, user_text=user_text,
+            request_id=request_id,
         )
+        turn.prompt = prompt
         if self.audio and self.engine.tts_degraded:
             turn.clock.degrade("tts", self.engine.tts_degraded)
         previous = None
@@ -403,7 +431,7 @@ class Session:
             await previous.wait()
         if decided_at is not None:
             turn.clock.rebase(decided_at)
-        turn.commit(next(self._turn_ids))
+        turn.commit(self.floor.next_id())
 
     def drop_turn(self, turn: TurnHandle) -> None:
         """Abandon a speculative turn without a trace."""
@@ -411,11 +439,11 @@ class Session:
         turn.drop()
 
     def _take_over(self, turn: TurnHandle) -> TurnHandle | None:
-        previous = self.current
-        if previous is not None:
-            previous.cancel()
-        self.current = turn
-        return previous
+        return self.floor.take(turn)
+
+    def owns(self, turn: TurnHandle) -> bool:
+        """Whether ``turn`` is this character's (a scene's floor holds every character's turns)."""
+        return turn.outbox.character == self.character.id
 
     def cancel(self, turn_id: int | None = None, heard: float | None = None) -> None:
         """Cancel the running turn (or only turn ``turn_id``); its turn.end follows on its own.
@@ -448,7 +476,7 @@ class Session:
             turn.emit(msg.TurnStart(id=turn.request_id, source=turn.source, input=turn.user_text))
             if turn.cancelled:
                 return  # superseded before it began: no story effects, no model work
-            await speak(turn, ahead(self._speakables(turn, scripted)), self.voice_out)
+            await speak(turn, ahead(self._written(turn, scripted)), self.voice_out)
         except Exception as exc:
             log.exception("session %s turn %s failed", self.id, turn.id)
             turn.status = "error"
@@ -457,12 +485,27 @@ class Session:
             self.engine.turns.leave()
             await self._finish(turn)
 
+    async def _written(self, turn: TurnHandle, scripted: list[Speakable]) -> AsyncGenerator[Speakable, None]:
+        """The turn's speakables; ``turn.text_done`` once they are all written."""
+        try:
+            async for item in self._speakables(turn, scripted):
+                yield item
+        finally:
+            turn.text_done.set()
+
     async def _speakables(self, turn: TurnHandle, scripted: list[Speakable]) -> AsyncGenerator[Speakable, None]:
         """What the turn says, by source: a greeting, story lines, or the answer to the player."""
         if turn.source == "greeting":
             lines = [self._scripted(self._pick(self.character.greetings))]
-        elif turn.source == "story":
+        elif turn.source == "story" or scripted:
             lines = scripted
+        elif turn.source in PROMPTED:
+            assert turn.prompt is not None
+            async for item in self._model_reply(turn, turn.prompt):
+                yield item
+                if turn.speculative:
+                    await turn.decided()  # prepared ahead: its first chunk only, until its turn comes
+            return
         else:
             assert turn.user_text is not None
             lines = await self._story_for_line(turn, turn.user_text)
@@ -509,6 +552,8 @@ class Session:
             if text and turn.heard is not None and turn.heard != heard:
                 await self.memory.trim_heard(turn, turn.heard)
                 text = self.memory.history[-1].content  # this turn's reply, trimmed or not
+            if self._on_turn_end is not None:  # a scene: the others present heard it (on disk too)
+                await self._on_turn_end(self, turn, text)
         except Exception as exc:  # still ended for the game, which learns it was not saved
             log.exception("session %s turn %s: its history could not be saved", self.id, turn.id)
             turn.status = "error"
@@ -516,9 +561,7 @@ class Session:
         turn.interrupted = interrupted
         # The session is done with this turn *before* the game hears turn.end: a cancel (with
         # `heard`) sent right after it must find the turn finished and its reply in memory.
-        if self.current is turn:
-            self.current = None
-        self.last_turn = turn
+        self.floor.release(turn)
         if self.current is None and not self._speculative and not self.closed and self.engine.cfg.warm_next_prompt:
             # Nothing waits for the model: while the player hears (or reads) this reply, have
             # the next prompt evaluated if this turn changed its beginning (a trim, the story).
@@ -554,11 +597,11 @@ class Session:
             return []  # dropped or cut off before the story was touched: leave it as it was
         if turn.speculative:
             probe = (await eng.story_state(self.player)).copy()
-            if eng.story.on_player_line(probe, self.character.id, text) and not await turn.decided():
+            if eng.story.on_player_line(probe, self.character.id, text, present=self._present_now()) and not await turn.decided():
                 return []
         async with eng.state_lock(self.player):
             state = await eng.story_state(self.player)
-            effects = eng.story.on_player_line(state, self.character.id, text)
+            effects = eng.story.on_player_line(state, self.character.id, text, present=self._present_now())
             if effects:
                 await eng.save_story_state(self.player)
         if effects:  # this character saw it happen; a tell reaches its character wherever it is
@@ -568,15 +611,35 @@ class Session:
                 self._fact_writes.append(self._tasks.spawn(eng.facts.write(self.player, changed), "facts"))
         return self.apply_effects(effects, turn)
 
+    def _present_now(self) -> Sequence[str] | None:
+        return self._present() if self._present is not None else None
+
+    async def reload_memory(self) -> None:
+        """After ``state.load``: the conversation as the save has it."""
+        await self.memory.load()
+
+    async def hear(self, text: str) -> None:
+        """Something said in this character's presence (a scene): remembered as a line of the
+        conversation, so its next prompt has it right after what it already holds."""
+        await self.memory.hear(text)
+
     def apply_effects(self, effects: Sequence[StoryEffect], turn: TurnHandle) -> list[Speakable]:
         """Send the story's effects in the turn; return the lines this character says in it.
         Lines for other characters go to their sessions."""
         for effect in effects:
             turn.emit(story_message(effect))
-        lines = lines_by_character(effects)
-        mine = lines.pop(self.character.id, [])
-        if lines and self._route_lines is not None:
-            self._route_lines(self.player, lines)
+        lines = story_lines(effects)
+        me = self.character.id
+        if self._present is not None:
+            # A scene: this character says its lines up to the first one of another character;
+            # the scene plays the rest of the exchange in order, each in its speaker's voice.
+            k = next((i for i, (who, _) in enumerate(lines) if who != me), len(lines))
+            mine, others = [line for _, line in lines[:k]], lines[k:]
+        else:
+            mine = [line for who, line in lines if who == me]
+            others = [(who, line) for who, line in lines if who != me]
+        if others and self._route_lines is not None:
+            self._route_lines(self.player, others)
         return mine
 
     # ------------------------------------------------------------------ the model's reply
@@ -617,7 +680,7 @@ class Session:
         try:
             async for item in model_reply(
                 turn, await self._llm_call(user_text, ack), self._cue_parser(),
-                self.character.reply.max_sentences, self._fallback, await self._guard_for(turn, user_text),
+                self._max_sentences(turn), self._fallback, await self._guard_for(turn, user_text),
                 reply_start=ack,
             ):
                 if waiting:
@@ -628,11 +691,15 @@ class Session:
             if waiting:
                 self.waiting_for_model -= 1
 
+    def _max_sentences(self, turn: TurnHandle) -> int:
+        # A reaction in a scene is a remark after someone else's answer, not a second answer.
+        return 1 if turn.source == "reaction" else self.character.reply.max_sentences
+
     def _offer_ack(self, turn: TurnHandle, user_text: str) -> str:
         """Choose this line's acknowledgement and hand it to the turn (``TurnHandle.offer_ack``);
         returns its text ("" for none: acks off, none fits, or its audio is not in memory yet)."""
         cache = self.engine.line_cache
-        if not self.acks or cache is None:
+        if not self.acks or cache is None or turn.source in PROMPTED:  # "Hm." only answers the player
             return ""
         ack = self._ack_picker.pick(user_text)
         speech = cache.pinned(ack.text, self.voice_out.voice) if ack is not None else None
@@ -657,7 +724,7 @@ class Session:
                 repeat_last_n=eng.cfg.repeat_last_n,
                 dry_multiplier=eng.cfg.dry_multiplier,
             ),
-            affinity=self.id,
+            affinity=self.affinity,
             first_token_budget_ms=eng.cfg.budget_llm_first_token_ms,
             first_token_limit_ms=eng.cfg.llm_timeout_ms,
             ready=self._warm_settled,
@@ -692,7 +759,7 @@ class Session:
         )
         return guard_for_turn(
             turn, Checker(ctx), deflection=self._deflection, fallback=self._fallback, hold=eng.cfg.guard_hold,
-            max_sentences=ch.reply.max_sentences,
+            max_sentences=self._max_sentences(turn),
         )
 
     @staticmethod
@@ -716,6 +783,10 @@ class Session:
             if line.text not in recent:
                 return line
         return line
+
+    def scripted_line(self, line: Line) -> Speakable:
+        """A story or character line as this character says it (templates filled)."""
+        return self._scripted(line)
 
     def _scripted(self, line: Line) -> Speakable:
         state = self.engine.story_states.get(self.player)

@@ -22,12 +22,24 @@ def story_message(effect: StoryEffect) -> msg.StoryMessage:
     return msg.StoryMessage(effect=effect_fields(effect))
 
 
-def lines_by_character(effects: Iterable[StoryEffect]) -> dict[str, list[Speakable]]:
-    """The scripted lines among ``effects`` (templates already filled), per speaking character."""
+def story_lines(effects: Iterable[StoryEffect]) -> list[tuple[str, Speakable]]:
+    """The scripted lines among ``effects`` (templates already filled) with who says each, in
+    order (a multi-character exchange is played in this order where its speakers are together)."""
+    return [
+        (eff.character, Speakable(eff.text, line_cues(eff.emotion, eff.gesture), prerendered=True))
+        for eff in effects
+        if isinstance(eff, SayLine)
+    ]
+
+
+def by_character(lines: Iterable[tuple[str, Speakable]]) -> dict[str, list[Speakable]]:
+    """Lines grouped per speaking character (each keeps its own order)."""
     out: dict[str, list[Speakable]] = {}
-    for eff in effects:
-        if isinstance(eff, SayLine):
-            out.setdefault(eff.character, []).append(
-                Speakable(eff.text, line_cues(eff.emotion, eff.gesture), prerendered=True)
-            )
+    for character, line in lines:
+        out.setdefault(character, []).append(line)
     return out
+
+
+def lines_by_character(effects: Iterable[StoryEffect]) -> dict[str, list[Speakable]]:
+    """The scripted lines among ``effects``, per speaking character."""
+    return by_character(story_lines(effects))

@@ -16,6 +16,7 @@ Checks that need characters as well live in :mod:`npc_engine.world`.
 
 from __future__ import annotations
 
+from npc_engine.story.lines import BeatLine
 from npc_engine.story.loader import load_story, read_story
 from npc_engine.story.runtime import MAX_SETTLE_STEPS, Story, data_matches
 from npc_engine.story.schema import EVENT_NAME, IDENT, Beat, EmitSpec, Exit, TellSpec
@@ -39,6 +40,7 @@ __all__ = [
     "STATE_VERSION",
     "Beat",
     "BeatEntered",
+    "BeatLine",
     "EmitEvent",
     "EmitSpec",
     "Exit",

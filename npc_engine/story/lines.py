@@ -52,6 +52,16 @@ class Line(Sourced):
         return TEMPLATE_VAR.findall(self.text)
 
 
+class BeatLine(Line):
+    """A story beat's line: ``character`` says it (one of the beat's characters; default the
+    beat's first). Lines for several characters make a multi-character exchange, said in order.
+
+    Only beat lines have a speaker of their own: a character's greetings are its own.
+    """
+
+    character: str | None = None
+
+
 def fill_template(text: str, values: dict[str, object]) -> str:
     """Replace each ``{name}`` with ``values[name]``; unknown names become empty text.
 

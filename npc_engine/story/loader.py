@@ -160,7 +160,7 @@ class StoryParts:
         return names | {k for b in self.beats.values() for e in b.exits for k in e.set}
 
     def lines(self) -> list[tuple[str, Line]]:
-        return [(b.speaker, line) for b in self.beats.values() for line in b.lines]
+        return [(b.line_speaker(line), line) for b in self.beats.values() for line in b.lines]
 
 
 def read_story_parts(
@@ -316,8 +316,10 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
         reachable = _reachable(
             starts, [e for _, _, e, b in exits if b is None], {b: beat for b, (_, beat) in beats.items()}
         )
-        for bid, (f, _) in beats.items():
-            if bid not in reachable:
+        for bid, (f, beat) in beats.items():
+            # An exchange between characters is content even if no exit enters its beat: the
+            # game plays it with scene.banter {beat}, which speaks the lines without entering.
+            if bid not in reachable and not is_exchange(beat):
                 out.append(
                     _at(
                         f,
@@ -333,6 +335,11 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
     for f in loaded:
         for loc, text in _conditions(f):
             out += condition_problems(text, f.file, _line(f, loc), known_names, set(beats))
+
+    # Who says each line, who leads, who must be together: the beat's own characters.
+    for f in loaded:
+        for bid, beat in f.model.beats.items():
+            out += [_at(f, ("beats", bid, *loc), message) for loc, message in beat.reference_problems()]
 
     # Lines: ids unique across the story; templates name known variables.
     first_line: dict[str, tuple[str, int]] = {}
@@ -377,6 +384,11 @@ def _check(loaded: list[_Loaded]) -> list[SourceError]:
                 _at(f, ("intents", name), f"intent '{name}' is not used by any exit", key=True, warning=True)
             )
     return out
+
+
+def is_exchange(beat: Beat) -> bool:
+    """Whether the beat's lines are said by two or more characters (a scripted dialogue)."""
+    return len({beat.line_speaker(line) for line in beat.lines}) > 1
 
 
 def _line(f: _Loaded, loc: tuple[str | int, ...], *, key: bool = False) -> int:

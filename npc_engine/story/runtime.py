@@ -25,7 +25,7 @@ and return the :data:`StoryEffect` list for the session to act on.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from npc_engine.story.conditions import Value, parse_condition
@@ -128,6 +128,8 @@ class Story:
                 problems.append(f"{where} goes to unknown beat '{e.goto}'")
             if e.on_intent is not None and e.on_intent not in self.intents:
                 problems.append(f"{where} uses unknown intent '{e.on_intent}'")
+        for b in self.beats.values():
+            problems += [f"beat '{b.id}': {message}" for _, message in b.reference_problems()]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -168,23 +170,44 @@ class Story:
         return fill_template(text, {**state.flags, **state.vars})
 
     def lines(self) -> list[tuple[str, Line]]:
-        """Every verbatim story line with its speaker, for pre-rendering audio."""
-        return [(b.speaker, line) for b in self.beats.values() for line in b.lines]
+        """Every verbatim story line with who says it (the line's own ``character``, else its
+        beat's first), for pre-rendering audio in the right voice."""
+        return [(b.line_speaker(line), line) for b in self.beats.values() for line in b.lines]
 
-    def explain(self, state: StoryState, character_id: str, text: str) -> list[IntentMatch]:
-        """How ``text`` scores against the intents the character's active beat listens for."""
+    def lead(self, state: StoryState, present: Sequence[str]) -> str | None:
+        """Who answers a scene line addressed to nobody, by the story: going through ``present``
+        in order, the ``lead`` of the first one whose active beat names a lead who is present."""
+        for character in present:
+            beat = self.active_beat(state, character)
+            if beat is not None and beat.lead is not None and beat.lead in present:
+                return beat.lead
+        return None
+
+    def explain(
+        self, state: StoryState, character_id: str, text: str, present: Collection[str] | None = None
+    ) -> list[IntentMatch]:
+        """How ``text`` scores against the intents the character's active beat listens for
+        (none while a ``together`` beat's characters are not all ``present``)."""
+        return rank(text, [self.intents[n] for n in self._listening(state, character_id, present)])
+
+    def _listening(self, state: StoryState, character_id: str, present: Collection[str] | None) -> list[str]:
+        """The intents whose exits of the character's active beat could fire now, in exit order."""
         beat = self.active_beat(state, character_id)
-        if beat is None:
+        if beat is None or not beat.gathered(present):
             return []
-        names = dict.fromkeys(
-            e.on_intent for e in beat.exits if e.on_intent and self._exit_ready(state, e, character_id)
-        )
-        return rank(text, [self.intents[n] for n in names if n in self.intents])
+        ready = [e.on_intent for e in beat.exits if e.on_intent and self._exit_ready(state, e, character_id)]
+        return [n for n in dict.fromkeys(ready) if n in self.intents]
 
     # ----------------------------------------------------------------- transitions
 
-    def on_player_line(self, state: StoryState, character_id: str, text: str) -> list[StoryEffect]:
+    def on_player_line(
+        self, state: StoryState, character_id: str, text: str, present: Collection[str] | None = None
+    ) -> list[StoryEffect]:
         """React to what the player said to ``character_id``; fires at most one intent exit.
+
+        ``present`` is everyone in the conversation: the scene's characters, or None for a
+        one-to-one session. A beat with ``together`` fires its intent exits only when all of
+        them are present (so never in a one-to-one session).
 
         With no exit fired and a beat that has lines, the lines come back as
         SayLine effects when they have not been spoken yet, or every time for
@@ -194,11 +217,12 @@ class Story:
         beat = self.active_beat(state, character_id)
         if beat is None:
             return effects
-        ready = [e for e in beat.exits if e.on_intent and self._exit_ready(state, e, character_id)]
-        names = list(dict.fromkeys(e.on_intent for e in ready if e.on_intent in self.intents))
+        names = self._listening(state, character_id, present)
         match = classify(text, [self.intents[n] for n in names]) if names else None
         if match is not None:
-            chosen = next(e for e in ready if e.on_intent == match.intent)
+            chosen = next(
+                e for e in beat.exits if e.on_intent == match.intent and self._exit_ready(state, e, character_id)
+            )
             effects.append(IntentMatched(character_id, match.intent, match.score, match.reason))
             self._fire(state, chosen, effects)
         elif beat.lines:
@@ -285,7 +309,7 @@ class Story:
     def _speak(self, state: StoryState, beat: Beat, effects: list[StoryEffect]) -> None:
         for line in beat.lines:
             effects.append(
-                SayLine(beat.speaker, line.id, self.fill(line.text, state), line.emotion, line.gesture)
+                SayLine(beat.line_speaker(line), line.id, self.fill(line.text, state), line.emotion, line.gesture)
             )
             state.said_lines.add(line.id)
 

@@ -7,14 +7,14 @@ Pure data and field checks; what the models mean at run time is in
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from npc_engine.story.conditions import RESERVED_NAMES, validate_condition_field
-from npc_engine.story.lines import Line
-from npc_engine.yamlsrc import Sourced
+from npc_engine.story.lines import BeatLine
+from npc_engine.yamlsrc import Sourced, suggest
 
 IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -159,10 +159,14 @@ class Beat(Sourced):
     id: str
     character: list[str] = Field(min_length=1)
     objective: str | None = None
-    lines: list[Line] = Field(default_factory=list)
+    lines: list[BeatLine] = Field(default_factory=list)
     when: str | None = None
     once: bool = False
     exits: list[Exit] = Field(default_factory=list)
+    # In a scene: who answers a line addressed to nobody while this beat is active.
+    lead: str | None = None
+    # The on_intent exits fire only for a line said in a scene where all of these are present.
+    together: list[str] = Field(default_factory=list)
 
     @field_validator("when", mode="before")
     @classmethod
@@ -195,6 +199,50 @@ class Beat(Sourced):
 
     @property
     def speaker(self) -> str:
-        """Who speaks the beat's lines: the first character listed."""
+        """Who speaks a line that names no ``character``: the first character listed."""
         return self.character[0]
+
+    def line_speaker(self, line: BeatLine) -> str:
+        """Who says ``line``: its own ``character``, else the beat's first character."""
+        return line.character or self.speaker
+
+    def gathered(self, present: Collection[str] | None) -> bool:
+        """Whether the beat's on_intent exits may fire with ``present`` in the conversation.
+
+        A beat without ``together`` always may; one with it only in a scene (``present`` not
+        None: None is a one-to-one session) where every one of them is present.
+        """
+        if not self.together:
+            return True
+        return present is not None and all(c in present for c in self.together)
+
+    def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Line speakers, ``lead`` and ``together`` that are not the beat's characters, as
+        (location under the beat, message); ``npc-engine check`` reports them with lines."""
+        cast = ", ".join(self.character)
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for n, line in enumerate(self.lines):
+            if line.character is not None and line.character not in self.character:
+                out.append((
+                    ("lines", n, "character"),
+                    f"line '{line.id}': character '{line.character}' is not one of the beat's characters "
+                    f"({cast}){suggest(line.character, self.character)}",
+                ))
+        if self.lead is not None and self.lead not in self.character:
+            out.append((
+                ("lead",),
+                f"lead '{self.lead}' is not one of the beat's characters ({cast}){suggest(self.lead, self.character)}",
+            ))
+        for n, who in enumerate(self.together):
+            if who not in self.character:
+                out.append((
+                    ("together", n),
+                    f"together: '{who}' is not one of the beat's characters ({cast}){suggest(who, self.character)}",
+                ))
+        if self.together and len(set(self.together)) < 2:
+            out.append((
+                ("together",),
+                "together needs two or more different characters (a beat of one character needs no together)",
+            ))
+        return out
 

@@ -56,10 +56,13 @@ class TurnOutbox:
     they go out, so a dropped turn leaves no gap in anyone's sequence.
     """
 
-    def __init__(self, send: Callable[[Outgoing], None], session: str, turn_id: int | None) -> None:
+    def __init__(
+        self, send: Callable[[Outgoing], None], session: str, turn_id: int | None, character: str | None = None
+    ) -> None:
         self._send = send
         self.session = session
         self.turn_id = turn_id
+        self.character = character  # who speaks: stamped on every message (a scene has several)
         self._seq = itertools.count()
         self._held: list[SessionMessage] | None = [] if turn_id is None else None
         self._insert_at: int | None = None
@@ -72,7 +75,9 @@ class TurnOutbox:
                 self._held.insert(self._insert_at, msg)
                 self._insert_at += 1
         else:
-            self._send(dataclasses.replace(msg, session=self.session, turn=self.turn_id, seq=next(self._seq)))
+            self._send(dataclasses.replace(
+                msg, session=self.session, turn=self.turn_id, seq=next(self._seq), character=self.character
+            ))
 
     def open(self, turn_id: int) -> None:
         """Number the turn and send what was held, in order."""
@@ -137,6 +142,9 @@ class TurnHandle:
     ) -> None:
         self.source: TurnSource = source
         self.user_text = user_text
+        # A scene's reaction or banter line answers an instruction ("Bram said ...; answer him"),
+        # not the player: the model's last message, never remembered as the player's words.
+        self.prompt: str | None = None
         self.request_id = request_id
         self.clock = clock or TurnClock()
         self.outbox = outbox
@@ -150,6 +158,9 @@ class TurnHandle:
         self._on_stop: list[Callable[[], None]] = []
         self._ack: Callable[[], None] | None = None  # an acknowledgement waiting for the commit
         self.task: asyncio.Task[None] | None = None
+        # Set once the turn's text is all written (its last clause may still be synthesizing):
+        # a scene's banter starts the next line's model then, while this one is still spoken.
+        self.text_done = asyncio.Event()
         self._decision = Decision.PENDING if outbox.turn_id is None else Decision.COMMITTED
         self._decided = asyncio.Event()
         if self._decision is Decision.COMMITTED:
@@ -169,6 +180,11 @@ class TurnHandle:
     @property
     def dropped(self) -> bool:
         return self._decision is Decision.DROPPED
+
+    @property
+    def text(self) -> str:
+        """What the turn has said so far (its reply.text deltas, an acknowledgement included)."""
+        return "".join(self.delivered.text_sent).strip()
 
     @property
     def tokens(self) -> int:

@@ -153,3 +153,30 @@ async def test_push_to_talk_release_reuses_the_speculative_decode(client: Engine
     msgs = await (await s.next_turn(timeout=30)).collect(timeout=120)
     assert msgs[0]["input"]
     assert rec_stream.decodes == before, "the key release decoded the utterance a second time"
+
+
+async def test_a_spoken_line_in_a_scene_goes_to_the_character_it_names(client: EngineClient) -> None:
+    scene = await client.open_scene(["marta", "aldric"], "p-scene-voice", audio=False, facing="marta", reactions=False)
+    pcm, text = clip("kokoro_bf_emma_03.wav")  # "Tell me about Captain Aldric."
+    await stream(scene, pcm[: int(len(pcm) * 0.85)], realtime=False)
+    await scene.end_audio()
+    turn = await scene.next_turn(timeout=30)
+    msgs = await turn.collect(timeout=120)
+    assert msgs[0]["source"] == "voice" and wer(text, msgs[0]["input"]) <= 0.3, msgs[0]
+    assert {m["character"] for m in msgs} == {"aldric"}, "named, he answers, though the player faces Marta"
+    assert [t for t in transcripts(scene) if t["final"]], "the scene's transcripts go to the game too"
+
+
+async def test_barge_in_cuts_whoever_speaks_in_a_scene(client: EngineClient, engine: Running) -> None:
+    scene = await client.open_scene(["marta", "bram"], "p-scene-barge", mode="open_mic", reactions=False)
+    turn = await scene.say("Marta, tell me the long story of this inn, from the very first day.")
+    async for msg in turn:
+        if msg["type"] == "reply.audio":
+            break
+    pcm, _ = clip("kokoro_bf_emma_03.wav")
+    onset = int(clip_info("kokoro_bf_emma_03.wav")["speech_start_s"] * 16000)
+    await stream(scene, pcm[onset:], realtime=False)
+    end = (await turn.collect(timeout=60))[-1]
+    assert end["status"] == "cancelled" and end["interrupted"] is True and end["character"] == "marta"
+    follow = await scene.next_turn(timeout=30)
+    assert (await follow.collect(timeout=120))[0]["source"] == "voice"

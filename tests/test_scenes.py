@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from npc_engine.client import ClientSession, EngineClient, Turn
+from npc_engine.client import ClientSession, EngineClient, EngineError, Turn
 from npc_engine.scene import Scene
 from tests.harness import engine_config, eventually, running_engine
 
@@ -199,3 +199,39 @@ async def test_save_and_load_in_the_middle_of_a_scene(tmp_path: Path) -> None:
         assert who == "bram"
         await eventually(lambda: side.current is None, what="the scene's floor free after the turn")
         await c.close()
+
+
+async def test_a_reconnected_game_takes_its_scene_back_and_errors_are_typed(tmp_path: Path) -> None:
+    async with running_engine(engine_config(tmp_path / "data")) as run:
+        first = await EngineClient.connect(run.endpoint)
+        tavern = await first.open_scene(["marta", "bram"], "p-resume", audio=False, reactions=False)
+        assert tavern.token
+        second = await EngineClient.connect(run.endpoint)
+        back = await second.resume_session(tavern.id, tavern.token)
+        assert back.info["type"] == "scene.resumed"
+        assert [x["character"] for x in back.info["characters"]] == ["marta", "bram"]
+        who, _ = await answer(back, "Bram, still there?")
+        assert who == "bram"
+
+        async def code(msg: dict[str, Any]) -> str:
+            try:
+                await second.request(msg)
+            except EngineError as exc:
+                return exc.code
+            raise AssertionError(f"no error for {msg}")
+
+        assert await code({"type": "scene.open", "characters": ["marta", "nobody"]}) == "unknown_character"
+        assert await code({"type": "scene.open", "characters": ["marta", "marta"]}) == "invalid_field"
+        assert await code({"type": "scene.update", "session": back.id, "leave": ["marta", "bram"]}) == "invalid_field"
+        assert await code({"type": "scene.update", "session": back.id, "leave": ["aldric"]}) == "invalid_field"
+        assert await code({"type": "scene.banter", "session": back.id}) == "invalid_field"
+        assert await code({"type": "scene.banter", "session": back.id, "beat": "no_such_beat"}) == "invalid_field"
+        assert await code({"type": "text", "session": back.id, "text": "hi", "character": "aldric"}) == "invalid_field"
+        assert await code({"type": "scene.update", "session": back.id, "facing": "aldric"}) == "invalid_field"
+        solo = await second.open_session("aldric", "p-resume", greet=False, audio=False)
+        assert await code({"type": "scene.banter", "session": solo.id, "topic": "x"}) == "invalid_field"
+        # Still serving: the scene answers after every bad request.
+        who, _ = await answer(back, "Marta, one more ale.")
+        assert who == "marta"
+        await first.close()
+        await second.close()

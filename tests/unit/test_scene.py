@@ -61,23 +61,33 @@ async def test_the_player_stops_a_banter_and_the_line_being_prepared_leaves_no_t
     make_engine: MakeEngine, scenes: list[Scene],
 ) -> None:
     chat = ScriptedChat([SLOW])
-    engine = make_engine(chat, [SilenceSynth()])
+    # Each chunk takes a second to render: the first line is still being said (its later
+    # chunks) well after its text is complete and the next line is being prepared.
+    engine = make_engine(chat, [SilenceSynth(delay_s=1.0)])
     sent = Sent()
     scene = await open_scene(engine, sent, scenes, "bram", "aldric")
     scene.banter(request_id="b1", topic="the gate", beat=None, characters=None, lines=4)
-    await sent.first(msg.ReplyAudio, turn=1)
-    await eventually(lambda: len(chat.calls) >= 2, what="the second line prepared while the first is said")
+    first = scene.floor
+
+    def preparing() -> bool:
+        return bool(scene.member("aldric")._speculative) and first.current is not None and not first.current.done
+
+    await eventually(preparing, what="Aldric's line prepared while Bram's is still being said")
+    prepared = next(iter(scene.member("aldric")._speculative))
     answer = scene.start_turn("text", "Captain, a word.", request_id="t1")
     await answer.wait()
     end = await sent.first(msg.BanterEnd)
     assert end.interrupted and end.lines == 1 and end.id == "b1"
+    assert prepared.dropped and prepared.id is None
     starts = turns(sent)
     assert [(s.source, s.character) for s in starts] == [("banter", "bram"), ("text", "aldric")], (
         "the prepared line (Aldric's) never started: no turn id, no message"
     )
     assert [s.turn for s in starts] == [1, 2]
-    aldric = scene.member("aldric").memory.history
-    assert not any(h.role == "assistant" for h in aldric[:-1]), "Aldric's dropped banter line is not remembered"
+    assert [h.role for h in scene.member("aldric").memory.history][-2:] == ["user", "assistant"]
+    assert not any(h.role == "assistant" for h in scene.member("aldric").memory.history[:-1]), (
+        "Aldric's dropped banter line is not remembered"
+    )
 
 
 async def test_a_character_leaving_mid_sentence_is_cut_and_the_scene_goes_on(

@@ -47,6 +47,7 @@ class TurnResult:
     mode: str = "push_to_talk"  # the session's (a typed line in either is "typed")
     side: str = "new"  # new | baseline (the --baseline preset's sidecar)
     heard: str | None = None  # the engine's transcript (turn.start input)
+    answered_by: str | None = None  # turn.start's character: who answered (a scene's routing)
     category: str = "content"  # content | scripted | fallback | no_audio | no_turn
     status: str = ""
     # Client clock, ms from the end of the player's turn (push-to-talk: audio.end sent; typed:
@@ -62,6 +63,8 @@ class TurnResult:
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[dict[str, str]] = field(default_factory=list)
     tokens: int = 0
+    prompt_tokens_evaluated: int | None = None  # turn.end's: the prompt the model had to read (not cached)
+    preemptive: bool | None = None  # turn.end's: a preemptive reply was committed
     audio_seconds: float = 0.0
     first_chunk_text: str | None = None
     reply_text: str = ""
@@ -214,10 +217,14 @@ async def play_turn(
     end = msgs[-1]
     start_msg = next((m for m in msgs if m["type"] == "turn.start"), {})
     res.heard = start_msg.get("input")
+    res.answered_by = start_msg.get("character")
     res.status = end.get("status", "")
     res.timings = dict(end.get("timings") or {})
     res.degraded = list(end.get("degraded") or [])
     res.tokens = int(end.get("tokens") or 0)
+    evaluated = end.get("prompt_tokens_evaluated")
+    res.prompt_tokens_evaluated = int(evaluated) if evaluated is not None else None
+    res.preemptive = end.get("preemptive")
     res.audio_seconds = float(end.get("audio_seconds") or 0.0)
     res.reply_text = end.get("text") or ""
     res.category = classify(msgs, plan.character)
@@ -281,3 +288,81 @@ async def play_session(
                 await asyncio.wait_for(client.request({"type": "session.close", "session": s.id}), 5.0)
         await client.close()
     return out
+
+
+async def open_scene(
+    client: EngineClient, characters: list[str], player: str, mode: str, acks: bool, preemptive: bool,
+) -> ClientSession:
+    """``scene.open`` with the same latency features as ``open_session``; reactions off: a
+    reaction is a second turn after the answer, outside the wait measured, and it would start
+    as the bench's next line cuts it off."""
+    reply = await client.request({"type": "scene.open", "characters": characters, "player": player, "greet": False,
+                                  "audio": True, "vars": {}, "mode": mode, "acks": acks, "preemptive": preemptive,
+                                  "reactions": False})
+    return client.sessions[reply["session"]]
+
+
+async def play_scene_pair(
+    endpoint: str,
+    turns: list[Planned],
+    characters: list[str],
+    session_index: int,
+    player: str,
+    t_bench: float,
+    on_turn: Callable[[TurnResult], None],
+    deadline: float | None = None,
+    gap_s: float = 0.5,
+    stop_after_content: int | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """A scene conversation and its one-to-one control, interleaved turn by turn.
+
+    Player ``player``-scene talks to a scene of ``characters``; player ``player``-solo has a
+    one-to-one session with each of them. Each planned line is played on both (the scene:
+    addressed as planned; the control: to that character's own session), the order swapped
+    every turn (scene first, then one-to-one first, ...), so both meet the same machine load
+    and each other's leftover background work alike. Results carry ``side`` "scene" or
+    "one_to_one". ``settle`` is awaited once everything is open (the persona warm-ups of
+    every character: the spawned sidecar going idle), so neither side's first turn pays for them.
+    ``deadline`` (perf_counter seconds): no new pair of turns starts after it.
+    """
+    if not turns:
+        return
+    scene_client = await EngineClient.connect(endpoint, timeout=30, client_name="npc-engine-bench")
+    solo_client: EngineClient | None = None
+    scene: ClientSession | None = None
+    solos: dict[str, ClientSession] = {}
+    try:
+        solo_client = await EngineClient.connect(endpoint, timeout=30, client_name="npc-engine-bench")
+        mode = turns[0].mode
+        scene = await open_scene(scene_client, characters, f"{player}-scene", mode, acks=True, preemptive=True)
+        for c in characters:
+            solos[c] = await open_session(solo_client, c, f"{player}-solo", mode, acks=True, preemptive=True)
+        await asyncio.sleep(1.0)  # as play_session: the player walks up, then speaks
+        if settle is not None:
+            await settle()
+        facing: str | None = None
+        for i, plan in enumerate(turns):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            for side in ("scene", "one_to_one") if i % 2 == 0 else ("one_to_one", "scene"):
+                if side == "scene":
+                    # The clips name nobody here: the game says whom the player faces, before the key is pressed.
+                    if plan.utterance.kind == "voice" and facing != plan.character:
+                        await scene.update(facing=plan.character)
+                        facing = plan.character
+                    res = await play_turn(scene, plan, session_index, t_bench, stop_after_content=stop_after_content,
+                                          side=side)
+                else:
+                    res = await play_turn(solos[plan.character], plan, session_index, t_bench,
+                                          stop_after_content=stop_after_content, side=side)
+                on_turn(res)
+                await asyncio.sleep(gap_s)
+    finally:
+        for client, s in [(scene_client, scene), *((solo_client, x) for x in solos.values())]:
+            if client is not None and s is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(client.request({"type": "session.close", "session": s.id}), 5.0)
+        await scene_client.close()
+        if solo_client is not None:
+            await solo_client.close()

@@ -181,6 +181,49 @@ def concurrency_table(levels: dict[int, list[TurnResult]]) -> list[dict[str, Any
     return rows
 
 
+SCENE_SIDES: tuple[str, str] = ("scene", "one_to_one")
+
+
+def scene_table(results: list[TurnResult]) -> dict[str, Any] | None:
+    """Issue #13: felt and content TTFA of scene turns against their one-to-one control (the
+    same lines, the same run, interleaved turn by turn), by kind of turn, with the ratio
+    scene / one-to-one (1.20x: a scene turn waits 20 % longer). Counted as in the A/B
+    table (``replied``); a scene turn answered by another character than the one addressed
+    is counted too (the player heard an answer) and reported as ``misrouted``."""
+    if not results:
+        return None
+    rows: list[dict[str, Any]] = []
+    for kind in ("push_to_talk", "typed", "all"):
+        sides = {side: [r for r in results if r.side == side and replied(r) and kind in ("all", r.turn_kind)]
+                 for side in SCENE_SIDES}
+        if not any(sides.values()):
+            continue
+        for metric in METRICS:
+            # compare()'s ratio is its second argument over its first: here scene / one-to-one.
+            c = compare(kind, metric, (sample(r, metric) for r in sides["one_to_one"]),
+                        (sample(r, metric) for r in sides["scene"]))
+            rows.append({"kind": kind, "metric": metric, "scene": _d(c.baseline), "one_to_one": _d(c.new),
+                         "p50_ratio": c.p50_ratio, "p95_ratio": c.p95_ratio})
+    scene = [r for r in results if r.side == "scene"]
+    # Where a difference comes from: the model's first token after the line (the final
+    # transcript or the typed line) and the prompt tokens it had to evaluate for it.
+    content = {side: [r for r in results if r.side == side and r.category == "content"] for side in SCENE_SIDES}
+    stages = {side: {
+        "llm_first_token_after_line_ms": _d(summarize(
+            r.timings["llm_first_token"] - r.timings.get("stt_final", 0.0) for r in rs if "llm_first_token" in r.timings)),
+        "prompt_tokens_evaluated": _d(summarize(r.prompt_tokens_evaluated for r in rs)),
+        "preemptive_commits": sum(bool(r.preemptive) for r in rs),
+    } for side, rs in content.items()}
+    return {
+        "turns": {side: sum(r.side == side for r in results) for side in SCENE_SIDES},
+        "by_category": {side: {cat: sum(r.side == side and r.category == cat for r in results)
+                               for cat in sorted({r.category for r in results})} for side in SCENE_SIDES},
+        "misrouted": sum(r.answered_by is not None and r.answered_by != r.character for r in scene),
+        "rows": rows,
+        "stages": stages,
+    }
+
+
 def _by_session(rs: list[TurnResult]) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for r in rs:
@@ -237,11 +280,13 @@ def build(run: BenchRun) -> dict[str, Any]:
         "naive": naive_summary(run.naive) if run.naive else None,
         "speedup": speedup(run.streaming, run.naive) if run.naive else None,
         "concurrency": conc,
+        "scenes": scene_table(run.scenes),
         "turns": {
             "streaming": [r.to_dict() for r in run.streaming],
             "baseline": [r.to_dict() for r in run.baseline],
             "naive": [r.to_dict() for r in run.naive],
             "concurrency": {str(n): [r.to_dict() for r in rs] for n, rs in run.concurrency.items() if n != 1},
+            "scenes": [r.to_dict() for r in run.scenes],
         },
     }
 
@@ -297,6 +342,32 @@ def _ab_lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _scene_lines(report: dict[str, Any]) -> list[str]:
+    sc = report.get("scenes")
+    if not sc:
+        return []
+    chars = " and ".join(report["config"].get("scene_characters") or ["several characters"])
+    out = [f"scenes (issue #13), new engine: a scene of {chars} against one-to-one sessions with the same lines,",
+           "turn by turn in the same run (ms from the end of the player's turn; ratio: scene / one-to-one)",
+           f"  {'turns':<13} {'metric':<8} {'scene p50':>9} {'p95':>6} {'n':>4} | {'1:1 p50':>8} {'p95':>6} {'n':>4} | "
+           f"{'ratio p50':>9} {'p95':>6}"]
+    for r in sc["rows"]:
+        a, b = r["scene"] or {}, r["one_to_one"] or {}
+        out.append(f"  {KIND_LABELS[r['kind']]:<13} {r['metric']:<8} {_ms(a.get('median')):>9} {_ms(a.get('p95')):>6} "
+                   f"{a.get('n', 0):>4} | {_ms(b.get('median')):>8} {_ms(b.get('p95')):>6} {b.get('n', 0):>4} | "
+                   f"{_x(r['p50_ratio']):>9} {_x(r['p95_ratio']):>6}")
+    cats = "; ".join(f"{side.replace('_', '-')}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v)
+                     for side, c in sc["by_category"].items())
+    st = sc["stages"]
+    out.append("  model's first token after the line p50 / prompt tokens evaluated p50 / preemptive replies committed: "
+               + ", ".join(f"{side.replace('_', '-')} {_ms((st[side]['llm_first_token_after_line_ms'] or {}).get('median'))} ms"
+                           f" / {_ms((st[side]['prompt_tokens_evaluated'] or {}).get('median'))}"
+                           f" / {st[side]['preemptive_commits']}" for side in SCENE_SIDES))
+    out.append(f"  ({cats}; {sc['misrouted']} scene turn(s) answered by another character than the one addressed;")
+    out.append("   the scene's voice turns are addressed by `scene.update facing`, its typed ones by name)")
+    return out
+
+
 def _silence_lines(report: dict[str, Any]) -> list[str]:
     out = []
     for side, s in report["silence"].items():
@@ -333,20 +404,22 @@ def format_text(report: dict[str, Any]) -> str:
         "npc-engine bench: what the player feels (time to first audio)",
         f"machine: {report['machine'].get('cpus')} CPUs, load average {report['machine'].get('load_at_start')} at start, "
         f"{report['machine'].get('load_at_end')} at end (a shared machine: compare ratios, not absolute times)",
-        "",
-        f"new engine: {st['turns']} turns, {st['content_turns']} with the model's reply ({categories}); "
-        f"{st['degraded_turns']} degraded{stages}",
     ]
+    conversations = bool(st["turns"])  # none with `--only scenes`: their sections would be all dashes
+    if conversations:
+        out += ["", f"new engine: {st['turns']} turns, {st['content_turns']} with the model's reply ({categories}); "
+                f"{st['degraded_turns']} degraded{stages}"]
     bs = report.get("baseline")
-    if bs:
+    if bs and conversations:
         bcat = ", ".join(f"{k} {v['turns']}" for k, v in bs["by_category"].items())
         out.append(f"baseline: {bs['turns']} turns, {bs['content_turns']} with the model's reply ({bcat}); "
                    f"{bs['degraded_turns']} degraded")
-    out += ["", *_ab_lines(report), "", *_silence_lines(report)]
-    out += ["", _head("new engine, content turns: stage marks (ms since the end of the player's turn)")]
-    out += [_row(m, st["marks_ms"][m]) for m in MARKS if st["marks_ms"][m] and m not in ("llm_done", "total")]
-    out += ["", _head("new engine, content turns: time per stage on the path to the first audio")]
-    out += [_row(SPAN_LABELS[s], st["spans_ms"][s]) for s in SPANS]
+    if conversations:
+        out += ["", *_ab_lines(report), "", *_silence_lines(report)]
+        out += ["", _head("new engine, content turns: stage marks (ms since the end of the player's turn)")]
+        out += [_row(m, st["marks_ms"][m]) for m in MARKS if st["marks_ms"][m] and m not in ("llm_done", "total")]
+        out += ["", _head("new engine, content turns: time per stage on the path to the first audio")]
+        out += [_row(SPAN_LABELS[s], st["spans_ms"][s]) for s in SPANS]
     nv = report.get("naive")
     if nv:
         out += ["", _head(f"naive baseline (sequential, whole input -> whole output; {nv['content_turns']} turns)")]
@@ -363,6 +436,9 @@ def format_text(report: dict[str, Any]) -> str:
                 out.append(f"  {kind:<6} median {_ms(k['naive_ms']['median'])} / {_ms(k['streaming_ms']['median'])} ms = "
                            f"{k['median_ratio']:.2f}x   p95 {_ms(k['naive_ms']['p95'])} / {_ms(k['streaming_ms']['p95'])} ms = "
                            f"{k['p95_ratio']:.2f}x   (median of per-turn ratios {k['median_of_pair_ratios']}x, n={k['pairs']})")
+    scenes = _scene_lines(report)
+    if scenes:
+        out += ["", *scenes]
     if report["concurrency"]:
         out += ["", "concurrency, new engine (content TTFA, ms, client side; N = 1: the push-to-talk and typed conversations,",
                 "stopped early; N > 1: whole replies):",
@@ -374,7 +450,8 @@ def format_text(report: dict[str, Any]) -> str:
                        f"{_ms(t.get('max')):>7} {_ms(row['worst_session_p50_ms']):>18} "
                        f"{_ms((row['felt_ms'] or {}).get('median')):>9} {_ms((row['stt_final_ms'] or {}).get('median')):>8} "
                        f"{_ms((row['llm_first_token_ms'] or {}).get('median')):>10} {row['degraded_turns']:>9}")
-    out += ["", *_target_lines(report)]
+    if conversations or report["concurrency"]:
+        out += ["", *_target_lines(report)]
     if report["notes"]:
         out += ["", "notes:"] + [f"  - {n}" for n in report["notes"]]
     out += ["", "phases (s): " + ", ".join(f"{k} {v}" for k, v in report["phases_s"].items())]

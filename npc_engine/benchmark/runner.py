@@ -16,12 +16,16 @@
    no time.
 3. Conversations, open mic: the same on open-mic sessions, voice only, each turn timed from
    the end of speech in the clip.
-4. Concurrency: N sessions at once on the new sidecar for each N, whole replies (a
+4. Scenes (issue #13): a scene conversation (Marta and Bram, push-to-talk and typed, the
+   player addressing one or the other) and, as its control, the same lines on one-to-one
+   sessions with the character each line is for, interleaved turn by turn on the new
+   sidecar, so both are measured under the same load (``replay.play_scene_pair``).
+5. Concurrency: N sessions at once on the new sidecar for each N, whole replies (a
    session's remaining synthesis competes with the others' first chunks, as in a game);
    N = 1 is phase 2's new side.
 
 No new turn starts past its phase's deadline, and a concurrency level still running a
-little after its deadline is cut (its sessions closed), so phases 2-4 keep to ``budget_s``
+little after its deadline is cut (its sessions closed), so phases 2-5 keep to ``budget_s``
 whatever the machine's load; the report says how many turns each phase got. The start
 (loading, pre-rendering: one to three minutes on two busy cores) is not in the budget: it
 is not the bench's to shorten, and counting it would starve the phases on a loaded machine.
@@ -41,9 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from npc_engine.benchmark.naive import NaivePipeline, NaiveResult, NaiveSession
-from npc_engine.benchmark.replay import TurnResult, play_session
+from npc_engine.benchmark.replay import TurnResult, play_scene_pair, play_session
 from npc_engine.benchmark.sidecar import Sidecar
-from npc_engine.benchmark.workload import CHARACTERS, Planned, Utterance, load_clips, plan_turns
+from npc_engine.benchmark.workload import (
+    CHARACTERS,
+    SCENE_CHARACTERS,
+    Planned,
+    Utterance,
+    load_clips,
+    plan_scene_turns,
+    plan_turns,
+)
 from npc_engine.config import EngineConfig
 
 Progress = Callable[[str], None]
@@ -64,12 +76,15 @@ class BenchConfig:
     concurrent_turns: int = 12  # turns per concurrency level (at least one per session)
     open_mic_reserve_s: float = 170.0  # kept for the open-mic conversations out of the budget
     concurrency_reserve_s: float = 150.0  # kept for the concurrency levels out of the budget
+    scene_turns: int = 10  # scene conversations' turns (0: no scene phase); as many again one-to-one
+    scene_characters: tuple[str, ...] = SCENE_CHARACTERS
+    scene_reserve_s: float = 165.0  # kept for the scene phase out of the budget
     naive: bool = False
     naive_every: int = 3  # the naive baseline runs on every k-th voice and every k-th typed input
     full_turns: bool = False  # conversations: let each reply finish instead of stopping after its second content chunk
     stop_after_content: int = 2
     clips: Path | None = None
-    budget_s: float = 750.0  # phases 2-4, after the start
+    budget_s: float = 750.0  # phases 2-5, after the start
     seed: int = 0
     keep_dir: Path | None = None
 
@@ -81,6 +96,7 @@ class BenchRun:
     baseline: list[TurnResult] = field(default_factory=list)  # the same conversations on the baseline preset
     naive: list[NaiveResult] = field(default_factory=list)
     concurrency: dict[int, list[TurnResult]] = field(default_factory=dict)
+    scenes: list[TurnResult] = field(default_factory=list)  # side "scene" and its control, side "one_to_one"
     notes: list[str] = field(default_factory=list)
     phases_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +188,8 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
     n_ptt_sessions = len({p.session for p in ptt_plan})
     open_plan = plan_turns(cfg.open_mic_turns, clips, 1.0, cfg.turns_per_session, cfg.seed + 500,
                            first_session=n_ptt_sessions, mode="open_mic") if clips else []
+    scene_plan = plan_scene_turns(cfg.scene_turns, clips, cfg.voice_share, cfg.turns_per_session, cfg.seed + 700,
+                                  cfg.scene_characters, first_session=n_ptt_sessions + 100)
 
     sides = _Sides()
     naive: NaivePipeline | None = None
@@ -195,6 +213,7 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
                           stop_after_content=None if cfg.full_turns else cfg.stop_after_content,
                           concurrency=list(cfg.concurrency), concurrent_turns=cfg.concurrent_turns,
                           budget_s=cfg.budget_s, seed=cfg.seed, silence_limit_ms=run.silence_limit_ms,
+                          scene_turns=cfg.scene_turns, scene_characters=list(cfg.scene_characters),
                           budget_llm_first_token_ms=cfg.engine.budget_llm_first_token_ms)
         for side, endpoint in sides.endpoints.items():
             await _warm_up(endpoint, side, run_id, t_bench, progress)
@@ -202,23 +221,26 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
         t_budget = time.perf_counter()  # the budget counts from here: see the module's docstring
 
         # ---------------------------------------------------------------- 2. push-to-talk and typed
-        t = time.perf_counter()
         levels = [n for n in cfg.concurrency if n > 1]
-        reserve = (cfg.concurrency_reserve_s if levels else 10.0) + (cfg.open_mic_reserve_s if open_plan else 0.0)
-        deadline = t + max(60.0, cfg.budget_s - (t - t_budget) - reserve)
-        naive_on = naive_indices(ptt_plan, cfg.naive_every) if naive else set()
-        n_voice = sum(p.utterance.kind == "voice" for p in ptt_plan)
-        progress(f"conversations: {len(ptt_plan)} turns in sessions of {cfg.turns_per_session} on "
-                 f"{' and '.join(sides.endpoints)} ({n_voice} push-to-talk: the clip at real-time pace to its end of "
-                 f"speech, the key released 200-300 ms later; {len(ptt_plan) - n_voice} typed)")
-        await _conversations(sides.endpoints, ptt_plan, naive, naive_on, run, run_id, t_bench, deadline,
-                             None if cfg.full_turns else cfg.stop_after_content, progress)
-        run.phases_s["push_to_talk"] = round(time.perf_counter() - t, 1)
+        scene_reserve = cfg.scene_reserve_s if scene_plan else 0.0
+        if ptt_plan:
+            t = time.perf_counter()
+            reserve = ((cfg.concurrency_reserve_s if levels else 10.0) + (cfg.open_mic_reserve_s if open_plan else 0.0)
+                       + scene_reserve)
+            deadline = t + max(60.0, cfg.budget_s - (t - t_budget) - reserve)
+            naive_on = naive_indices(ptt_plan, cfg.naive_every) if naive else set()
+            n_voice = sum(p.utterance.kind == "voice" for p in ptt_plan)
+            progress(f"conversations: {len(ptt_plan)} turns in sessions of {cfg.turns_per_session} on "
+                     f"{' and '.join(sides.endpoints)} ({n_voice} push-to-talk: the clip at real-time pace to its end of "
+                     f"speech, the key released 200-300 ms later; {len(ptt_plan) - n_voice} typed)")
+            await _conversations(sides.endpoints, ptt_plan, naive, naive_on, run, run_id, t_bench, deadline,
+                                 None if cfg.full_turns else cfg.stop_after_content, progress)
+            run.phases_s["push_to_talk"] = round(time.perf_counter() - t, 1)
 
         # ---------------------------------------------------------------- 3. open mic
         if open_plan:
             t = time.perf_counter()
-            reserve = cfg.concurrency_reserve_s if levels else 10.0
+            reserve = (cfg.concurrency_reserve_s if levels else 10.0) + scene_reserve
             deadline = t + max(30.0, cfg.budget_s - (t - t_budget) - reserve)
             progress(f"open mic: {len(open_plan)} voice turns in sessions of {cfg.turns_per_session} (the engine ends "
                      "each turn; timed from the end of speech in the clip)")
@@ -235,7 +257,23 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress) -> BenchRun:
         if 1 in cfg.concurrency:
             run.concurrency[1] = [r for r in run.streaming if r.turn_kind != "open_mic"]
 
-        # ---------------------------------------------------------------- 4. concurrency
+        # ---------------------------------------------------------------- 4. scenes
+        if scene_plan:
+            t = time.perf_counter()
+            reserve = cfg.concurrency_reserve_s if levels else 10.0
+            deadline = t + max(30.0, cfg.budget_s - (t - t_budget) - reserve)
+            progress(f"scenes: {len(scene_plan)} turns in a scene of {' and '.join(cfg.scene_characters)} on the new "
+                     f"sidecar, each also said in a one-to-one session with the character it is for, turn by turn "
+                     f"(voice turns addressed by facing, typed ones by name)")
+            settle = _settle(sides.spawned.get("new"))
+            await _scenes(sides.endpoints["new"], scene_plan, list(cfg.scene_characters), run, run_id, t_bench, deadline,
+                          None if cfg.full_turns else cfg.stop_after_content, progress, settle)
+            run.phases_s["scenes"] = round(time.perf_counter() - t, 1)
+            got = sum(r.side == "scene" for r in run.scenes)
+            if got < len(scene_plan):
+                run.notes.append(f"scenes: time budget reached after {got} of {len(scene_plan)} turns a side")
+
+        # ---------------------------------------------------------------- 5. concurrency
         endpoint = sides.endpoints["new"]
         for k, n in enumerate(levels):
             t = time.perf_counter()
@@ -346,6 +384,40 @@ def _naive_between(
         naive.remember(nsess, r.heard or (u.text if u.kind == "text" else None), r.reply_text)
 
     return between
+
+
+def _settle(sidecar: Sidecar | None) -> Callable[[], Awaitable[None]] | None:
+    """Wait for a spawned sidecar to go idle (the characters' persona warm-ups after the
+    opens); with ``--endpoint`` there is no process to watch, and the turn-by-turn order
+    swap spreads that work over both sides instead."""
+    if sidecar is None:
+        return None
+
+    async def settle() -> None:
+        await asyncio.to_thread(sidecar.wait_idle, 30.0)
+
+    return settle
+
+
+async def _scenes(
+    endpoint: str, plan: list[Planned], characters: list[str], run: BenchRun, run_id: str, t_bench: float,
+    deadline: float, stop_after_content: int | None, progress: Progress,
+    settle: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Each scene conversation of ``plan`` with its one-to-one control (``play_scene_pair``)."""
+    total = 2 * len(plan)
+
+    def on_turn(r: TurnResult) -> None:
+        run.scenes.append(r)
+        routed = "" if r.answered_by in (None, r.character) else f" (answered by {r.answered_by})"
+        progress(describe_turn(f"[{len(run.scenes):3d}/{total}] {r.side:10s}", r) + routed)
+
+    for sid in sorted({p.session for p in plan}):
+        if time.perf_counter() > deadline:
+            return
+        turns = [p for p in plan if p.session == sid]
+        await play_scene_pair(endpoint, turns, characters, sid, f"bench-{run_id}-s{sid}", t_bench, on_turn, deadline,
+                              stop_after_content=stop_after_content, settle=settle)
 
 
 async def _concurrent(

@@ -121,3 +121,34 @@ def plan_turns(
             ti += 1
         plan.append(Planned(session, character, utt, i, mode, round(release.uniform(*RELEASE_S), 3)))
     return plan
+
+
+SCENE_CHARACTERS: tuple[str, ...] = ("marta", "bram")  # the tavern's pair (issue #13's demo scene)
+
+
+def addressed_by_name(text: str, character: str) -> str:
+    """``text`` said to ``character`` by name, as a player turns to one of a group: "Marta, what
+    is on the menu tonight?" (the scene's routing matches a character's id or name, any case)."""
+    head = text[:1].lower() if text[1:2].islower() else text[:1]  # "What" -> "what", but "I" stays
+    return f"{character.capitalize()}, {head}{text[1:]}"
+
+
+def plan_scene_turns(
+    n_turns: int, clips: list[Utterance], voice_share: float, turns_per_session: int, seed: int = 0,
+    characters: tuple[str, ...] = SCENE_CHARACTERS, first_session: int = 0,
+) -> list[Planned]:
+    """Push-to-talk and typed turns for scene conversations: ``plan_turns``' mix of clips and
+    typed lines, each addressed to one of ``characters`` in turn (``Planned.character``: who
+    should answer). The clips' words name nobody present, so a voice turn is addressed by the
+    game's ``facing`` (``scene.update``), sent before the key is pressed; a typed turn names its
+    character. The same plan, played on one-to-one sessions (each line to its character's own
+    session), is the control."""
+    if not characters:
+        raise ValueError("a scene plan needs characters")
+    base = plan_turns(n_turns, clips, voice_share, turns_per_session, seed, first_session=first_session)
+    plan = []
+    for p in base:
+        who = characters[(p.index - (p.session - first_session) * turns_per_session) % len(characters)]
+        utt = p.utterance if p.utterance.kind == "voice" else Utterance("text", addressed_by_name(p.utterance.text, who))
+        plan.append(Planned(p.session, who, utt, p.index, p.mode, p.release_s))
+    return plan

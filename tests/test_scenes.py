@@ -171,7 +171,16 @@ async def test_what_is_said_reaches_present_characters_only(tmp_path: Path) -> N
             return real(messages, *args, **kwargs)
 
         run.engine.chat.stream = stream  # type: ignore[method-assign]
-        await answer(tavern, "Marta, did you hear that?")
+        # The player turns to Marta: what she overheard is evaluated before the line comes.
+        marta = side.member("marta")
+        warmed = marta.warm_ups
+        await tavern.update(facing="marta")
+        await eventually(lambda: marta.warm_ups > warmed and not marta.warming, what="Marta's overheard lines evaluated")
+        _, msgs = await answer(tavern, "Marta, did you hear that?")
+        evaluated = msgs[-1]["prompt_tokens_evaluated"]
+        log.info("Marta, prepared: %d prompt tokens evaluated", evaluated)
+        # Her line and the chat template's markers: ~15 tokens; the overheard lines were 50+.
+        assert evaluated < 40, f"Marta evaluated {evaluated} tokens: the overheard lines were not ready"
         await (await aldric.say("Nice weather today.")).collect()
         marta_prompt = "\n".join(prompts[f"{tavern.id}/marta"])
         assert "grey cloak" in marta_prompt

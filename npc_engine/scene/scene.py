@@ -21,7 +21,7 @@ from npc_engine.metrics import TurnClock
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode, ProtocolError
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
-from npc_engine.scene.routing import Choice, choose_answerer, reactor
+from npc_engine.scene.routing import Choice, addressed, choose_answerer, reactor
 from npc_engine.session.floor import Floor
 from npc_engine.session.session import Mode, ModelAdmission, Session
 from npc_engine.session.voice import VoiceInput
@@ -171,6 +171,8 @@ class Scene:
             log.info("scene %s: %s joined", self.id, ch.id)
         if sets_facing:
             self.facing = facing
+            if facing is not None:
+                self.members[facing].prepare()  # the player turned to it: likely to speak to it next
         elif self.facing is not None and self.facing not in self.members:
             self.facing = None
 
@@ -493,6 +495,10 @@ class Scene:
 
     def transcript(self, text: str, final: bool, utterance: int) -> None:
         self._send(msg.Transcript(session=self.id, text=text, final=final, utterance=utterance))
+        if not final and (named := addressed(text, self.present)) is not None:
+            # The player names someone while still speaking: while they finish the line, that
+            # character's overheard lines are evaluated (it is the likely answerer).
+            self.members[named].prepare()
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)

@@ -141,6 +141,7 @@ class Session:
         self.voice_input: VoiceInput | None = None  # created on the first audio frame
         self._warm: asyncio.Task[None] | None = None
         self._warm_gate = _WarmGate()  # the latest warm-up's: has it reached the model?
+        self._prepared_at = -1  # the history's length when prepare() last warmed it
         # The prompt this conversation's KV cache holds (the latest request on its slot, a
         # turn's or a warm-up's): a turn's end warms the next prompt when it no longer starts so.
         self._cached_prompt: list[ChatMessage] = []
@@ -217,12 +218,14 @@ class Session:
         self._warm_gate = gate = _WarmGate()
         self._warm = self._tasks.spawn(self._warm_llm(gate, only_if_changed), "warm-up")
 
-    async def _warm_llm(self, gate: _WarmGate, only_if_changed: bool = False) -> None:
+    async def _warm_llm(self, gate: _WarmGate, only_if_changed: bool = False, overheard: bool = False) -> None:
         eng = self.engine
         try:
             # Everything before the player's line: the persona, the example exchanges and the
             # history up to the last reply all stay in the slot's KV cache for the next turn.
-            messages = (await self._messages("Hello."))[:-1]
+            # In a scene, lines it overheard since then come with the player's next line, in
+            # the same message: ``overheard`` evaluates them too, the line left empty.
+            messages = await self._messages("") if overheard else (await self._messages("Hello."))[:-1]
             if only_if_changed and not self._cache_lost(messages):
                 return  # the next turn evaluates only the last reply and its line anyway
             usage = PromptUsage()
@@ -253,6 +256,21 @@ class Session:
         from), which is remembered again with the reply: no loss worth a warm-up."""
         cached = self._cached_prompt
         return not cached or upcoming[: len(cached) - 1] != cached[:-1]
+
+    def prepare(self) -> None:
+        """A scene: the player is about to speak to this character (faces it, or names it while
+        still talking). Have the lines it overheard since it last spoke evaluated now, in the
+        background lane (prompt only, no generation), so its answer evaluates just the line."""
+        history = self.memory.history
+        if self.closed or not self.engine.cfg.warm_next_prompt or self._prepared_at == len(history):
+            return
+        if not history or history[-1].role != "user":
+            return  # nothing overheard since it last spoke: its cache already holds everything
+        if self._warm is not None and not self._warm.done():
+            return
+        self._prepared_at = len(history)
+        self._warm_gate = gate = _WarmGate()
+        self._warm = self._tasks.spawn(self._warm_llm(gate, overheard=True), "warm-up")
 
     async def _warm_settled(self) -> None:
         """Before a turn asks the model: a warm-up that has not reached the model yet is

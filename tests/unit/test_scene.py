@@ -27,8 +27,8 @@ async def scenes() -> AsyncIterator[list[Scene]]:
             await scene.close()
 
 
-async def open_scene(engine: Engine, sent: Sent, scenes: list[Scene], *ids: str) -> Scene:
-    scene = Scene(engine, "tavern", PLAYER, sent, audio=True)
+async def open_scene(engine: Engine, sent: Sent, scenes: list[Scene], *ids: str, sid: str = "tavern") -> Scene:
+    scene = Scene(engine, sid, PLAYER, sent, audio=True)
     scenes.append(scene)
     await scene.open([engine.characters[c] for c in ids], {})
     return scene
@@ -116,3 +116,33 @@ async def test_no_model_work_for_a_silent_character(make_engine: MakeEngine, sce
     for line in ("Bram, hello.", "How is the forge?", "Bram, goodbye."):
         await scene.start_turn("text", line).wait()
     assert {c.affinity for c in chat.calls} == {"tavern/bram"}, "only the speaker's model generated"
+
+
+async def test_turning_to_a_character_evaluates_what_it_overheard_before_the_player_speaks(
+    make_engine: MakeEngine, scenes: list[Scene],
+) -> None:
+    chat = ScriptedChat(["Aye, the forge is hot today and the iron is ready for work."])
+    engine = make_engine(chat, [SilenceSynth()])
+    sent = Sent()
+
+    async def marta_evaluates(turn_to_her: bool) -> int:
+        # Each scene its own id, so its characters have their own slots in the double's cache.
+        scene = await open_scene(engine, sent, scenes, "marta", "bram", sid=f"tavern-{turn_to_her}")
+        scene.reactions = False
+        await scene.start_turn("text", "Marta, hello.").wait()  # her prompt is cached
+        await scene.start_turn("text", "Bram, what are you forging today?").wait()  # she overhears it
+        if turn_to_her:
+            await scene.update(facing="marta", sets_facing=True, reactions=None, join=[], leave=[])
+            marta = scene.member("marta")
+            await eventually(lambda: not marta.warming, what="Marta's overheard lines evaluated")
+            warmed, affinity = chat.warm_ups[-1]
+            assert affinity == marta.affinity and "what are you forging today" in warmed[-1].content
+        await scene.start_turn("text", "Marta, did you hear him?").wait()
+        call = chat.calls[-1]
+        assert call.affinity.endswith("/marta")
+        await scene.close()
+        return call.prompt.evaluated
+
+    cold, prepared = await marta_evaluates(False), await marta_evaluates(True)
+    assert prepared < cold, (prepared, cold)
+    assert prepared <= 12, "only the player's new line (and the chat template's few tokens) is left to evaluate"

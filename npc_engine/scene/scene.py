@@ -239,6 +239,8 @@ class Scene:
         await turn.wait()
         if turn.cancelled or turn.status == "error" or self.closed or self.floor.current is not None:
             return  # cut off, or someone (the player) has the floor already
+        if not self.reactions:
+            return  # turned off while the answer was being said
         who = reactor(text, turn.text, answerer.character.id, self.present)
         member = self.members.get(who) if who is not None else None
         if member is None:

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--say", type=Path, metavar="FILE.wav", help="a recorded line to speak on the first conversation instead of the mic")
     p.add_argument("--text-only", action="store_true", help="no voice: subtitles only (the engine skips speech synthesis)")
     p.add_argument("--no-mic", action="store_true", help="do not use the microphone")
+    p.add_argument("--no-patrols", action="store_true",
+                   help="everyone stays at their post (no rounds: the captain never calls at the forge)")
     p.add_argument("--headless-script", type=Path, metavar="FILE",
                    help="run the commands in FILE without a window (see demo_game/script.py), then exit")
     p.add_argument("--fps", type=int, default=60, help="frame rate cap (default 60)")
@@ -93,6 +95,7 @@ class App:
             say_wav=args.say,
             save_path=args.save or default_save_path(args.player),
             microphone=not args.no_mic,
+            patrols=not args.no_patrols,
         )
         self.game = Game(self.net, self.audio, opts, clock=clock)
         self.scene = SceneRenderer(SIZE)

@@ -163,6 +163,11 @@ class AudioOut:
         """Whether any of this turn's audio is still playing or waiting to play."""
         return any(c is not None and c.character == character and c.turn == turn for c in (self.playing, self.queued, *self.pending))
 
+    def turns(self, character: str) -> list[int]:
+        """This character's turns with audio still playing or waiting to play, in order."""
+        chunks = (self.playing, self.queued, *self.pending)
+        return sorted({c.turn for c in chunks if c is not None and c.character == character})
+
     def find(self, character: str, turn: int, index: int) -> PlayChunk | None:
         for c in (self.playing, self.queued, *self.pending):
             if c is not None and c.key == (character, turn, index):

@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ PLAYER_SPEED = 120.0  # px/s
 NPC_SPEED = 70.0
 TALK_RANGE = 1.9 * W.TILE
 LEAVE_RANGE = 4.0 * W.TILE
+OVERHEAR_RANGE = 8.0 * W.TILE  # a banter you only listen to: walking on past it ends it
+FACING_COS = 0.75  # the player faces someone within about 40 degrees of where they look
 PICK_RANGE = 1.3 * W.TILE
 SAVE_VERSION = 1
 
@@ -68,6 +71,8 @@ class Actor:
     gift_at: float = -1e9
     talk_until: float = 0.0  # text-only mode: flap the mouth until then
     pending_path: list[W.Tile] = field(default_factory=list)  # a walk that waits until they finish talking
+    errand: W.Tile | None = None  # a spot to walk to once the player is not talking with them
+    posted: bool = False  # away from home for a story beat (world.BEAT_POSTS)
 
     @property
     def tile(self) -> W.Tile:
@@ -83,7 +88,20 @@ class LogLine:
 
 @dataclass
 class Conversation:
+    """One conversation of the player: with one character (a session) or several (a scene).
+
+    ``character`` is whom the panel shows: the session's character, or in a scene whoever
+    spoke last (else the first listed). ``key`` names the conversation to :class:`Net`.
+    """
+
     character: str
+    members: list[str] = field(default_factory=list)  # everyone in it; [character] one-to-one
+    key: str = ""  # Net's key: the character, or the scene's session id
+    speaker: str | None = None  # who speaks in the current turn
+    live: dict[int, str] = field(default_factory=dict)  # turns started and not ended -> speaker
+    facing: str | None = None  # a scene: whom the engine was last told the player faces
+    banter: W.Banter | None = None  # a banter to play (asked for once the scene is open)
+    overheard: bool = False  # the player only listens (a banter) and has not spoken yet
     ready: bool = False  # session.opened arrived
     resumed: bool = False  # the engine remembers earlier conversations with this player
     turn: int | None = None  # the NPC turn in progress
@@ -97,6 +115,14 @@ class Conversation:
     draft: str = ""
     listening: bool = False
     last_timings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.members = self.members or [self.character]
+        self.key = self.key or self.character
+
+    @property
+    def scene(self) -> bool:
+        return self.key not in self.members
 
 
 @dataclass
@@ -121,12 +147,23 @@ class Toast:
 
 
 @dataclass
+class Patrol:
+    """Where a character is in its round (world.PATROLS)."""
+
+    stops: tuple[tuple[str, float], ...]
+    stop: int = 0
+    until: float = 0.0  # stays at the current stop until then
+    walking: bool = False
+
+
+@dataclass
 class GameOptions:
     player_name: str = "Traveller"
     text_only: bool = False
     say_wav: Path | None = None
     save_path: Path = Path("oakhollow-save.json")
     microphone: bool = True
+    patrols: bool = True  # characters walk their rounds (world.PATROLS); off: all stay at their posts
 
 
 def pretty(ident: str, drop_prefix: str | None = None) -> str:
@@ -179,7 +216,8 @@ class Game:
         self.show_debug = False
         # For tests and the debug overlay: what happened, in order.
         self.events_sent: list[tuple[str, dict[str, Any]]] = []
-        self.turn_ends: list[dict[str, Any]] = []
+        self.turn_ends: list[dict[str, Any]] = []  # with the character who spoke and the turn's source
+        self.turn_sources: dict[tuple[str, int], str] = {}  # turns under way: (speaker, turn) -> source
         self.story_log: list[dict[str, Any]] = []
         self.mouth_samples: deque[tuple[float, str, Mouth, tuple[str, int, int]]] = deque(maxlen=4000)
         self.errors: list[dict[str, Any]] = []
@@ -188,6 +226,11 @@ class Game:
         # has finished sending it (it sends faster than it is spoken).
         self.unheard: list[tuple[str, int, LogLine]] = []
         self.heard: dict[tuple[str, int], list[str]] = {}  # chunk texts that have started playing
+        self.patrols: dict[str, Patrol] = {}
+        self.banter_played: set[str] = set()  # areas whose banter played during this visit
+        self.banters: list[dict[str, Any]] = []  # banter.end messages, for tests and the overlay
+        self.beats_asked_at = -math.inf  # when the quest log last asked the engine for every beat
+        self.beat_moved_at: dict[str, float] = {}  # character -> when a story message moved its beat
 
     # ------------------------------------------------------------------ set-up
 
@@ -205,6 +248,9 @@ class Game:
             actor = Actor(cid, name, x, y + 10, look_for(cid))
             actor.face.blink_seed = sum(map(ord, cid))
             self.npcs[cid] = actor
+            if self.opts.patrols and cid in W.PATROLS:
+                stops = W.PATROLS[cid]
+                self.patrols[cid] = Patrol(stops, until=self.clock() + stops[0][1])
         if not self.stt:
             self.notice("stt", "This engine runs without speech recognition (stt off): type your lines with T.")
         elif self.mic_problem and not self.opts.text_only:
@@ -212,6 +258,7 @@ class Game:
             self.notice("mic", self.mic_problem[:1].upper() + self.mic_problem[1:] + "." + extra)
         if self.audio.problem:
             self.notice("sound", self.audio.problem[:1].upper() + self.audio.problem[1:] + ".")
+        self.beats_asked_at = self.clock()
         self.net.query_beats(self.player_id)
 
     def session_vars(self) -> dict[str, Any]:
@@ -305,6 +352,30 @@ class Game:
         best = min(self.npcs.values(), key=self._dist, default=None)
         return best if best is not None and self._dist(best) <= within else None
 
+    def group_in_reach(self) -> list[str]:
+        """Everyone within talking range, whom the player faces first, then nearest first.
+        Two or more make a scene: you talk to the group, not to one of them."""
+        near = sorted((n for n in self.npcs.values() if self._dist(n) <= TALK_RANGE), key=self._dist)
+        ids = [n.id for n in near]
+        faced = self.faced(ids)
+        return ([faced] + [i for i in ids if i != faced]) if faced is not None else ids
+
+    def faced(self, ids: list[str]) -> str | None:
+        """Which of these characters the player looks at (within ~40 degrees), if any."""
+        fx, fy = self.player.facing
+        norm = math.hypot(fx, fy)
+        best, best_cos = None, FACING_COS
+        for cid in ids:
+            npc = self.npcs[cid]
+            dx, dy = npc.x - self.player.x, npc.y - self.player.y
+            dist = math.hypot(dx, dy)
+            if norm == 0 or dist == 0:
+                continue
+            cos = (dx * fx + dy * fy) / (dist * norm)
+            if cos > best_cos:
+                best, best_cos = cid, cos
+        return best
+
     def nearest_item(self) -> W.ItemSpot | None:
         px, py = self.player.x, self.player.y
         for spot in self.world.items_on_ground():
@@ -326,10 +397,17 @@ class Game:
         if npc is None:
             self.toast("Nobody is in reach. Walk up to someone and press E.")
             return
-        if self.conv is not None and self.conv.character == npc.id:
+        if self.conv is not None and npc.id in self.conv.members:
             self.open_typing()
             return
-        self.talk_to(npc.id)
+        self.talk_to_group(self.group_in_reach())
+
+    def talk_to_group(self, characters: list[str]) -> None:
+        """A one-to-one conversation, or a scene when several are in reach."""
+        if len(characters) >= 2:
+            self.open_scene(characters)
+        elif characters:
+            self.talk_to(characters[0])
 
     def talk_to(self, character: str) -> None:
         if self.conv is not None:
@@ -340,6 +418,23 @@ class Game:
         npc.facing = _facing(npc, self.player)
         self.net.open_session(character, self.player_id, self.session_vars(), audio=not self.opts.text_only)
 
+    def open_scene(self, characters: list[str], banter: W.Banter | None = None) -> None:
+        """One conversation with several characters: the first listed greets (unless this is a
+        banter the player walks in on) and answers a line that names nobody, until someone else
+        has spoken or the player faces another."""
+        if self.conv is not None:
+            self.end_conversation()
+        key = f"scene-{self.player_id}-{uuid.uuid4().hex[:8]}"
+        faced = self.faced(characters)
+        conv = Conversation(characters[0], members=list(characters), key=key, facing=faced, banter=banter)
+        conv.overheard = banter is not None
+        conv.thinking = banter is None  # the greeting is on its way
+        self.conv = conv
+        for cid in characters:
+            self.npcs[cid].facing = _facing(self.npcs[cid], self.player)
+        self.net.open_scene(key, list(characters), self.player_id, self.session_vars(), audio=not self.opts.text_only,
+                            greet=banter is None, facing=faced)
+
     def end_conversation(self) -> None:
         conv, self.conv = self.conv, None
         if conv is None:
@@ -347,7 +442,7 @@ class Game:
         if conv.listening:
             self.ptt_up()
         self.interrupt_turn(conv)
-        self.net.close_session(conv.character)
+        self.net.close_session(conv.key)
 
     def open_typing(self) -> None:
         conv = self.conv
@@ -388,32 +483,40 @@ class Game:
         conv.log.append(LogLine("player", text))
         conv.thinking = True
         conv.turn_done = False
-        self.net.say(conv.character, text)
+        conv.overheard = False
+        self.net.say(conv.key, text)
 
     def interrupt(self) -> None:
         if self.conv is not None:
             self.interrupt_turn(self.conv)
 
     def interrupt_turn(self, conv: Conversation) -> None:
-        """Barge-in: cancel the NPC's turn and stop its voice now."""
-        c = conv.character
-        speaking = self.audio.busy(c) or not conv.turn_done
-        if conv.turn is not None and speaking:
-            turn = conv.turn
+        """Barge-in: cancel the NPC's turn and stop its voice now (in a scene, everyone's: a
+        banter has the next line queued behind the one playing)."""
+        cut: dict[int, str] = dict(conv.live)
+        for who in conv.members:
+            for turn in self.audio.turns(who):
+                cut.setdefault(turn, who)
+        if conv.turn is not None and conv.speaker is not None and not conv.turn_done:
+            cut.setdefault(conv.turn, conv.speaker)
+        for turn, c in sorted(cut.items()):
             self.dropped.add((c, turn))
             # Tell the engine how much was heard: it usually sent the whole reply already.
-            self.net.cancel(c, turn, None if self.opts.text_only else self.audio.heard(c, turn))
+            if turn == max(cut):  # the engine has one turn running; earlier ones are over there
+                self.net.cancel(conv.key, turn, None if self.opts.text_only else self.audio.heard(c, turn))
             # The log keeps what the player heard before cutting in, in its place.
             heard = conv.texts.get(turn, "") if self.opts.text_only else " ".join(self.heard.get((c, turn), []))
             if heard.strip():
                 conv.log.append(LogLine(c, heard.strip() + " …", "interrupted"))
             self.unheard = [u for u in self.unheard if (u[0], u[1]) != (c, turn)]
-        self.audio.stop(c)
+        conv.live.clear()
+        for c in conv.members:
+            self.audio.stop(c)
+            npc = self.npcs.get(c)
+            if npc is not None:
+                npc.face.set_mouth(Mouth.CLOSED, 0.0)
+                npc.talk_until = 0.0
         self._log_heard_lines()
-        npc = self.npcs.get(c)
-        if npc is not None:
-            npc.face.set_mouth(Mouth.CLOSED, 0.0)
-            npc.talk_until = 0.0
         conv.turn_done = True
 
     def ptt_down(self) -> None:
@@ -450,10 +553,11 @@ class Game:
         conv.listening = False
         frames = self.mic.stop()
         if frames:
-            self.net.audio_frames(conv.character, frames)
-        self.net.audio_end(conv.character)
+            self.net.audio_frames(conv.key, frames)
+        self.net.audio_end(conv.key)
         conv.thinking = True
         conv.turn_done = False
+        conv.overheard = False
 
     def send_wav(self, path: Path) -> None:
         """Speak a WAV file to the current character, at real-time pace (as the mic would)."""
@@ -474,7 +578,8 @@ class Game:
         conv.log.append(LogLine("player", f"(speaking {Path(path).name} ...)", note="speaking"))
         conv.thinking = True
         conv.turn_done = False
-        self.net.send_wav(conv.character, frames_of(pcm))
+        conv.overheard = False
+        self.net.send_wav(conv.key, frames_of(pcm))
 
     def pick_up(self, spot: W.ItemSpot) -> None:
         self.world.picked.add(spot.item)
@@ -497,7 +602,7 @@ class Game:
         self.inventory.remove(item)
         self.pending_gift = (item, conv.character)
         self.toast(f"You hand over {W.ITEM_NAMES.get(item, pretty(item))}.")
-        self.send_event("item.given", {"item": item, "to": conv.character}, character=conv.character)
+        self.send_event("item.given", {"item": item, "to": conv.character}, character=conv.key)
 
     def send_event(self, name: str, data: dict[str, Any], character: str | None = None) -> None:
         self.events_sent.append((name, data))
@@ -516,6 +621,19 @@ class Game:
         best = min(paths, key=lambda p: len(p) + (4 if p[-1][1] != ty else 0))
         self.player.path = best[1:]
         return True
+
+    def place(self, character: str, tile: W.Tile) -> None:
+        """Put a character on a tile at once, off their round (scripts, tests, screenshots)."""
+        npc = self.npcs[character]
+        npc.x, npc.y = W.tile_center(tile)[0], W.tile_center(tile)[1] + 10
+        npc.path.clear()
+        npc.pending_path.clear()
+        npc.errand = None
+        self.patrols.pop(character, None)
+
+    def face(self, character: str) -> None:
+        """Turn the player towards a character (as a step towards them would)."""
+        self.player.facing = _facing(self.player, self.npcs[character])
 
     def walk_to(self, target: W.Tile) -> bool:
         """Auto-walk (click-to-move, scripts and tests); False if there is no way there."""
@@ -604,8 +722,10 @@ class Game:
         self.world.picked = set(w.get("picked", []))
         for cid, (x, y) in w.get("npcs", {}).items():
             if cid in self.npcs:
-                self.npcs[cid].x, self.npcs[cid].y = float(x), float(y)
-                self.npcs[cid].path.clear()
+                npc = self.npcs[cid]
+                npc.x, npc.y = float(x), float(y)
+                npc.path.clear()
+                npc.errand, npc.posted = None, (cid in W.NPC_HOME and npc.tile != W.NPC_HOME[cid])
         self.music = w.get("music")
         q = data.get("quest", {})
         self.quest = Quest(q.get("title", ""), list(q.get("started", [])), dict(q.get("beats", {})), dict(q.get("flags", {})), list(q.get("journal", [])))
@@ -626,11 +746,20 @@ class Game:
         else:
             log.debug("unhandled %s from %s", t, c)
 
-    def _conv_for(self, c: str | None) -> Conversation | None:
-        return self.conv if self.conv is not None and self.conv.character == c else None
+    def _conv_for(self, c: str | None, d: dict[str, Any] | None = None) -> Conversation | None:
+        """The open conversation a message belongs to: ``c`` (who speaks) is one of its
+        characters, or (a scene-wide message, which names nobody) ``session`` is the scene's."""
+        conv = self.conv
+        if conv is None:
+            return None
+        if c is not None and c in conv.members:
+            return conv
+        if c is None and d is not None and conv.scene and d.get("session") == conv.key:
+            return conv
+        return None
 
     def _on_session_opened(self, c: str, d: dict[str, Any]) -> None:
-        conv = self._conv_for(c)
+        conv = self.conv if self.conv is not None and self.conv.key == c else None
         if conv is None:
             self.net.close_session(c)  # we walked away while it opened
             return
@@ -639,20 +768,52 @@ class Game:
         if d.get("beat"):
             self.quest.beats[c] = d["beat"]
 
-    def _on_session_failed(self, c: str, d: dict[str, Any]) -> None:
-        if self._conv_for(c) is not None:
+    def _on_session_failed(self, c: str | None, d: dict[str, Any]) -> None:
+        conv = self._conv_for(c, d)
+        if conv is not None:
             self.conv = None
-        self.toast(f"Could not talk to {self.npcs[c].name if c in self.npcs else c}: {d.get('message')}", "error", 6)
+        who = ", ".join(self.npcs[m].name if m in self.npcs else m for m in conv.members) if conv else (c or "them")
+        self.toast(f"Could not talk to {who}: {d.get('message')}", "error", 6)
 
-    def _on_session_closed(self, c: str, d: dict[str, Any]) -> None:
+    def _on_session_closed(self, c: str | None, d: dict[str, Any]) -> None:
         pass
 
+    def _on_scene_opened(self, c: str | None, d: dict[str, Any]) -> None:
+        conv = self._conv_for(None, d)
+        if conv is None:
+            if d.get("session"):
+                self.net.close_session(str(d["session"]))  # we walked away while it opened
+            return
+        conv.ready = True
+        conv.resumed = bool(d.get("resumed"))
+        for entry in d.get("characters") or []:
+            if entry.get("beat"):
+                self.quest.beats[str(entry["character"])] = str(entry["beat"])
+        banter = conv.banter
+        if banter is not None:
+            self.net.banter(conv.key, banter.beat, banter.topic, list(banter.characters))
+
+    def _on_scene_updated(self, c: str | None, d: dict[str, Any]) -> None:
+        pass  # the game decides whom the player faces; the engine's answer only confirms it
+
+    def _on_banter_started(self, c: str | None, d: dict[str, Any]) -> None:
+        pass
+
+    def _on_banter_end(self, c: str | None, d: dict[str, Any]) -> None:
+        self.banters.append(dict(d))
+        conv = self._conv_for(None, d)
+        if conv is not None:
+            conv.banter = None
+
     def _on_turn_start(self, c: str, d: dict[str, Any]) -> None:
+        self.turn_sources[(c, int(d["turn"]))] = str(d.get("source", ""))
         conv = self._conv_for(c)
         if conv is None:
             return
         conv.turn, conv.turn_done = d["turn"], False
-        conv.thinking = d.get("source") not in ("greeting", "story")
+        conv.speaker = conv.character = c  # the panel shows whoever speaks
+        conv.live[int(d["turn"])] = c
+        conv.thinking = d.get("source") in ("text", "voice")
         if d.get("source") == "voice" and d.get("input"):
             self._heard(conv, str(d["input"]))
 
@@ -665,8 +826,8 @@ class Game:
         elif not (last is not None and last.speaker == "player" and last.text == text):
             conv.log.append(LogLine("player", text, "spoken"))
 
-    def _on_transcript(self, c: str, d: dict[str, Any]) -> None:
-        conv = self._conv_for(c)
+    def _on_transcript(self, c: str | None, d: dict[str, Any]) -> None:
+        conv = self._conv_for(c, d)
         if conv is None:
             return
         text = str(d.get("text", ""))
@@ -746,11 +907,14 @@ class Game:
         self.apply_effect(d, spoken_by_session=c)
 
     def _on_turn_end(self, c: str, d: dict[str, Any]) -> None:
-        self.turn_ends.append({"character": c, **{k: v for k, v in d.items() if k != "pcm"}})
+        source = self.turn_sources.pop((c, int(d.get("turn", -1))), None)  # turn.end does not repeat it
+        self.turn_ends.append({"character": c, "source": source, **{k: v for k, v in d.items() if k != "pcm"}})
         conv = self._conv_for(c)
         if conv is None:
             return
         turn: int | None = d.get("turn")
+        if turn is not None:
+            conv.live.pop(int(turn), None)
         if conv.turn == turn:
             conv.turn_done = True
             conv.thinking = False
@@ -779,7 +943,7 @@ class Game:
 
     def _on_error(self, c: str | None, d: dict[str, Any]) -> None:
         self.errors.append(d)
-        conv = self._conv_for(c)
+        conv = self._conv_for(c, d)
         if conv is not None and d.get("request_type") in ("text", "audio", "audio.end"):
             conv.thinking = False
             conv.turn_done = True
@@ -819,11 +983,13 @@ class Game:
 
     def _on_net_beats(self, c: str | None, d: dict[str, Any]) -> None:
         for cid, beat in (d.get("beats") or {}).items():
-            if beat:
+            # The answer can arrive after the story has moved on (a busy engine takes its time
+            # to close the silent session it asked through): a beat_entered since is newer.
+            if beat and self.beat_moved_at.get(cid, -math.inf) < self.beats_asked_at:
                 self.quest.beats[cid] = beat
 
     def _on_net_wav_sent(self, c: str, d: dict[str, Any]) -> None:
-        conv = self._conv_for(c)
+        conv = self.conv if self.conv is not None and self.conv.key == c else None
         if conv is not None and conv.log and conv.log[-1].note == "speaking":
             conv.log[-1].note = "sent"
 
@@ -838,8 +1004,10 @@ class Game:
             who = str(eff.get("character", ""))
             if beat and who:
                 self.quest.beats[who] = beat
+                self.beat_moved_at[who] = self.clock()
                 name = self.npcs[who].name if who in self.npcs else pretty(who)
                 self.quest.note(f"{name}: {pretty(beat, who)}")
+                self._post_for_beat(who, beat)
         elif kind == "flag_set":
             name, value = str(eff.get("name")), eff.get("value")
             self.quest.flags[name] = value
@@ -857,6 +1025,18 @@ class Game:
             who = str(eff.get("character", ""))
             name = self.npcs[who].name if who in self.npcs else who
             self.toast(f"{name} understood: {pretty(str(eff.get('intent', '')))}", "info", 3.0)
+
+    def _post_for_beat(self, who: str, beat: str) -> None:
+        """A beat with a post (world.BEAT_POSTS) sends its character there; the next beat
+        without one sends them home. They go once the player is not talking with them."""
+        npc = self.npcs.get(who)
+        if npc is None:
+            return
+        spot = W.SPOTS.get(W.BEAT_POSTS.get(beat, ""))
+        if spot is not None:
+            npc.errand, npc.posted = spot, True
+        elif npc.posted and who in W.NPC_HOME:
+            npc.errand, npc.posted = W.NPC_HOME[who], False
 
     def game_event(self, name: str, data: dict[str, Any]) -> None:
         """An event the story emits for the game (Yarn's <<commands>>)."""
@@ -892,6 +1072,7 @@ class Game:
             spot = W.SPOTS.get(str(data.get("to") or data.get("spot") or ""))
             npc = self.npcs.get(who)
             if npc is not None and spot is not None:
+                self.patrols.pop(who, None)  # the story sends them somewhere: their round is over
                 path = self.world.path(npc.tile, spot, frozenset({self.player.tile}))
                 # Someone in mid-sentence finishes it before walking off.
                 npc.pending_path = path[1:] if path else []
@@ -920,6 +1101,8 @@ class Game:
             self._move_npc(npc, dt)
         self._check_area()
         self._check_conversation_range()
+        self._walk_rounds(now)
+        self._check_banter()
         for chunk in self.audio.update():
             self.heard.setdefault((chunk.character, chunk.turn), []).append(chunk.text)
             for cue in chunk.cues:
@@ -930,11 +1113,11 @@ class Game:
         if self.conv is not None and self.conv.listening:
             frames = self.mic.frames()
             if frames:
-                self.net.audio_frames(self.conv.character, frames)
+                self.net.audio_frames(self.conv.key, frames)
         conv = self.conv
         if (
             self.say_wav_pending is not None and conv is not None and conv.ready and conv.greeted
-            and conv.turn_done and not self.audio.busy(conv.character)
+            and conv.turn_done and not any(self.audio.busy(m) for m in conv.members)
         ):
             path, self.say_wav_pending = self.say_wav_pending, None
             self.send_wav(path)
@@ -1001,6 +1184,8 @@ class Game:
 
     def _talking(self, character: str) -> bool:
         conv = self._conv_for(character)
+        if conv is not None and conv.scene:  # only the one who has the floor is talking
+            return self.audio.busy(character) or (conv.speaker == character and not conv.turn_done)
         return self.audio.busy(character) or (conv is not None and (not conv.turn_done or conv.thinking))
 
     def _check_area(self) -> None:
@@ -1008,18 +1193,74 @@ class Game:
         if area is not None and (self.area is None or area.id != self.area.id):
             self.area_at = self.clock()
             self.send_event("area.entered", {"area": area.id})
+        if area is None or self.area is None or area.id != self.area.id:
+            self.banter_played &= {area.id} if area is not None else set()  # a new visit elsewhere
         self.area = area
 
     def _check_conversation_range(self) -> None:
         conv = self.conv
         if conv is None:
             return
-        npc = self.npcs.get(conv.character)
-        if npc is not None and self._dist(npc) > LEAVE_RANGE:
-            self.toast(f"You walk away from {npc.name}.")
+        people = [self.npcs[m] for m in conv.members if m in self.npcs]
+        reach = OVERHEAR_RANGE if conv.overheard else LEAVE_RANGE
+        if people and min(self._dist(n) for n in people) > reach:
+            self.toast(f"You walk away from {' and '.join(n.name for n in people)}.")
             self.end_conversation()
-        elif npc is not None and not npc.moving:
-            npc.facing = _facing(npc, self.player)
+            return
+        for npc in people:
+            if not npc.moving:
+                npc.facing = _facing(npc, self.player)
+        if conv.scene and conv.ready:
+            # Whom the player turns to answers a line that names nobody: tell the engine as it changes.
+            faced = self.faced(conv.members)  # None: looking at none of them (the story's lead answers)
+            if faced != conv.facing:
+                conv.facing = faced
+                self.net.scene_update(conv.key, faced)
+
+    def _walk_rounds(self, now: float) -> None:
+        """Rounds (world.PATROLS) and errands (a story beat's post): people walk when free."""
+        conv = self.conv
+        for cid, npc in self.npcs.items():
+            busy = (conv is not None and cid in conv.members) or self._talking(cid) or bool(npc.path or npc.pending_path)
+            # Someone the player is walking up to (or talking with) waits for them.
+            if busy or self._dist(npc) <= TALK_RANGE * 1.5:
+                continue
+            if npc.errand is not None:
+                self._send_walking(npc, npc.errand)
+                npc.errand = None
+                continue
+            patrol = self.patrols.get(cid)
+            if patrol is None:
+                continue
+            if patrol.walking:  # arrived
+                patrol.walking = False
+                patrol.until = now + patrol.stops[patrol.stop][1]
+            elif now >= patrol.until:
+                patrol.stop = (patrol.stop + 1) % len(patrol.stops)
+                patrol.walking = self._send_walking(npc, W.SPOTS[patrol.stops[patrol.stop][0]])
+                if not patrol.walking:  # no way there now (someone in the way, or already there)
+                    patrol.until = now + patrol.stops[patrol.stop][1]
+
+    def _send_walking(self, npc: Actor, spot: W.Tile) -> bool:
+        others = frozenset(n.tile for n in self.npcs.values() if n is not npc) | {self.player.tile}
+        path = self.world.path(npc.tile, spot, others)
+        npc.path = path[1:] if path else []
+        return bool(npc.path)
+
+    def _check_banter(self) -> None:
+        """Walk into an area where its banter's characters all stand: they talk among themselves
+        (once per visit). It is a scene: a line from the player cuts in and goes to them."""
+        area = self.area
+        if self.conv is not None or area is None or area.id in self.banter_played:
+            return
+        for banter in W.BANTERS:
+            if banter.area != area.id:
+                continue
+            people = [self.npcs.get(cid) for cid in banter.characters]
+            if all(n is not None and area.contains(*n.tile) and not n.moving and not n.path for n in people):
+                self.banter_played.add(area.id)
+                self.open_scene(list(banter.characters), banter=banter)
+                return
 
     def _update_faces(self, dt: float, now: float) -> None:
         playing = self.audio.current()
@@ -1051,10 +1292,19 @@ class Game:
             return chunk.character, chunk.text, t / chunk.duration if chunk.duration else 1.0
         conv = self.conv
         if conv is not None and self.opts.text_only and conv.turn is not None and conv.turn in conv.texts:
-            npc = self.npcs.get(conv.character)
+            who = conv.speaker or conv.character
+            npc = self.npcs.get(who)
             if npc is not None and npc.talk_until > self.clock() - 2.5:
-                return conv.character, conv.texts[conv.turn], 1.0
+                return who, conv.texts[conv.turn], 1.0
         return None
+
+    def panel_character(self, conv: Conversation) -> str:
+        """Whom the conversation panel shows: in a scene, whoever's voice is playing (a banter
+        queues the next line while one plays), else whoever spoke last."""
+        playing = self.audio.current()
+        if playing is not None and playing[0].character in conv.members:
+            return playing[0].character
+        return conv.character
 
     def hint(self) -> str | None:
         if "hammer" in self.inventory:

@@ -191,7 +191,8 @@ class Hud:
     # ------------------------------------------------------------------ conversation
 
     def _conversation(self, surf: pygame.Surface, game: Game, conv: Conversation, now: float) -> None:
-        npc = game.npcs.get(conv.character)
+        who = game.panel_character(conv)  # in a scene, the portrait follows whoever speaks
+        npc = game.npcs.get(who)
         box = pygame.Rect(12, self.h - CONV_H - 12, self.w - 24, CONV_H)
         panel(surf, box, alpha=232)
         # portrait
@@ -213,9 +214,12 @@ class Hud:
         pygame.draw.rect(surf, GOLD, frame, 2, border_radius=8)
         # name, mood
         x = frame.right + 18
-        name = npc.name if npc else pretty(conv.character)
+        name = npc.name if npc else pretty(who)
         surf.blit(self.serif.render(name, True, GOLD), (x, box.y + 12))
         mood = []
+        others = [game.npcs[m].name if m in game.npcs else m for m in conv.members if m != who]
+        if others:
+            mood.append("with " + " and ".join(others))
         if emotion != "neutral":
             mood.append(emotion)
         if npc is not None:
@@ -247,13 +251,14 @@ class Hud:
             y += 4
         # the line being spoken, brightening word by word as it plays
         sub = game.subtitle()
-        if sub is not None and sub[0] == conv.character:
+        if sub is not None and sub[0] in conv.members:
             self._subtitle(surf, sub[1], sub[2], x, y, text_w, game)
         elif conv.thinking or not conv.ready:
             dots = "." * (1 + int(now * 3) % 3)
             surf.blit(self.sub.render(dots, True, DIM), (x, y))
         else:
-            last_npc = next((ln for ln in reversed(conv.log) if ln.speaker == conv.character), None)
+            # Whose portrait shows says whose line this is (a scene's others have their own).
+            last_npc = next((ln for ln in reversed(conv.log) if ln.speaker == who), None)
             if last_npc is not None:
                 for ln in wrap(last_npc.text, self.sub, text_w)[:3]:
                     surf.blit(self.sub.render(ln, True, (214, 206, 192)), (x, y))
@@ -358,7 +363,7 @@ class Hud:
             y += 18
 
     def _debug(self, surf: pygame.Surface, game: Game, fps: float) -> None:
-        lines = [f"fps {fps:.0f}   sessions: {game.conv.character if game.conv else '-'}"]
+        lines = [f"fps {fps:.0f}   sessions: {'+'.join(game.conv.members) if game.conv else '-'}"]
         if game.turn_ends:
             end = game.turn_ends[-1]
             t = end.get("timings") or {}

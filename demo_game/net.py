@@ -8,8 +8,12 @@ and the main thread reading it.
 
 Every item in the inbox is a :class:`NetMsg`: the engine's own message (``type`` as on the
 wire: ``turn.start``, ``reply.audio``, ``cue``, ``story``, ``turn.end``, ``event.ok`` ...)
-tagged with the character whose session it belongs to, or a local ``net.*`` message about
-the connection itself.
+tagged with the character who speaks (the message's own ``character``), or a local ``net.*``
+message about the connection itself.
+
+Conversations are keyed: a one-to-one session by its character, a scene (several
+characters, one conversation) by its session id, which the game picks. Every call that
+talks to a conversation takes that key.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ HEARTBEAT_MISSES = 3  # a busy 2-core machine can be slow to answer once; three 
 @dataclass
 class NetMsg:
     type: str
-    character: str | None = None
+    character: str | None = None  # who speaks (a turn's messages), or whose session it is
     data: dict[str, Any] = field(default_factory=dict)
+    conv: str | None = None  # the conversation's key: a character, or a scene's session id
 
 
 class Net:
@@ -47,7 +52,8 @@ class Net:
         self.loop = asyncio.new_event_loop()
         self.client: EngineClient | None = None
         self.hello: dict[str, Any] = {}
-        self.sessions: dict[str, ClientSession] = {}
+        self.sessions: dict[str, ClientSession] = {}  # by key: a character, or a scene's session id
+        self.scenes: set[str] = set()  # the keys that are scenes
         self._pumps: dict[str, list[asyncio.Task[None]]] = {}
         self._feeds: dict[str, asyncio.Task[None]] = {}
         self._consumed: dict[str, set[int]] = {}  # session id -> turn ids already forwarded
@@ -81,6 +87,22 @@ class Net:
 
     def open_session(self, character: str, player: str, vars: dict[str, Any], audio: bool = True, greet: bool = True) -> None:
         self._submit(self._guard(character, "session.open", self._open(character, player, vars, audio, greet)))
+
+    def open_scene(
+        self, key: str, characters: list[str], player: str, vars: dict[str, Any], audio: bool = True,
+        greet: bool = True, facing: str | None = None,
+    ) -> None:
+        """Open a scene whose session id is ``key``: posts ``scene.opened`` or ``session.failed``."""
+        self._submit(self._guard(key, "scene.open", self._open_scene(key, characters, player, vars, audio, greet, facing)))
+
+    def scene_update(self, key: str, facing: str | None) -> None:
+        """Tell the engine whom the player faces now (answers a line that names nobody; None: nobody)."""
+        self._submit(self._guard(key, "scene.update", self._scene_update(key, facing)))
+
+    def banter(self, key: str, beat: str | None, topic: str, characters: list[str]) -> None:
+        """Characters of the scene talk among themselves: the story ``beat``'s exchange if the
+        engine knows it, else a model dialogue about ``topic``. ``banter.end`` says when it is over."""
+        self._submit(self._guard(key, "scene.banter", self._banter(key, beat, topic, characters)))
 
     def close_session(self, character: str) -> None:
         self._submit(self._close(character))
@@ -131,18 +153,25 @@ class Net:
 
     # ------------------------------------------------------------------ coroutines (network thread)
 
-    async def _guard(self, character: str | None, what: str, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _guard(self, key: str | None, what: str, coro: Coroutine[Any, Any, Any]) -> None:
         try:
             await coro
         except EngineError as exc:
-            self._post("error", character, code=exc.code, message=exc.message, request_type=what)
+            self._post_error(key, what, exc.code, exc.message)
         except (asyncio.TimeoutError, TimeoutError):
-            self._post("error", character, code="timeout", message=f"the engine did not answer the {what} in time", request_type=what)
+            self._post_error(key, what, "timeout", f"the engine did not answer the {what} in time")
         except KeyError:
-            self._post("error", character, code="no_session", message="that conversation is already over", request_type=what)
+            self._post_error(key, what, "no_session", "that conversation is already over")
         except Exception as exc:
             log.exception("net: %s failed", what)
-            self._post("error", character, code="client", message=f"{what} failed: {exc}", request_type=what)
+            self._post_error(key, what, "client", f"{what} failed: {exc}")
+
+    def _post_error(self, key: str | None, what: str, code: str, message: str) -> None:
+        # A scene's errors name its session (its key), as the engine's own errors do.
+        if key is not None and key in self.scenes:
+            self._post("error", None, {"session": key}, code=code, message=message, request_type=what)
+        else:
+            self._post("error", key, code=code, message=message, request_type=what)
 
     async def _connect(self, endpoint: str, timeout: float) -> None:
         if self.client is not None:
@@ -162,6 +191,7 @@ class Net:
         for character, session in list(self.sessions.items()):
             self._stop_pumps(character, session)
         self.sessions.clear()
+        self.scenes.clear()
         if self.client is not None:
             await self.client.close()
         self.client = None
@@ -200,12 +230,60 @@ class Net:
             self._post("session.failed", character, code="timeout", message="the engine did not open the conversation in time")
             return
         self.sessions[character] = session
-        loop = asyncio.get_running_loop()
-        self._pumps[character] = [
-            loop.create_task(self._pump_turns(character, session)),
-            loop.create_task(self._pump_other(character, session)),
-        ]
+        self._start_pumps(character, session)
         self._post("session.opened", character, dict(session.info))
+
+    async def _open_scene(
+        self, key: str, characters: list[str], player: str, vars: dict[str, Any], audio: bool, greet: bool,
+        facing: str | None,
+    ) -> None:
+        client = self._need_client()
+        if key in self.sessions:
+            await self._close(key)
+        self.scenes.add(key)
+        try:
+            session = await client.open_scene(
+                characters, player, greet=greet, audio=audio, vars=vars, session=key, facing=facing,
+            )
+        except (EngineError, asyncio.TimeoutError, TimeoutError) as exc:
+            self.scenes.discard(key)
+            code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else (
+                "timeout", "the engine did not open the scene in time")
+            self._post("session.failed", None, {"session": key}, code=code, message=message)
+            return
+        self.sessions[key] = session
+        self._start_pumps(key, session)
+        self._post("scene.opened", None, dict(session.info))
+
+    async def _scene_update(self, key: str, facing: str | None) -> None:
+        reply = await self.sessions[key].update(facing=facing)  # a None goes out as nil: faces nobody
+        self._post("scene.updated", None, dict(reply))
+
+    async def _banter(self, key: str, beat: str | None, topic: str, characters: list[str]) -> None:
+        session = self.sessions[key]
+        client = self._need_client()
+        base = {"type": "scene.banter", "session": session.id, "characters": characters}
+        try:
+            start = await client.request({**base, "beat": beat} if beat else {**base, "topic": topic}, timeout=60)
+        except EngineError:
+            if not beat:
+                raise
+            # This story has no such beat (or it cannot be played here): talk about the topic.
+            log.info("banter: beat %s refused, falling back to the topic", beat)
+            start = await client.request({**base, "topic": topic}, timeout=60)
+        self._post("banter.started", None, {"session": session.id, "beat": beat, "topic": topic})
+        if start.get("type") == "banter.end":  # over at once (nothing to say): the reply is the end
+            self.inbox.put(NetMsg("banter.end", None, start, key))
+        elif start.get("turn") is not None and start["turn"] in session.turns:
+            # The first line's turn.start echoes our id: the client marked that turn as ours.
+            self._consume(key, session, session.turns[start["turn"]])
+
+    def _start_pumps(self, key: str, session: ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        self._pumps[key] = [
+            loop.create_task(self._pump_turns(key, session)),
+            loop.create_task(self._pump_other(key, session)),
+        ]
 
     async def _pump_turns(self, character: str, session: ClientSession) -> None:
         """Turns nobody asked for: greetings, voice replies, story lines after a game event."""
@@ -226,14 +304,22 @@ class Net:
         tasks.append(asyncio.get_running_loop().create_task(self._forward(character, turn)))
         self._pumps[character] = tasks
 
-    async def _forward(self, character: str, turn: Turn) -> None:
+    async def _forward(self, key: str, turn: Turn) -> None:
         async for msg in turn:
-            self.inbox.put(NetMsg(msg["type"], character, msg))
+            self.inbox.put(NetMsg(msg["type"], self._speaker(key, msg), msg, key))
 
-    async def _pump_other(self, character: str, session: ClientSession) -> None:
+    async def _pump_other(self, key: str, session: ClientSession) -> None:
         while True:
             msg = await session.other.get()
-            self.inbox.put(NetMsg(msg["type"], character, msg))
+            self.inbox.put(NetMsg(msg["type"], self._speaker(key, msg), msg, key))
+
+    def _speaker(self, key: str, msg: dict[str, Any]) -> str | None:
+        """Who a message is about: the turn's ``character`` (who speaks: audio, lips and subtitles
+        go to that actor), else the session's character; a scene-wide message names nobody."""
+        who = msg.get("character")
+        if isinstance(who, str) and who:
+            return who
+        return None if key in self.scenes else key
 
     def _stop_pumps(self, character: str, session: ClientSession | None) -> None:
         if session is not None:
@@ -244,13 +330,17 @@ class Net:
         if feed is not None:
             feed.cancel()
 
-    async def _close(self, character: str) -> None:
-        session = self.sessions.pop(character, None)
-        self._stop_pumps(character, session)
+    async def _close(self, key: str) -> None:
+        session = self.sessions.pop(key, None)
+        self._stop_pumps(key, session)
         if session is not None:
             with contextlib.suppress(EngineError, asyncio.TimeoutError, TimeoutError):
                 await session.close()
-        self._post("session.closed", character)
+        if key in self.scenes:
+            self.scenes.discard(key)
+            self._post("session.closed", None, {"session": key})
+        else:
+            self._post("session.closed", key)
 
     async def _say(self, character: str, text: str) -> None:
         session = self.sessions[character]

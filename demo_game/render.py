@@ -252,7 +252,7 @@ class SceneRenderer:
         if npc.gift and now - npc.gift_at < 2.2:
             k = (now - npc.gift_at) / 2.2
             S.draw_item(surf, npc.gift, (x + 16, y - 30 - k * 30), 22 + 6 * math.sin(k * math.pi))
-        if npc.bubble and npc.bubble_until > now and (conv is None or conv.character != npc.id):
+        if npc.bubble and npc.bubble_until > now and (conv is None or npc.id not in conv.members):
             self._speech_bubble(surf, npc.bubble, x, top)
 
     def _speech_bubble(self, surf: pygame.Surface, text: str, x: float, bottom: float) -> None:

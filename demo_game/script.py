@@ -5,10 +5,16 @@ exactly as if a player did it, and fails the run (exit code 1) if it times out:
 
     wait_ready [seconds]          until connected to the engine (spawning it if needed)
     walk bram | 13,4 | hammer     walk to a character, a tile, or an item on the ground
-    talk [character]              open a conversation (the greeting plays)
+    talk [character]              open a conversation (the greeting plays); without a name, E:
+                                  everyone in reach, so two or more open a scene
+    place aldric forge_yard       put a character on a spot (world.SPOTS) or a tile x,y at once
+    wait_at bram kettle [seconds] until a character stands on a spot (world.SPOTS) or a tile x,y
+    face bram                     turn the player towards a character (a scene's facing)
+    expect_scene bram marta       fail unless the conversation is a scene of exactly these
+    wait_banter [seconds]         until the banter that is playing has ended and been heard
     say I can help you find it    type a line and wait for the whole reply to be heard
     say_nowait Hello there        type a line and go on at once
-    wait_speaking [seconds]       until the character's voice is playing (screenshots mid-line)
+    wait_speaking [who] [seconds] until a voice (or that character's) is playing (screenshots mid-line)
     wav path/to/line.wav          speak a WAV file and wait for the reply
     wait_reply [seconds]          wait until the NPC has finished speaking
     wait SECONDS
@@ -34,6 +40,7 @@ from typing import Protocol
 
 import pygame
 
+from demo_game import world as W
 from demo_game.audio_out import AudioOut
 from demo_game.game import Game
 
@@ -88,7 +95,8 @@ class Command:
 
 COMMANDS = {
     "wait_ready", "say_nowait", "wait_speaking", "walk", "talk", "say", "wav", "wait_reply", "wait", "pickup", "give", "event",
-    "save", "load", "leave", "screenshot", "expect_beat", "quit",
+    "save", "load", "leave", "screenshot", "expect_beat", "quit", "place", "wait_at", "face", "expect_scene",
+    "wait_banter",
 }
 
 
@@ -156,7 +164,13 @@ def run_command(app: ScriptHost, cmd: Command) -> Iterator[None]:
         g.say(a[0])
         yield
     elif cmd.name == "wait_speaking":
-        yield from until(app, lambda: app.audio.current() is not None, float(a[0]) if a else 120, "wait_speaking")
+        who = a.pop(0) if a and a[0] in g.npcs else None
+
+        def speaking() -> bool:
+            now = app.audio.current()
+            return now is not None and (who is None or now[0].character == who)
+
+        yield from until(app, speaking, float(a[0]) if a else 120, "wait_speaking")
     elif cmd.name == "wav":
         g.send_wav(Path(a[0]))
         yield from until(app, lambda: reply_heard(app), 180, f"wav {a[0]}")
@@ -173,7 +187,7 @@ def run_command(app: ScriptHost, cmd: Command) -> Iterator[None]:
         yield from until(app, lambda: g.pending_gift is None, 30, "give")
     elif cmd.name == "event":
         name, _, data = a[0].partition(" ")
-        g.send_event(name, json.loads(data) if data.strip() else {}, character=g.conv.character if g.conv else None)
+        g.send_event(name, json.loads(data) if data.strip() else {}, character=g.conv.key if g.conv else None)
         n = len(g.story_log)
         yield from until(app, lambda: len(g.story_log) >= n, 10, "event")
     elif cmd.name == "save":
@@ -192,9 +206,35 @@ def run_command(app: ScriptHost, cmd: Command) -> Iterator[None]:
     elif cmd.name == "expect_beat":
         who, beat = a[0], a[1]
         yield from until(app, lambda: g.quest.beats.get(who) == beat, 10, f"expect_beat {who} {beat}")
+    elif cmd.name == "place":
+        g.place(a[0], _tile(a[1]))
+        yield
+    elif cmd.name == "wait_at":
+        npc, tile = g.npcs[a[0]], _tile(a[1])
+        yield from until(app, lambda: npc.tile == tile and not npc.path, float(a[2]) if len(a) > 2 else 120,
+                         f"wait_at {a[0]} {a[1]}")
+    elif cmd.name == "face":
+        g.face(a[0])
+        yield
+    elif cmd.name == "expect_scene":
+        want = set(a)
+        yield from until(app, lambda: g.conv is not None and g.conv.scene and g.conv.ready and set(g.conv.members) == want,
+                         30, f"expect_scene {' '.join(a)}")
+    elif cmd.name == "wait_banter":
+        # banter.end clears the conversation's banter; its last line may still be playing.
+        yield from until(app, lambda: (g.conv is None or g.conv.banter is None) and not app.audio.busy(),
+                         float(a[0]) if a else 300, "wait_banter")
     elif cmd.name == "quit":
         app.running = False
         yield
+
+
+def _tile(where: str) -> W.Tile:
+    """A spot's name (world.SPOTS) or ``x,y``."""
+    if where in W.SPOTS:
+        return W.SPOTS[where]
+    x, y = (int(v) for v in where.split(","))
+    return (x, y)
 
 
 def run_script(app: ScriptHost, commands: list[Command]) -> int:

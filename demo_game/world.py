@@ -159,7 +159,39 @@ SPOTS: dict[str, Tile] = {
     "square": (21, 21),
     "well": (21, 21),
     "mill": (14, 8),
+    "kettle": (32, 18),  # beside Marta at the Crooked Kettle's door: the two of them make a scene
+    "forge_yard": (10, 19),  # where the captain stands when he calls at the forge
 }
+
+# Where a character waits while in a story beat: Bram comes along to the Kettle while you
+# ask Marta about the thief (the tavern scene), and goes home when his beat moves on. He
+# leaves only once you are not talking with him. A game would author these with its levels.
+BEAT_POSTS: dict[str, str] = {"bram_waiting": "kettle"}  # the beat's character goes to the spot
+
+# Rounds: a character walks between these spots, staying the given seconds at each (the
+# first is where the round starts). Captain Aldric calls at the forge now and then: walk past
+# it while he is there and he and Bram argue (a banter). A story npc.move ends the round.
+PATROLS: dict[str, tuple[tuple[str, float], ...]] = {
+    "aldric": (("north_gate", 45.0), ("forge_yard", 40.0)),
+}
+
+
+
+@dataclass(frozen=True)
+class Banter:
+    """An NPC-to-NPC exchange the game plays when the player walks into ``area`` while all of
+    ``characters`` stand in it (once per visit): the story's ``beat`` if it has one, else ``topic``."""
+
+    area: str
+    characters: tuple[str, ...]
+    beat: str
+    topic: str
+
+
+BANTERS: tuple[Banter, ...] = (
+    Banter("forge", ("bram", "aldric"), "forge_argument",
+           "the stolen hammer, and whether the north gate should stay shut"),
+)
 PLAYER_START: Tile = (20, 26)
 # Characters the engine knows but this map does not place stand around the square.
 SPARE_SPOTS: tuple[Tile, ...] = ((17, 22), (23, 22), (17, 18), (23, 18))

@@ -35,6 +35,7 @@ def make_app(endpoint: str, tmp: Path) -> App:
     args = build_parser().parse_args([
         "--endpoint", endpoint, "--engine-data-dir", str(tmp / "engine"), "--player", "Tess",
         "--save", str(tmp / "save.json"), "--no-mic", "--fps", "30",
+        "--no-patrols",  # the captain stays at his gate: no banter at the forge in this one-to-one story
     ])
     return App(args)
 

@@ -220,7 +220,8 @@ def test_headless_script_and_help(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown command 'dance'" in bad.stderr
     helped = subprocess.run([sys.executable, "-m", "demo_game", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0
-    for flag in ("--endpoint", "--no-spawn", "--say", "--player", "--save", "--text-only", "--headless-script"):
+    for flag in ("--endpoint", "--no-spawn", "--say", "--player", "--save", "--text-only", "--headless-script",
+                 "--no-patrols"):
         assert flag in helped.stdout
 
 

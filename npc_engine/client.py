@@ -153,11 +153,15 @@ class ClientSession:
         msg = {"v": PROTOCOL_VERSION, "type": "scene.update", "session": self.id, **fields}
         return await self.client.request_exact(msg)
 
-    async def banter(self, timeout: float | None = 120.0, **fields: Any) -> Turn:
+    async def banter(self, timeout: float | None = 120.0, **fields: Any) -> Turn | None:
         """``scene.banter`` (topic=, beat=, characters=, lines=); returns its first line's turn
-        (the rest come through ``next_turn``, then ``banter.end`` in ``other``)."""
-        start = await self.client.request({"type": "scene.banter", "session": self.id, **fields}, timeout=timeout)
-        return self.turns[start["turn"]]
+        (the rest come through ``next_turn``, then ``banter.end`` in ``other``), or None when
+        the banter ended before any line (its ``banter.end`` is the reply, also put in ``other``)."""
+        reply = await self.client.request({"type": "scene.banter", "session": self.id, **fields}, timeout=timeout)
+        if reply.get("turn") is None:
+            self.other.put_nowait(reply)
+            return None
+        return self.turns[reply["turn"]]
 
     async def send_audio(self, pcm: bytes, rate: int = 16_000) -> None:
         await self.client.send({"type": "audio", "session": self.id, "pcm": pcm, "rate": rate})

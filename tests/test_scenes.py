@@ -111,6 +111,7 @@ async def test_banter_in_two_voices_is_interrupted_by_the_player(tmp_path: Path)
         assert voices["bram"] != voices["aldric"], voices
 
         first = await forge.banter(topic="who should guard the forge at night", lines=4)
+        assert first is not None
         lines: list[tuple[Turn, list[dict[str, Any]]]] = [(first, await first.collect())]
         second = await forge.next_turn()
         got: list[dict[str, Any]] = []

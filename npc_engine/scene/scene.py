@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from npc_engine.characters import Character
@@ -31,6 +32,12 @@ from npc_engine.turns.handle import TurnHandle
 from npc_engine.turns.speech import Speakable
 
 log = logging.getLogger(__name__)
+
+# A banter's next line goes out this long before the game has finished playing the current
+# one (its first chunk is ready by then), not as soon as the engine has sent the current one:
+# the engine renders faster than the game plays, and a banter that ran ahead would be
+# over, and remembered, before the player could cut in.
+BANTER_LEAD_S = 0.3
 
 Send = Callable[[Outgoing], None]
 # Story lines the scene cannot say itself (a character who is not here), in order.
@@ -370,6 +377,7 @@ class Scene:
         pending: TurnHandle | None = None
         pending_owner: Session | None = None
         previous: TurnHandle | None = None
+        played_by = 0.0  # when the game will have played what was sent so far (monotonic, estimated)
         plan: list[tuple[str, Speakable | None]] = (
             list(script) if script else [(speakers[i % len(speakers)], None) for i in range(count)]
         )
@@ -396,14 +404,19 @@ class Scene:
                     if previous.cancelled:  # the player (or a cancel) cut the dialogue
                         interrupted = True
                         break
+                    played_by += previous.delivered.audio_seconds
+                    await _until(played_by - BANTER_LEAD_S)
                 pending = None
                 await member.commit_turn(turn)
+                played_by = max(played_by, time.monotonic())  # it starts playing now, or after the line before
                 self.last_speaker = who
                 said += 1
                 previous = turn
             if previous is not None and not interrupted:
                 await previous.wait()
                 interrupted = previous.cancelled
+                if not interrupted:  # over when the game has played it: the player may still cut in
+                    await _until(played_by + previous.delivered.audio_seconds)
         except asyncio.CancelledError:
             interrupted = True
             raise
@@ -528,6 +541,13 @@ class Scene:
 
     def report_error(self, code: ErrorCode, message: str) -> None:
         self._send(msg.Error(session=self.id, code=code.value, message=message))
+
+
+async def _until(when: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``when`` (at once if it has)."""
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def scene_characters(engine: Engine, ids: Sequence[str], request_id: str | int | None, request_type: str) -> list[Character]:

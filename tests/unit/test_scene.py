@@ -146,3 +146,21 @@ async def test_turning_to_a_character_evaluates_what_it_overheard_before_the_pla
     cold, prepared = await marta_evaluates(False), await marta_evaluates(True)
     assert prepared < cold, (prepared, cold)
     assert prepared <= 12, "only the player's new line (and the chat template's few tokens) is left to evaluate"
+
+
+async def test_a_banter_keeps_pace_with_playback_so_the_player_can_still_cut_in(
+    make_engine: MakeEngine, scenes: list[Scene],
+) -> None:
+    # Scripted lines render at once; 0.5 s of audio a word makes each line seconds long to play.
+    engine = make_engine(ScriptedChat(["Aye."]), [SilenceSynth(seconds_per_word=0.5)])
+    sent = Sent()
+    scene = await open_scene(engine, sent, scenes, "bram", "aldric")
+    scene.banter(request_id="b", topic=None, beat="forge_argument", characters=None, lines=4)
+    await sent.first(msg.TurnEnd)
+    assert [(s.source, s.character) for s in turns(sent)] == [("banter", "bram")], (
+        "Aldric's line waits until Bram's has nearly been played, not only sent"
+    )
+    scene.start_turn("text", "Enough, both of you.")
+    end = await sent.first(msg.BanterEnd)
+    assert end.interrupted and end.lines == 1
+    assert [s.source for s in turns(sent)] == ["banter", "text"]

@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // npc-engine wire protocol v1: a conformance client written from docs/protocol.md alone.
 //
-//   node conformance.mjs tcp://127.0.0.1:5555 [--character bram] [--no-audio] [--verbose]
+//   node conformance.mjs tcp://127.0.0.1:5555 [--character bram] [--scene marta,bram] [--no-audio] [--verbose]
 //   NPC_ENGINE_SERVER_KEY='<40 chars>' node conformance.mjs tcp://HOST:5555   (an engine with CURVE keys)
 //
 // It talks to a running engine over one ZeroMQ DEALER socket (npm `zeromq` v6) with one
 // msgpack map per message (npm `@msgpack/msgpack`), exactly as a game would, and checks the
 // engine's side of the contract: replies echo ids, turns stream in order with per-turn seq
 // numbers, cancel and barge-in end a turn cleanly, and every bad input gets a typed error
-// while the session and the server go on. One line per check (`ok - ...` / `not ok - ...`,
+// while the session and the server go on; a scene (several characters, one conversation) picks
+// its answerer by the documented rules and names the speaker on every turn message. One line per check (`ok - ...` / `not ok - ...`,
 // details on `#` lines below it), then `N passed, N failed`; exit status 1 on any failure,
 // 2 on bad usage or when the whole run overran its deadline. Every wait has a timeout.
 
@@ -38,11 +39,13 @@ const CANCEL_ATTEMPTS = 3;
 function usage(problem) {
   if (problem) console.error(`conformance.mjs: ${problem}`);
   console.error(
-    "usage: node conformance.mjs ENDPOINT [--character ID] [--no-audio] [--reply-timeout S] " +
+    "usage: node conformance.mjs ENDPOINT [--character ID] [--scene ID,ID] [--no-audio] [--reply-timeout S] " +
       "[--turn-timeout S] [--deadline S] [--server-key KEY] [--verbose]\n" +
       "  ENDPOINT       the engine's ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555\n" +
       "  --character    character to talk to (default: the first one hello.ok lists)\n" +
-      "  --no-audio     skip the audio step even if the engine reports audio_out\n" +
+      "  --scene        the scene's two characters, comma-separated (default: marta,bram if loaded,\n" +
+      "                 else the first two hello.ok lists)\n" +
+      "  --no-audio     skip the audio step even if the engine reports audio_out (scenes are text-only then)\n" +
       "  --reply-timeout  seconds to wait for a plain reply (default 15)\n" +
       "  --turn-timeout   seconds to wait for a whole NPC turn (default 120)\n" +
       "  --deadline       seconds for the whole run before it gives up (default 600)\n" +
@@ -55,7 +58,7 @@ function usage(problem) {
 
 function parseArgs(argv) {
   const opts = {
-    endpoint: null, character: null, audio: true, replyS: 15, turnS: 120, deadlineS: 600, verbose: false,
+    endpoint: null, character: null, scene: null, audio: true, replyS: 15, turnS: 120, deadlineS: 600, verbose: false,
     serverKey: process.env.NPC_ENGINE_SERVER_KEY || null,
   };
   const num = (i, name) => {
@@ -66,7 +69,11 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--character") opts.character = argv[++i] ?? usage("--character needs an id");
-    else if (a === "--no-audio") opts.audio = false;
+    else if (a === "--scene") {
+      const ids = (argv[++i] ?? usage("--scene needs two character ids, e.g. marta,bram")).split(",").map((x) => x.trim());
+      if (ids.length !== 2 || ids.some((x) => !x) || ids[0] === ids[1]) usage("--scene needs two different character ids, e.g. marta,bram");
+      opts.scene = ids;
+    } else if (a === "--no-audio") opts.audio = false;
     else if (a === "--reply-timeout") opts.replyS = num(++i, a);
     else if (a === "--turn-timeout") opts.turnS = num(++i, a);
     else if (a === "--deadline") opts.deadlineS = num(++i, a);
@@ -162,6 +169,7 @@ class Connection {
     this.verbose = verbose;
     this.inbox = []; // received and not yet taken, in arrival order
     this.waiters = [];
+    this.watchers = []; // called with every message as it arrives (checks that span a whole part of the run)
     this.arrivals = 0;
     this.undecodable = [];
     this.closed = false;
@@ -196,6 +204,7 @@ class Connection {
   }
 
   deliver(msg) {
+    for (const watch of this.watchers) watch(msg);
     const i = this.waiters.findIndex((w) => w.pred(msg));
     if (i >= 0) {
       const [w] = this.waiters.splice(i, 1);
@@ -297,12 +306,17 @@ async function readTurn(conn, sid, tid, start, onMessage) {
 }
 
 /** Structural checks every turn must pass, whatever its status. */
-function checkTurnShape(msgs, sid, expect, { audio }) {
+function checkTurnShape(msgs, sid, expect, { audio, character }) {
   const tid = msgs[0].turn;
   let lastSeq = -1;
   msgs.forEach((m, i) => {
     expect(m.v === PROTOCOL_VERSION, () => `message ${i} (${m.type}) has v=${show(m.v)}`);
     expect(m.session === sid && m.turn === tid, () => `message ${i} (${m.type}) lacks session/turn: ${show(m)}`);
+    // Every message of a turn names who speaks (the session's character; in a scene, the speaker),
+    // except `story` messages, whose `character` is the one the story effect concerns.
+    if (character !== undefined && m.type !== "story") {
+      expect(m.character === character, () => `message ${i} (${m.type}) of turn ${tid} has character ${show(m.character)}, not ${character}`);
+    }
     if (expect(isInt(m.seq), () => `message ${i} (${m.type}) has no integer seq`)) {
       expect(m.seq === lastSeq + 1, () => `seq goes ${lastSeq} -> ${m.seq} at message ${i} (${m.type}); expected ${lastSeq + 1}`);
       lastSeq = m.seq;
@@ -421,6 +435,273 @@ function staleAfter(conn, sid, tid) {
   return conn.takeAll((m) => m.session === sid && m.turn === tid);
 }
 
+// --------------------------------------------------------------------------- scenes
+
+// A banter topic any two characters can talk about, and the player's line that cuts one short.
+const BANTER_TOPIC = "the weather this week";
+const BANTER_LINES_CUT = 6;
+// After an answer, how long to watch for a reaction that must not come. A reaction starts right
+// after the answer's turn.end; the watcher in sceneChecks keeps looking for the rest of the run.
+const QUIET_MS = 3000;
+
+/** The scene's two characters: --scene, else marta and bram when loaded, else the first two listed. */
+function sceneCast(hello) {
+  if (opts.scene) return opts.scene;
+  const ids = hello.characters.map((c) => c.id);
+  return ids.includes("marta") && ids.includes("bram") ? ["marta", "bram"] : ids.slice(0, 2);
+}
+
+/**
+ * Scenes (docs/protocol.md, section 16): one player and two characters in one conversation,
+ * addressed like a session. Checks who answers (by name, forced, facing), reactions on and
+ * off, join/leave, banter (a dialogue between the characters) whole and cut short by the
+ * player, the scene errors, save/load, resume and close.
+ */
+async function sceneChecks(conn, hello, player, ended) {
+  const [a, b] = sceneCast(hello);
+  const names = new Map(hello.characters.map((c) => [c.id, c.name]));
+  if (!b || !names.has(a) || !names.has(b)) {
+    note(`scene checks skipped: the scene needs two loaded characters (got ${show([a, b])}, loaded ${show([...names.keys()])})`);
+    return;
+  }
+  const third = hello.characters.find((c) => c.id !== a && c.id !== b)?.id ?? null;
+  const cast = [a, b, third].filter(Boolean);
+  const rate = hello.audio_out?.rate;
+  const audio = Boolean(opts.audio && rate);
+  const scid = `scene-${randomBytes(4).toString("hex")}`;
+  note(`scene ${scid}: ${a} and ${b}${third ? ` (${third} joins and leaves)` : ""}, ${audio ? "with audio" : "text only"}`);
+
+  // Rules that hold for every message of the scene, whichever check is running.
+  let reactionsOff = false;
+  const strays = [];
+  const watch = (m) => {
+    if (m.session !== scid || !isInt(m.turn)) return;
+    if (m.type !== "story" && !cast.includes(m.character)) strays.push(`${m.type} of turn ${m.turn} names character ${show(m.character)}`);
+    if (reactionsOff && m.type === "turn.start" && m.source === "reaction") {
+      strays.push(`a reaction (turn ${m.turn}, ${m.character}) after reactions were turned off`);
+    }
+  };
+  conn.watchers.push(watch);
+
+  const sceneTurnStart = async (rid, what) => {
+    const m = await conn.next(
+      (x) => (x.session === scid && x.type === "turn.start" && x.id === rid && !ended(scid).has(x.turn)) ||
+        (x.type === "error" && x.id === rid),
+      TURN_MS, `turn.start for ${what}`);
+    if (m.type === "error") throw new Error(`${what} got an error instead of a turn: ${show(m)}`);
+    return m;
+  };
+  /** Read a scene turn to its turn.end; every message must name the character its turn.start names. */
+  const readSceneTurn = async (start, expect, onMessage) => {
+    const msgs = await readTurn(conn, scid, start.turn, start, onMessage);
+    ended(scid).add(start.turn);
+    expect(cast.includes(start.character), () => `turn ${start.turn} is spoken by ${show(start.character)}, not a character of the scene`);
+    const end = checkTurnShape(msgs, scid, expect, { audio, character: start.character });
+    if (audio && end.status !== "cancelled") checkAudioTurn(msgs, expect, rate);
+    return msgs;
+  };
+  /** The player says `text` to the scene; returns the answering turn. */
+  const say = async (expect, text, extra = {}) => {
+    const rid = conn.newId();
+    await conn.send({ type: "text", session: scid, text, id: rid, ...extra });
+    const start = await sceneTurnStart(rid, `the line ${show(text)}`);
+    expect(start.source === "text" && start.input === text, () => `turn.start source/input wrong: ${show(start)}`);
+    const msgs = await readSceneTurn(start, expect);
+    return { start, msgs, end: msgs[msgs.length - 1] };
+  };
+  /** The next turn of the scene that nobody asked for (a reaction), or null after `ms`. */
+  const nextUnasked = async (ms) => {
+    try {
+      return await conn.next((x) => x.session === scid && x.type === "turn.start" && !ended(scid).has(x.turn), ms, "a reaction turn");
+    } catch (err) {
+      if (err instanceof Timeout) return null;
+      throw err;
+    }
+  };
+  /** Read a banter's lines (turns echoing `rid`) until its banter.end. */
+  const readBanter = async (rid, expect, onMessage) => {
+    const turns = [];
+    for (;;) {
+      const m = await conn.next(
+        (x) => (x.session === scid && ((x.type === "turn.start" && x.id === rid && !ended(scid).has(x.turn)) || x.type === "banter.end")) ||
+          (x.type === "error" && x.id === rid),
+        TURN_MS, `the next banter line or banter.end for ${rid}`);
+      if (m.type === "error") throw new Error(`scene.banter got an error: ${show(m)}`);
+      if (m.type === "banter.end") {
+        expect(m.id === rid, () => `banter.end echoes id ${show(m.id)}, not ${rid}`);
+        expect(isInt(m.lines) && m.lines >= 0 && typeof m.interrupted === "boolean",
+          () => `banter.end must carry lines (int) and interrupted (bool): ${show(m)}`);
+        // A whole banter ends after its last line; one cut short may end before the cut line's turn.end.
+        const last = turns.at(-1)?.at(-1);
+        if (m.interrupted === false) expect(!last || last._n < m._n, "banter.end came before the last line's turn.end");
+        return { turns, end: m };
+      }
+      expect(m.source === "banter", () => `a banter line's turn.start has source ${show(m.source)}, not banter`);
+      turns.push(await readSceneTurn(m, expect, onMessage));
+    }
+  };
+  const update = (fields) => conn.request({ type: "scene.update", session: scid, ...fields }, "scene.update");
+  /** scene.opened / scene.updated / scene.resumed: who is in the scene, in order, and its settings. */
+  const checkScene = (r, expect, type, want) => {
+    if (!expect(r.type === type, () => `got ${show(r)}, not ${type}`)) return false;
+    expect(r.session === scid && r.player === player, () => `session/player wrong: ${show(r)}`);
+    const list = Array.isArray(r.characters) ? r.characters : [];
+    expect(Array.isArray(r.characters) && list.every((c) => isObj(c) && isStr(c.character) && isStr(c.name) && (c.beat == null || isStr(c.beat))),
+      () => `characters must be a list of {character, name, beat?}: ${show(r.characters)}`);
+    const ids = list.map((c) => c?.character);
+    expect(show(ids) === show(want.characters), () => `characters ${show(ids)}, expected ${show(want.characters)} in this order`);
+    expect(list.every((c) => c?.name === names.get(c?.character)), () => `names differ from hello.ok's: ${show(list)}`);
+    expect(r.audio === audio && (audio ? r.sample_rate === rate : r.sample_rate === undefined),
+      () => `audio/sample_rate ${show(r.audio)}/${show(r.sample_rate)}, expected ${audio}/${audio ? rate : "absent"}`);
+    if ("reactions" in want) expect(r.reactions === want.reactions, () => `reactions ${show(r.reactions)}, expected ${want.reactions}`);
+    if ("facing" in want) expect((r.facing ?? null) === want.facing, () => `facing ${show(r.facing)}, expected ${show(want.facing)}`);
+    return true;
+  };
+  const errorReply = (r, code, what, expect) =>
+    expect(r.type === "error" && r.code === code && isStr(r.message) && r.message.length > 0,
+      () => `${what} got ${show(r)}, not error ${code}`);
+
+  let opened = null;
+  await check(`scene.open (${a}, ${b}) is answered by scene.opened: id echoed, both characters in order, a token`, async (expect) => {
+    const r = await conn.request({ type: "scene.open", characters: [a, b], player, session: scid, greet: false, audio }, "scene.open");
+    if (!checkScene(r, expect, "scene.opened", { characters: [a, b], reactions: true, facing: null })) return;
+    opened = r;
+    expect(typeof r.resumed === "boolean", "resumed must be a boolean");
+    expect(isStr(r.token) && r.token.length > 0, "scene.opened must carry the scene's resume token");
+  });
+  if (!opened) {
+    note("the other scene checks need a scene");
+    conn.watchers.splice(conn.watchers.indexOf(watch), 1);
+    return;
+  }
+
+  await check(`who answers, by name: "${names.get(b)}, ..." is answered by ${b}; ${a}, named in the line, reacts (source reaction)`, async (expect) => {
+    const { start } = await say(expect, `${names.get(b)}, what do you think of ${names.get(a)}?`);
+    expect(start.character === b, () => `${start.character} answered a line addressed to ${names.get(b)}`);
+    const r = await nextUnasked(TURN_MS);
+    if (!expect(r !== null, `no reaction by ${a} after the answer`)) return;
+    expect(r.source === "reaction" && r.character === a && r.seq === 0,
+      () => `the turn after the answer is ${show(r)}, not a reaction (turn.start, source reaction) by ${a}`);
+    expect(r.id === start.id, () => `the reaction's turn.start echoes id ${show(r.id)}, not the player's line's ${show(start.id)}`);
+    await readSceneTurn(r, expect);
+  });
+
+  await check("scene.update reactions: false is answered by scene.updated (reactions false)", async (expect) => {
+    const r = await update({ reactions: false });
+    if (checkScene(r, expect, "scene.updated", { characters: [a, b], reactions: false, facing: null })) reactionsOff = true;
+  });
+
+  await check(`who answers, forced: the same line with character: ${a} is answered by ${a}; no reaction follows (reactions off)`, async (expect) => {
+    const { start } = await say(expect, `${names.get(b)}, what do you think of ${names.get(a)}?`, { character: a });
+    expect(start.character === a, () => `${start.character} answered, though the text forced ${a}`);
+    const r = await nextUnasked(QUIET_MS);
+    expect(r === null, () => `a turn nobody asked for followed the answer: ${show(r)}`);
+    if (r) await readSceneTurn(r, expect);
+  });
+
+  await check(`who answers, facing: scene.update facing: ${b}, then a line naming nobody is answered by ${b} (the last speaker was ${a})`, async (expect) => {
+    const r = await update({ facing: b });
+    checkScene(r, expect, "scene.updated", { characters: [a, b], reactions: false, facing: b });
+    const { start } = await say(expect, "What news is there today?");
+    expect(start.character === b, () => `${start.character} answered, though the player faces ${b}`);
+    const c = await update({ facing: null });
+    checkScene(c, expect, "scene.updated", { characters: [a, b], reactions: false, facing: null });
+  });
+
+  await check(`join and leave: scene.updated lists who is present; the last character cannot leave (invalid_field)`, async (expect) => {
+    let r = await update({ leave: [b] });
+    checkScene(r, expect, "scene.updated", { characters: [a] });
+    errorReply(await update({ leave: [a] }), "invalid_field", `leaving with only ${a} left`, expect);
+    r = await update({ join: [b] });
+    checkScene(r, expect, "scene.updated", { characters: [a, b] });
+    if (third) {
+      r = await update({ join: [third] });
+      checkScene(r, expect, "scene.updated", { characters: [a, b, third] });
+      r = await update({ leave: [third] });
+      checkScene(r, expect, "scene.updated", { characters: [a, b] });
+    }
+    errorReply(await update({ join: [a] }), "invalid_field", `joining ${a}, already present`, expect);
+    errorReply(await update({ join: ["no_such_character_zz"] }), "unknown_character", "joining an unknown character", expect);
+  });
+
+  await check(`scene.banter (a topic, lines: 2): two lines by ${a} and ${b} (source banter, id echoed${audio ? ", each voiced" : ""}), then banter.end`, async (expect) => {
+    const rid = conn.newId();
+    await conn.send({ type: "scene.banter", session: scid, topic: BANTER_TOPIC, lines: 2, id: rid });
+    const { turns, end } = await readBanter(rid, expect);
+    const speakers = turns.map((t) => t[0].character);
+    expect(turns.length === 2, () => `${turns.length} banter lines, expected 2`);
+    expect(speakers.length === 2 && speakers[0] !== speakers[1] && speakers.every((s) => s === a || s === b),
+      () => `the lines were said by ${show(speakers)}, not by ${a} and ${b} in turn`);
+    expect(turns.every((t) => t.some((m) => m.type === "reply.text")), "a banter line sent no reply.text");
+    if (audio) expect(turns.every((t) => t.some((m) => m.type === "reply.audio")), "a banter line sent no reply.audio");
+    expect(end.lines === 2 && end.interrupted === false, () => `banter.end ${show(end)}, expected lines 2, interrupted false`);
+  });
+
+  await check("a text during a banter stops it (banter.end interrupted, or fewer lines), and the player's line is answered", async (expect) => {
+    const rid = conn.newId();
+    const ridText = conn.newId();
+    const line = "Sorry to interrupt, can I ask something?";
+    let sent = false;
+    await conn.send({ type: "scene.banter", session: scid, topic: BANTER_TOPIC, lines: BANTER_LINES_CUT, id: rid });
+    const { turns, end } = await readBanter(rid, expect, async (m) => {
+      if (!sent && m.type === "reply.text") {
+        sent = true;
+        await conn.send({ type: "text", session: scid, text: line, id: ridText });
+      }
+    });
+    if (!expect(sent, "the banter ended before any line sent reply.text")) return;
+    expect(end.interrupted === true || end.lines < BANTER_LINES_CUT,
+      () => `banter.end ${show(end)}: neither interrupted nor cut short of ${BANTER_LINES_CUT} lines`);
+    const start = await sceneTurnStart(ridText, "the player's line during the banter");
+    expect(start.source === "text" && start.input === line, () => `turn.start source/input wrong: ${show(start)}`);
+    const lastLineEnd = turns.at(-1)?.at(-1);
+    expect(!lastLineEnd || lastLineEnd._n < start._n, "the player's turn.start came before the banter line's turn.end");
+    await readSceneTurn(start, expect);
+    const more = conn.takeAll((m) => m.session === scid && m.id === rid);
+    expect(more.length === 0, () => `the banter went on after the player spoke: ${show(more).slice(0, 300)}`);
+  });
+
+  await check("scene errors: scene.open with an unknown character -> unknown_character; scene.banter without topic or beat -> invalid_field", async (expect) => {
+    errorReply(await conn.request({ type: "scene.open", characters: [a, "no_such_character_zz"], player, greet: false }, "scene.open"),
+      "unknown_character", "scene.open with an unknown character", expect);
+    errorReply(await conn.request({ type: "scene.banter", session: scid, lines: 2 }, "scene.banter"),
+      "invalid_field", "scene.banter without topic or beat", expect);
+  });
+
+  await check("state.save / state.load on the scene id -> state.saved (bin blob) / state.loaded", async (expect) => {
+    const s = await conn.request({ type: "state.save", session: scid }, "state.save");
+    if (!expect(s.type === "state.saved" && s.blob instanceof Uint8Array && s.blob.length > 0, () => `state.save got ${show(s)}`)) return;
+    expect(s.session === scid && s.player === player, () => `state.saved session/player wrong: ${show(s)}`);
+    const l = await conn.request({ type: "state.load", session: scid, blob: s.blob }, "state.load");
+    expect(l.type === "state.loaded" && l.session === scid && l.player === player, () => `state.load got ${show(l)}`);
+  });
+
+  await check("another connection takes the scene with session.resume and its token (scene.resumed), and gives it back", async (expect) => {
+    const other = new Connection(opts.endpoint, opts.verbose);
+    try {
+      const r = await other.request({ type: "session.resume", session: scid, token: opened.token }, "session.resume");
+      checkScene(r, expect, "scene.resumed", { characters: [a, b], reactions: false, facing: null });
+      errorReply(await conn.request({ type: "state.get", session: scid }, "state.get"), "forbidden",
+        "the old connection's state.get after the resume", expect);
+      const back = await conn.request({ type: "session.resume", session: scid, token: opened.token }, "session.resume");
+      checkScene(back, expect, "scene.resumed", { characters: [a, b] });
+    } finally {
+      other.close();
+    }
+  });
+
+  await check("session.close on the scene id -> session.closed; a text afterwards -> session_closed", async (expect) => {
+    const r = await conn.request({ type: "session.close", session: scid }, "session.close");
+    expect(r.type === "session.closed" && r.session === scid, () => `got ${show(r)}`);
+    errorReply(await conn.request({ type: "text", session: scid, text: "Hello?" }, "text"), "session_closed", "a text to the closed scene", expect);
+  });
+
+  conn.watchers.splice(conn.watchers.indexOf(watch), 1);
+  await check("every turn message of the scene named one of its characters; no reaction after reactions were turned off", async (expect) => {
+    expect(strays.length === 0, () => strays.slice(0, 8).join("; "));
+  });
+}
+
 // --------------------------------------------------------------------------- the run
 
 async function main() {
@@ -496,7 +777,7 @@ async function main() {
     expect(start.source === "text" && start.input === line, () => `turn.start source/input wrong: ${show(start)}`);
     const msgs = await readTurn(conn, sid, tid, start);
     ended(sid).add(tid);
-    const end = checkTurnShape(msgs, sid, expect, { audio: false });
+    const end = checkTurnShape(msgs, sid, expect, { audio: false, character });
     expect(msgs.some((m) => m.type === "reply.text" && m.delta.length > 0), "no reply.text delta in the turn");
     expect(end.status === "ok" || end.status === "degraded", () => `status ${end.status}: ${show(end)}`);
     expect(end.interrupted === false, "an uninterrupted turn reports interrupted: true");
@@ -523,7 +804,7 @@ async function main() {
         () => `a greeting must open with turn.start {seq: 0, source: greeting} and no id: ${show(start)}`);
       const msgs = await readTurn(conn, gsid, start.turn, start);
       ended(gsid).add(start.turn);
-      const end = checkTurnShape(msgs, gsid, expect, { audio: false });
+      const end = checkTurnShape(msgs, gsid, expect, { audio: false, character });
       expect(msgs.some((m) => m.type === "reply.text"), "the greeting sent no reply.text");
       expect(end.status === "ok", () => `greeting status ${end.status}`);
     }
@@ -545,7 +826,7 @@ async function main() {
         }
       });
       ended(sid).add(tid);
-      const end = checkTurnShape(msgs, sid, expect, { audio: false });
+      const end = checkTurnShape(msgs, sid, expect, { audio: false, character });
       if (end.status !== "cancelled" && cancelledAt >= 0 && attempt < CANCEL_ATTEMPTS) {
         // A cancel that reaches the engine after the turn ended is a no-op by contract.
         note(`turn ${tid} finished (${end.status}) before the cancel arrived; trying again`);
@@ -579,7 +860,7 @@ async function main() {
       const b = await awaitTurnStart(conn, sid, ridB, expect, ended(sid));
       const msgsB = await readTurn(conn, sid, b.tid, b.start);
       ended(sid).add(b.tid);
-      checkTurnShape(msgsB, sid, expect, { audio: false });
+      checkTurnShape(msgsB, sid, expect, { audio: false, character });
       if (endA.status !== "cancelled" && attempt < CANCEL_ATTEMPTS) {
         note(`turn ${a.tid} finished (${endA.status}) before the new line arrived; trying again`);
         continue;
@@ -723,7 +1004,7 @@ async function main() {
       const { tid, start } = await awaitTurnStart(conn, asid, rid, expect, ended(asid));
       const msgs = await readTurn(conn, asid, tid, start);
       ended(asid).add(tid);
-      const end = checkTurnShape(msgs, asid, expect, { audio: true });
+      const end = checkTurnShape(msgs, asid, expect, { audio: true, character });
       checkAudioTurn(msgs, expect, rate);
       const n = msgs.filter((m) => m.type === "reply.audio").length;
       note(`audio turn ${tid}: ${n} chunks, ${end.audio_seconds} s of audio, timings ${show(end.timings)}`);
@@ -739,6 +1020,9 @@ async function main() {
   });
   await errorCheck("a text to a closed session", "session_closed",
     (id) => conn.send({ type: "text", session: sid, text: "Are you still there?", id }), { session: sid });
+
+  // ---- scenes: several characters in one conversation
+  await sceneChecks(conn, hello, player, ended);
 
   // ---- nothing left over
   await check("no stray messages: no undecodable replies, no turn messages after turn.end, no unanswered errors", async (expect) => {

@@ -21,6 +21,7 @@ from npc_engine.engine import Engine
 from npc_engine.metrics import TurnClock
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode, ProtocolError
+from npc_engine.protocol.incoming import MAX_SCENE_CHARACTERS
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
 from npc_engine.scene.routing import Choice, addressed, choose_answerer, reactor
 from npc_engine.session.floor import Floor
@@ -162,6 +163,11 @@ class Scene:
             if ch.id in self.members:
                 raise ProtocolError(ErrorCode.INVALID_FIELD, f"join: {ch.id!r} is already in this scene", session=self.id)
         staying = [c for c in self.members if c not in leave] + [c.id for c in join]
+        if len(staying) > MAX_SCENE_CHARACTERS:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"join: a scene holds at most {MAX_SCENE_CHARACTERS} characters",
+                session=self.id,
+            )
         if not staying:
             raise ProtocolError(
                 ErrorCode.INVALID_FIELD, "a scene needs at least one character: close it (session.close) instead",
@@ -423,6 +429,10 @@ class Scene:
         finally:
             if pending is not None and pending.speculative and pending_owner is not None:
                 pending_owner.drop_turn(pending)
+            if previous is not None and not previous.done:
+                # The line being said was cut: its turn.end goes first, then banter.end (a
+                # second cancel, closing the scene, skips the wait and banter.end with it).
+                await previous.wait()
             self._send(msg.BanterEnd(id=request_id, session=self.id, lines=said, interrupted=interrupted))
             log.info("scene %s: banter over, %d line(s)%s", self.id, said, ", interrupted" if interrupted else "")
 

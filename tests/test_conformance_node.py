@@ -33,8 +33,9 @@ READY = re.compile(r"npc-engine ready on (\S+)")
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
 START_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 540.0
-# The client makes ~28 checks; far fewer passing means it stopped early, not that all is well.
-MIN_CHECKS = 20
+# The client makes ~42 checks (14 of them on scenes); far fewer passing means it stopped
+# early, not that all is well.
+MIN_CHECKS = 36
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +145,7 @@ def test_node_conformance_client_passes(sidecar: Sidecar) -> None:
     n_passed, n_failed = map(int, summary[-1])
     assert n_failed == 0 and n_passed >= MIN_CHECKS, f"{n_passed} passed, {n_failed} failed:\n{report}"
     assert "not ok - " not in run.stdout, report
+    assert "ok - scene.banter" in run.stdout, f"the scene checks did not run:\n{report}"
     assert sidecar.proc.poll() is None, f"the engine died during the run:\n{report}"
     if sidecar.server_key is not None:
         assert any("CURVE on" in line for line in sidecar.lines), f"the engine did not run CURVE:\n{report}"

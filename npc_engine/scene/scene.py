@@ -26,7 +26,7 @@ from npc_engine.protocol.outgoing import Outgoing, TurnSource
 from npc_engine.scene.routing import Choice, addressed, choose_answerer, reactor
 from npc_engine.session.floor import Floor
 from npc_engine.session.session import Mode, ModelAdmission, Session
-from npc_engine.session.voice import VoiceInput
+from npc_engine.session.voice import VoiceInput, microphone
 from npc_engine.story.state import Scalar
 from npc_engine.tasks import BackgroundTasks
 from npc_engine.turns.handle import TurnHandle
@@ -494,16 +494,9 @@ class Scene:
         self._voice().end()
 
     def _voice(self) -> VoiceInput:
-        eng = self.engine
-        if eng.transcriber is None or eng.vad_model is None:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text instead",
-                session=self.id,
-            )
         if self.voice_input is None:
-            self.voice_input = VoiceInput(
-                self, eng.transcriber, eng.vad_model, eng.stt_worker, eng.cfg, push_to_talk=self.mode == "push_to_talk",
-                preemptive=self.preemptive, turn_model=eng.turn_model,
+            self.voice_input = microphone(
+                self.engine, self, push_to_talk=self.mode == "push_to_talk", preemptive=self.preemptive
             )
         return self.voice_input
 

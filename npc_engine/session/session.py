@@ -26,13 +26,13 @@ from npc_engine.pipeline.base import ChatMessage, GenOptions, PromptUsage
 from npc_engine.pipeline.cues import CueParser
 from npc_engine.pipeline.prompt import build_messages, example_messages, system_prompt
 from npc_engine.protocol import outgoing as msg
-from npc_engine.protocol.errors import ErrorCode, ProtocolError
+from npc_engine.protocol.errors import ErrorCode
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
 from npc_engine.quality.checks import CheckContext, Checker
 from npc_engine.session.floor import Floor
 from npc_engine.session.memory import Memory
 from npc_engine.session.story import story_lines, story_message
-from npc_engine.session.voice import VoiceInput
+from npc_engine.session.voice import VoiceInput, microphone
 from npc_engine.store import Fact
 from npc_engine.story.lines import Line
 from npc_engine.story.state import Scalar, StoryEffect, StoryState
@@ -334,16 +334,9 @@ class Session:
         self._voice().end()
 
     def _voice(self) -> VoiceInput:
-        eng = self.engine
-        if eng.transcriber is None or eng.vad_model is None:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text instead",
-                session=self.id,
-            )
         if self.voice_input is None:
-            self.voice_input = VoiceInput(
-                self, eng.transcriber, eng.vad_model, eng.stt_worker, eng.cfg, push_to_talk=self.mode == "push_to_talk",
-                preemptive=self.preemptive, turn_model=eng.turn_model,
+            self.voice_input = microphone(
+                self.engine, self, push_to_talk=self.mode == "push_to_talk", preemptive=self.preemptive
             )
         return self.voice_input
 

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from npc_engine.config import EngineConfig
+from npc_engine.engine import Engine
 from npc_engine.metrics import TurnClock
 from npc_engine.pipeline.base import STT_SAMPLE_RATE, Transcriber
 from npc_engine.pipeline.smart_turn import TurnClassifier
@@ -42,7 +43,7 @@ from npc_engine.pipeline.stt_common import SpeculativeStream
 from npc_engine.pipeline.stt_turns import STEP, TurnRecognizer, TurnUpdate
 from npc_engine.pipeline.vad import EndOfTurnDetector, SileroVad, TurnConfig
 from npc_engine.pipeline.workers import URGENT, ModelWorker
-from npc_engine.protocol.errors import ErrorCode
+from npc_engine.protocol.errors import ErrorCode, ProtocolError
 from npc_engine.turns.handle import TurnHandle
 
 log = logging.getLogger(__name__)
@@ -366,3 +367,17 @@ class VoiceInput:
         self.preempt_stats.dropped += 1
         if preempted.turn.speculative:  # not dropped already by its session
             self.hooks.drop_preemptive(preempted.turn)
+
+
+def microphone(engine: Engine, hooks: VoiceHooks, *, push_to_talk: bool, preemptive: bool) -> VoiceInput:
+    """A conversation's (session's or scene's) voice input on the engine's recognizer, or
+    ``bad_audio`` for an engine that runs without one."""
+    if engine.transcriber is None or engine.vad_model is None:
+        raise ProtocolError(
+            ErrorCode.BAD_AUDIO, "this engine runs without speech recognition (--stt none); send text instead",
+            session=hooks.id,
+        )
+    return VoiceInput(
+        hooks, engine.transcriber, engine.vad_model, engine.stt_worker, engine.cfg, push_to_talk=push_to_talk,
+        preemptive=preemptive, turn_model=engine.turn_model,
+    )

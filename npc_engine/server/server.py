@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 
 import zmq
 import zmq.asyncio
@@ -289,22 +290,7 @@ class Server:
                 self.registry.model_admission, sid, eng.cfg.max_queued_turns_per_client
             ),
         )
-        # Registered only once open() succeeded: a failed open leaves nothing behind (its id can
-        # be opened again at once), and nothing can reach a session that is not open yet.
-        try:
-            opened = await session.open(dict(request.vars))
-        except Exception:
-            await session.close()
-            raise
-        if sid in self.registry:  # opened meanwhile by another request (open awaits the store)
-            await session.close()
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
-                request_type=request.type, session=sid,
-            )
-        self.registry.add(session, peer)
-        # The token goes to the opener only: it is what lets a reconnected game take the session back.
-        self.send(peer, dataclasses.replace(opened, id=request.id, token=self.tokens.issue(session)))
+        await self._register(peer, session, request, session.open(dict(request.vars)))
         log.info("session %s opened: player %s talks to %s", sid, request.player, character.id)
         if request.greet and character.greetings:
             session.start_turn("greeting", None)
@@ -336,6 +322,28 @@ class Server:
             )
         check_vars(request.vars, eng.cfg.max_vars_bytes)
 
+    async def _register(
+        self, peer: bytes, conv: Conversation, request: SessionOpen | SceneOpen,
+        opening: Coroutine[object, object, msg.SessionOpened | msg.SceneOpened],
+    ) -> None:
+        """Open ``conv`` and register it. Registered only once open succeeded: a failed open
+        leaves nothing behind (its id can be opened again at once), and nothing can reach a
+        conversation that is not open yet."""
+        try:
+            opened = await opening
+        except Exception:
+            await conv.close()
+            raise
+        if conv.id in self.registry:  # opened meanwhile by another request (open awaits the store)
+            await conv.close()
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, f"session {conv.id!r} is already open", request_id=request.id,
+                request_type=request.type, session=conv.id,
+            )
+        self.registry.add(conv, peer)
+        # The token goes to the opener only: it is what lets a reconnected game take it back.
+        self.send(peer, dataclasses.replace(opened, id=request.id, token=self.tokens.issue(conv)))
+
     async def _open_scene(self, peer: bytes, request: SceneOpen) -> None:
         eng = self.engine
         characters = scene_characters(eng, request.characters, request.id, request.type)
@@ -355,19 +363,7 @@ class Server:
             ),
         )
         scene.facing = request.facing
-        try:
-            opened = await scene.open(characters, dict(request.vars))
-        except Exception:
-            await scene.close()
-            raise
-        if sid in self.registry:  # opened meanwhile by another request (open awaits the store)
-            await scene.close()
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, f"session {sid!r} is already open", request_id=request.id,
-                request_type=request.type, session=sid,
-            )
-        self.registry.add(scene, peer)
-        self.send(peer, dataclasses.replace(opened, id=request.id, token=self.tokens.issue(scene)))
+        await self._register(peer, scene, request, scene.open(characters, dict(request.vars)))
         log.info("scene %s opened: player %s with %s", sid, request.player, ", ".join(request.characters))
         if request.greet and characters[0].greetings:
             scene.start_turn("greeting", None)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 os.environ["SDL_AUDIODRIVER"] = "dummy"
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+if TYPE_CHECKING:  # pygame is imported by the tests, after the SDL drivers below are set
+    from demo_game.app import App
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SPEECH = REPO / "tests" / "fixtures" / "speech"
@@ -26,3 +32,14 @@ def free_endpoint() -> str:
 @pytest.fixture
 def endpoint() -> str:
     return free_endpoint()
+
+
+def step_until(app: App, pred: Callable[[], bool], timeout: float, what: str) -> None:
+    """Run the game's frames until ``pred()`` holds (``timeout`` is a safety net only)."""
+    t0 = time.monotonic()
+    dt = 0.0
+    while not pred():
+        assert app.state != "error", f"{what}: {app.error_title}: {app.error_lines}"
+        assert time.monotonic() - t0 < timeout, f"{what}: not done after {timeout:.0f} s"
+        app.step(dt)
+        dt = app.tick()

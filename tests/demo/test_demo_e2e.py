@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from demo_game.app import App, build_parser
 from demo_game.face import Mouth
 
-from .conftest import SPEECH, free_endpoint
+from .conftest import SPEECH, free_endpoint, step_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +37,6 @@ def make_app(endpoint: str, tmp: Path) -> App:
         "--no-patrols",  # the captain stays at his gate: no banter at the forge in this one-to-one story
     ])
     return App(args)
-
-
-def step_until(app: App, pred: Callable[[], bool], timeout: float, what: str) -> None:
-    t0 = time.monotonic()
-    dt = 0.0
-    while not pred():
-        assert app.state != "error", f"{what}: {app.error_title}: {app.error_lines}"
-        assert time.monotonic() - t0 < timeout, f"{what}: not done after {timeout:.0f} s"
-        app.step(dt)
-        dt = app.tick()
 
 
 def key(k: int, unicode: str = "") -> None:

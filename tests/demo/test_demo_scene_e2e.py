@@ -11,7 +11,6 @@ next visit the player cuts in and the scene answers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pygame
@@ -21,7 +20,7 @@ from demo_game import world as W
 from demo_game.app import App, build_parser
 from demo_game.face import Mouth
 
-from .conftest import free_endpoint
+from .conftest import free_endpoint, step_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +36,6 @@ def make_app(endpoint: str, tmp: Path) -> App:
         "--engine-arg=--stt=none", "--engine-arg=--llm-model=fast",
     ])
     return App(args)
-
-
-def step_until(app: App, pred: Callable[[], bool], timeout: float, what: str) -> None:
-    t0 = time.monotonic()
-    dt = 0.0
-    while not pred():
-        assert app.state != "error", f"{what}: {app.error_title}: {app.error_lines}"
-        assert time.monotonic() - t0 < timeout, f"{what}: not done after {timeout:.0f} s"
-        app.step(dt)
-        dt = app.tick()
 
 
 def heard(app: App) -> bool:

@@ -23,7 +23,7 @@ from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode, ProtocolError
 from npc_engine.protocol.incoming import MAX_SCENE_CHARACTERS
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
-from npc_engine.scene.routing import Choice, addressed, choose_answerer, reactor
+from npc_engine.scene.routing import Choice, choose_answerer, reactor
 from npc_engine.session.floor import Floor
 from npc_engine.session.session import Mode, ModelAdmission, Session
 from npc_engine.session.voice import VoiceInput, microphone
@@ -513,10 +513,11 @@ class Scene:
 
     def transcript(self, text: str, final: bool, utterance: int) -> None:
         self._send(msg.Transcript(session=self.id, text=text, final=final, utterance=utterance))
-        if not final and (named := addressed(text, self.present)) is not None:
-            # The player names someone while still speaking: while they finish the line, that
-            # character's overheard lines are evaluated (it is the likely answerer).
-            self.members[named].prepare()
+        if not final and text.strip():
+            # The player is still speaking: whoever the line so far goes to (named, faced, the
+            # lead, the last speaker) has its overheard lines evaluated while they finish it.
+            member, _ = self._answerer(text, None)
+            member.prepare()
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)

@@ -258,9 +258,10 @@ class Session:
         return not cached or upcoming[: len(cached) - 1] != cached[:-1]
 
     def prepare(self) -> None:
-        """A scene: the player is about to speak to this character (faces it, or names it while
-        still talking). Have the lines it overheard since it last spoke evaluated now, in the
-        background lane (prompt only, no generation), so its answer evaluates just the line."""
+        """A scene: the player is about to speak to this character (turns to it, or is speaking
+        a line that goes to it so far). Have the lines it overheard since it last spoke evaluated
+        now, in the background lane (prompt only, no generation), so its answer evaluates just
+        the line."""
         history = self.memory.history
         if self.closed or not self.engine.cfg.warm_next_prompt or self._prepared_at == len(history):
             return

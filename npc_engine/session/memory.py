@@ -76,8 +76,10 @@ class Memory:
         """A line the character overheard (a scene: the player talking to another character,
         another character speaking): a player-side entry, on disk when this returns."""
         entry = HistoryEntry("user", text)
+        # Not trimmed here: a trim changes the prompt's beginning, and the character's own turn
+        # end is where the session evaluates a changed prompt in the background (a trim made
+        # now would be paid by its next answer). Its next turn's ``remember`` trims.
         self.history.append(entry)
-        self._trim()
         await self._store.append_history(self.player, self.character, [entry])
 
     async def persist(self, entries: list[HistoryEntry]) -> None:

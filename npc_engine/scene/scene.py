@@ -259,7 +259,7 @@ class Scene:
         if member is None:
             return
         prompt = (
-            f'({self._player_label().capitalize()} said to {answerer.character.name}: "{text}" '
+            f'({self._player_label()} said to {answerer.character.name}: "{text}" '
             f'{answerer.character.name} answered: "{turn.text}" You are there too. '
             "Add one short remark of your own, in one sentence.)"
         )
@@ -273,16 +273,18 @@ class Scene:
         state = self.engine.story_states.get(self.player)
         name = state.vars.get("player_name") if state is not None else None
         if not name:
-            return "the stranger"
+            return "The stranger"
         name = str(name)
-        return name if name[:1].isupper() else f"the {name}"
+        # At the start of a sentence: "The traveller", "McAllister" (str.capitalize would lower the rest).
+        label = name if name[:1].isupper() else f"the {name}"
+        return label[:1].upper() + label[1:]
 
     async def _heard(self, speaker: Session, turn: TurnHandle, said: str) -> None:
         """A turn of ``speaker`` ended: the others present remember the player's line to it
         and its reply, as lines they overheard (absent characters learn nothing)."""
         lines = []
         if turn.user_text and turn.source in ("text", "voice"):
-            lines.append(f'[{self._player_label().capitalize()} said to {speaker.character.name}: "{turn.user_text}"]')
+            lines.append(f'[{self._player_label()} said to {speaker.character.name}: "{turn.user_text}"]')
         if said:
             lines.append(f'[{speaker.character.name} said: "{said}"]')
         if not lines:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npc_engine.config import EngineConfig
 from npc_engine.engine import Engine
+from npc_engine.pipeline.base import ChatMessage
 from npc_engine.server import Server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,3 +75,43 @@ async def eventually(pred: Callable[[], bool], timeout: float = 120.0, what: str
         await asyncio.wait_for(watch(), timeout)
     except asyncio.TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+# Gossip for the facts tests: Bram's offer_help exit tells a character this about the player.
+GOSSIP = "The player offered to find Bram's hammer."
+OFFER = "Don't worry, I can help you find your hammer."  # Bram's offer_help intent
+
+
+def gossip_story(folder: Path, character: str = "marta") -> Path:
+    """The shipped story, with Bram's offer_help exit telling ``character`` about it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "story" / "oakhollow.yaml").read_text()
+    anchor = "        set: {quest_started: true}\n"
+    assert text.count(anchor) == 1, "the shipped story changed: update this test's anchor"
+    tell = f'        tell: {{character: {character}, fact: "{GOSSIP}"}}\n'
+    (folder / "oakhollow.yaml").write_text(text.replace(anchor, anchor + tell))
+    return folder
+
+
+class Prompts:
+    """Records every prompt the engine's model is asked with (by affinity: the session, or a
+    scene's ``scene/character``), then lets it answer."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.by_session: dict[str | None, list[list[ChatMessage]]] = {}
+        real = engine.chat.stream
+
+        def stream(messages: Sequence[ChatMessage], *args: Any, **kwargs: Any) -> Iterator[str]:
+            # Called as stream(messages, options, cancel, affinity, usage=...).
+            affinity = kwargs.get("affinity", args[2] if len(args) > 2 else None)
+            self.by_session.setdefault(str(affinity) if affinity is not None else None, []).append(list(messages))
+            return real(messages, *args, **kwargs)
+
+        engine.chat.stream = stream  # type: ignore[method-assign]
+
+    def last_system(self, session: str) -> str:
+        return self.by_session[session][-1][0].content
+
+    def last_text(self, session: str) -> str:
+        """The whole of the latest prompt for ``session``, as one text."""
+        return "\n".join(m.content for m in self.by_session[session][-1])

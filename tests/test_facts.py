@@ -7,52 +7,16 @@ reported)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from npc_engine.client import EngineClient
-from npc_engine.engine import Engine
 from npc_engine.facts import told_name
-from npc_engine.pipeline.base import ChatMessage
 from npc_engine.store import Fact
-from tests.harness import REPO, engine_config, running_engine
+from tests.harness import GOSSIP, OFFER, Prompts, engine_config, gossip_story, running_engine
 
 log = logging.getLogger(__name__)
 
 PLAYER = "p-facts"
-GOSSIP = "The player offered to find Bram's hammer."
-OFFER = "Don't worry, I can help you find your hammer."
-
-
-def gossip_story(folder: Path) -> Path:
-    """The shipped story, with Bram's offer_help exit telling Marta about it (as tests/unit/test_facts.py)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "story" / "oakhollow.yaml").read_text()
-    anchor = "        set: {quest_started: true}\n"
-    assert text.count(anchor) == 1, "the shipped story changed: update this test's anchor"
-    tell = f'        tell: {{character: marta, fact: "{GOSSIP}"}}\n'
-    (folder / "oakhollow.yaml").write_text(text.replace(anchor, anchor + tell))
-    return folder
-
-
-class Prompts:
-    """Records every prompt the engine's model is asked with (by session), then lets it answer."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.by_session: dict[str | None, list[list[ChatMessage]]] = {}
-        real = engine.chat.stream
-
-        def stream(messages: Sequence[ChatMessage], *args: Any, **kwargs: Any) -> Iterator[str]:
-            # Called as stream(messages, options, cancel, affinity, usage=...): affinity is the session.
-            affinity = kwargs.get("affinity", args[2] if len(args) > 2 else None)
-            self.by_session.setdefault(str(affinity) if affinity is not None else None, []).append(list(messages))
-            return real(messages, *args, **kwargs)
-
-        engine.chat.stream = stream  # type: ignore[method-assign]
-
-    def last_system(self, session: str) -> str:
-        return self.by_session[session][-1][0].content
 
 
 async def test_a_told_name_outlives_the_history_and_gossip_reaches_only_its_character(tmp_path: Path) -> None:

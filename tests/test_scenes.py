@@ -12,7 +12,7 @@ from typing import Any
 
 from npc_engine.client import ClientSession, EngineClient, EngineError, Turn
 from npc_engine.scene import Scene
-from tests.harness import engine_config, eventually, running_engine
+from tests.harness import Prompts, engine_config, eventually, running_engine
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ async def answer(scene: ClientSession, text: str, **kw: Any) -> tuple[str, list[
     """Who answered ``text``, and the answer's messages (each must name that character)."""
     turn = await scene.say(text, **kw)
     msgs = await turn.collect()
-    start = turn.start or {}
-    who = {m.get("character") for m in msgs} | ({start.get("character")} if start else set())
-    assert len(who) == 1 and None not in who, f"every message of a turn names one character: {msgs}"
+    # A `story` message's character is who the effect is about (docs/protocol.md): not counted.
+    who = {str(m.get("character")) for m in msgs if m["type"] != "story"}
+    assert len(who) == 1 and "None" not in who, f"every message of a turn names one character: {msgs}"
     assert msgs[-1]["type"] == "turn.end" and msgs[-1]["status"] in ("ok", "degraded"), msgs[-1]
     return who.pop(), msgs
 
@@ -163,15 +163,7 @@ async def test_what_is_said_reaches_present_characters_only(tmp_path: Path) -> N
         assert not any("grey cloak" in h.content for h in await run.engine.store.load_history(player, "aldric"))
 
         # Marta's next prompt has it, right after what her KV cache holds; Aldric's has not.
-        prompts: dict[str, list[str]] = {}
-        real = run.engine.chat.stream
-
-        def stream(messages: Any, *args: Any, **kwargs: Any) -> Any:
-            affinity = str(kwargs.get("affinity", args[2] if len(args) > 2 else None))
-            prompts[affinity] = [m.content for m in messages]
-            return real(messages, *args, **kwargs)
-
-        run.engine.chat.stream = stream  # type: ignore[method-assign]
+        prompts = Prompts(run.engine)
         # The player turns to Marta: what she overheard is evaluated before the line comes.
         marta = side.member("marta")
         warmed = marta.warm_ups
@@ -183,9 +175,8 @@ async def test_what_is_said_reaches_present_characters_only(tmp_path: Path) -> N
         # Her line and the chat template's markers: ~15 tokens; the overheard lines were 50+.
         assert evaluated < 40, f"Marta evaluated {evaluated} tokens: the overheard lines were not ready"
         await (await aldric.say("Nice weather today.")).collect()
-        marta_prompt = "\n".join(prompts[f"{tavern.id}/marta"])
-        assert "grey cloak" in marta_prompt
-        assert "grey cloak" not in "\n".join(prompts[aldric.id])
+        assert "grey cloak" in prompts.last_text(f"{tavern.id}/marta")
+        assert "grey cloak" not in prompts.last_text(aldric.id)
         await c.close()
 
 

@@ -36,25 +36,11 @@ from npc_engine.store import (
 from npc_engine.story import FactTold, FlagSet, load_story
 from npc_engine.world import check_paths, load_world
 from tests.doubles import ScriptedChat
+from tests.harness import GOSSIP, OFFER, gossip_story
 from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, REPO, unit_config
 from tests.unit.support import Sent, end_of
 
 PLAYER = "p-facts"
-GOSSIP = "The player offered to find Bram's hammer."
-OFFER = "Don't worry, I can help you find your hammer."  # Bram's offer_help intent
-
-
-def gossip_story(folder: Path, character: str = "marta") -> Path:
-    """The shipped story, with Bram's offer_help exit telling ``character`` about it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "story" / "oakhollow.yaml").read_text()
-    anchor = "        set: {quest_started: true}\n"
-    assert text.count(anchor) == 1, "the shipped story changed: update this test's anchor"
-    tell = f'        tell: {{character: {character}, fact: "{GOSSIP}"}}\n'
-    (folder / "oakhollow.yaml").write_text(text.replace(anchor, anchor + tell))
-    return folder
-
-
 # --------------------------------------------------------------------------- told: extraction
 
 

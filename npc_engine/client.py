@@ -296,12 +296,13 @@ class EngineClient:
         self, characters: list[str], player: str = "player", *, greet: bool = False, audio: bool = True,
         vars: dict[str, Any] | None = None, session: str | None = None, reactions: bool | None = None,
         facing: str | None = None, mode: str | None = None, acks: bool | None = None,
+        preemptive: bool | None = None,
     ) -> ClientSession:
         """``scene.open``: one player with several characters; the scene is used like a session."""
         reply = await self.request({
             "type": "scene.open", "characters": characters, "player": player, "greet": greet, "audio": audio,
             "vars": vars or {}, "session": session, "reactions": reactions, "facing": facing, "mode": mode,
-            "acks": acks,
+            "acks": acks, "preemptive": preemptive,
         })
         return self.sessions[reply["session"]]
 

@@ -231,16 +231,6 @@ async def play_turn(
     return res
 
 
-async def open_session(
-    client: EngineClient, character: str, player: str, mode: str, acks: bool, preemptive: bool,
-) -> ClientSession:
-    """``session.open`` with the latency features asked for (an engine that does not know
-    ``acks`` / ``preemptive`` ignores them: protocol v1 ignores unknown fields)."""
-    reply = await client.request({"type": "session.open", "character": character, "player": player, "greet": False,
-                                  "audio": True, "vars": {}, "mode": mode, "acks": acks, "preemptive": preemptive})
-    return client.sessions[reply["session"]]
-
-
 async def play_session(
     endpoint: str,
     turns: list[Planned],
@@ -270,7 +260,10 @@ async def play_session(
     s: ClientSession | None = None
     try:
         on = side != "baseline"
-        s = await open_session(client, turns[0].character, player, turns[0].mode, acks=on, preemptive=on)
+        # acks / preemptive: an engine that does not know them ignores them (v1 ignores unknown fields).
+        s = await client.open_session(
+            turns[0].character, player, greet=False, mode=turns[0].mode, acks=on, preemptive=on
+        )
         await asyncio.sleep(1.0)  # a player walks up, then speaks; the persona warm-up runs meanwhile
         for i, plan in enumerate(turns):
             if deadline is not None and time.perf_counter() > deadline:
@@ -288,18 +281,6 @@ async def play_session(
                 await asyncio.wait_for(client.request({"type": "session.close", "session": s.id}), 5.0)
         await client.close()
     return out
-
-
-async def open_scene(
-    client: EngineClient, characters: list[str], player: str, mode: str, acks: bool, preemptive: bool,
-) -> ClientSession:
-    """``scene.open`` with the same latency features as ``open_session``; reactions off: a
-    reaction is a second turn after the answer, outside the wait measured, and it would start
-    as the bench's next line cuts it off."""
-    reply = await client.request({"type": "scene.open", "characters": characters, "player": player, "greet": False,
-                                  "audio": True, "vars": {}, "mode": mode, "acks": acks, "preemptive": preemptive,
-                                  "reactions": False})
-    return client.sessions[reply["session"]]
 
 
 async def play_scene_pair(
@@ -335,9 +316,13 @@ async def play_scene_pair(
     try:
         solo_client = await EngineClient.connect(endpoint, timeout=30, client_name="npc-engine-bench")
         mode = turns[0].mode
-        scene = await open_scene(scene_client, characters, f"{player}-scene", mode, acks=True, preemptive=True)
+        # Reactions off: a reaction is a second turn after the answer, outside the wait measured,
+        # and it would start as the bench's next line cuts it off.
+        scene = await scene_client.open_scene(
+            characters, f"{player}-scene", mode=mode, acks=True, preemptive=True, reactions=False
+        )
         for c in characters:
-            solos[c] = await open_session(solo_client, c, f"{player}-solo", mode, acks=True, preemptive=True)
+            solos[c] = await solo_client.open_session(c, f"{player}-solo", greet=False, mode=mode, acks=True, preemptive=True)
         await asyncio.sleep(1.0)  # as play_session: the player walks up, then speaks
         if settle is not None:
             await settle()

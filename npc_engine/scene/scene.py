@@ -79,7 +79,9 @@ class Scene:
         self._route_lines = route_lines
         self._model_admission = model_admission
         self._tasks = BackgroundTasks(f"scene {scene_id}")
-        self._owners: dict[TurnHandle, Session] = {}  # preemptive replies, by whose they are
+        # Preemptive replies: whose each is, and why that character answers (settled when the
+        # player fell silent; the commit is for the same words).
+        self._owners: dict[TurnHandle, tuple[Session, Choice]] = {}
         self._banter: asyncio.Task[None] | None = None
         self._reaction: asyncio.Task[None] | None = None
         self._story: asyncio.Task[None] | None = None  # story lines waiting for the floor
@@ -193,7 +195,7 @@ class Scene:
         member = self.members.pop(cid)
         if self._banter is not None and not self._banter.done():
             self._stop_banter()  # a dialogue does not go on without one of its speakers
-        for turn, owner in list(self._owners.items()):
+        for turn, (owner, _) in list(self._owners.items()):
             if owner is member:
                 self.drop_preemptive(turn)
         await member.close()  # cuts its turn if it is speaking (turn.end, cancelled, goes out)
@@ -456,8 +458,7 @@ class Scene:
 
     def cancel(self, turn_id: int | None = None, heard: float | None = None) -> None:
         self._player_spoke()
-        for turn in list(self._owners):
-            self.drop_preemptive(turn)
+        self._drop_preempted()
         current = self.floor.current or self.floor.last_turn
         owner = next((m for m in self.members.values() if current is not None and m.owns(current)), None)
         if owner is not None:
@@ -465,8 +466,7 @@ class Scene:
 
     async def cancel_and_wait(self) -> None:
         self._player_spoke()
-        for turn in list(self._owners):
-            self.drop_preemptive(turn)
+        self._drop_preempted()
         for member in self.members.values():
             await member.cancel_and_wait()
         if self._story is not None and not self._story.done():
@@ -481,8 +481,7 @@ class Scene:
         self._player_spoke()
         if self.voice_input is not None:
             await self.voice_input.close()
-        for turn in list(self._owners):
-            self.drop_preemptive(turn)
+        self._drop_preempted()
         await self._tasks.cancel_all()
         for member in list(self.members.values()):
             await member.close()
@@ -525,25 +524,30 @@ class Scene:
         self.start_turn("voice", text, clock=clock)
 
     def start_preemptive(self, text: str) -> TurnHandle | None:
-        member, _ = self._answerer(text, None)
+        member, choice = self._answerer(text, None)
         turn = member.start_preemptive(text)
         if turn is not None:
-            self._owners[turn] = member
+            self._owners[turn] = (member, choice)
         return turn
 
     def commit_preemptive(self, turn: TurnHandle, clock: TurnClock) -> None:
-        member = self._owners.pop(turn, None)
-        if member is None:
+        owner = self._owners.pop(turn, None)
+        if owner is None:
             return
-        _, choice = self._answerer(turn.user_text or "", None)
+        member, choice = owner
         self._player_spoke()
         member.commit_preemptive(turn, clock)
-        self._answered(member, Choice(member.character.id, choice.rule), turn, turn.user_text or "")
+        self._answered(member, choice, turn, turn.user_text or "")
 
     def drop_preemptive(self, turn: TurnHandle) -> None:
-        member = self._owners.pop(turn, None)
-        if member is not None and turn.speculative:
-            member.drop_preemptive(turn)
+        owner = self._owners.pop(turn, None)
+        if owner is not None and turn.speculative:
+            owner[0].drop_preemptive(turn)
+
+    def _drop_preempted(self) -> None:
+        """Every preemptive reply not yet decided (a cancel, a load, closing)."""
+        for turn in list(self._owners):
+            self.drop_preemptive(turn)
 
     def report_error(self, code: ErrorCode, message: str) -> None:
         self._send(msg.Error(session=self.id, code=code.value, message=message))

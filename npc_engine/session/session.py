@@ -416,9 +416,8 @@ class Session:
         turn_id = None if speculative else self.floor.next_id()
         turn = TurnHandle(
             source, TurnOutbox(self._send, self.id, turn_id, self.character.id), clock=clock, user_text=user_text,
-            request_id=request_id,
+            request_id=request_id, prompt=prompt,
         )
-        turn.prompt = prompt
         if self.audio and self.engine.tts_degraded:
             turn.clock.degrade("tts", self.engine.tts_degraded)
         previous = None

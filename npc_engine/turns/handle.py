@@ -139,12 +139,13 @@ class TurnHandle:
         clock: TurnClock | None = None,
         user_text: str | None = None,
         request_id: str | int | None = None,
+        prompt: str | None = None,
     ) -> None:
         self.source: TurnSource = source
         self.user_text = user_text
         # A scene's reaction or banter line answers an instruction ("Bram said ...; answer him"),
         # not the player: the model's last message, never remembered as the player's words.
-        self.prompt: str | None = None
+        self.prompt = prompt
         self.request_id = request_id
         self.clock = clock or TurnClock()
         self.outbox = outbox

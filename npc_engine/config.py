@@ -71,11 +71,14 @@ class EngineConfig:
 
     # TTS
     tts: Literal["kokoro", "espeak", "none"] = "kokoro"
-    tts_threads: int = 1
+    # Kokoro and Whisper's finals also load with this many intra-op threads and each run
+    # takes the count that has been faster lately (pipeline/threads.py): on an idle 2-core
+    # machine two threads cut the first chunk by ~40%, on a loaded one one thread wins.
+    tts_threads: int = 2
 
     # STT
     stt: Literal["whisper", "moonshine", "vosk", "none"] = "whisper"
-    stt_threads: int = 1
+    stt_threads: int = 2  # as tts_threads: finals only, partials take one thread
     vosk_model: str | None = None
     end_of_turn_ms: int = 600  # open mic without smart_turn: the silence that ends a turn
     # Open mic: end of turn by meaning (pipeline/smart_turn.py, docs/stt.md). Smart Turn hears
@@ -156,11 +159,13 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     No acknowledgements, no preemptive replies, an open-mic turn ends on silence alone
     (``end_of_turn_ms``), the history slides by one exchange a turn (the prompt changes
     right after the persona, so each turn evaluates the whole history again) and is not
-    warmed between turns, and the LLM runs at the voice's priority. (Synthesis is still
+    warmed between turns, the LLM runs at the voice's priority, and synthesis and recognition
+    run on one thread each (no choice of two by measured speed). (Synthesis is still
     scheduled by deadline across sessions: with one conversation at a time that is the old
     first-come order.)"""
     return dataclasses.replace(
-        cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0
+        cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0,
+        tts_threads=1, stt_threads=1,
     )
 
 

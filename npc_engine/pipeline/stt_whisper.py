@@ -48,6 +48,7 @@ import numpy as np
 from npc_engine.packages import package_dir
 from npc_engine.pipeline.base import STT_SAMPLE_RATE
 from npc_engine.pipeline.stt_common import SttModelNotFoundError, as_int16, require_dir, to_float32
+from npc_engine.pipeline.threads import ThreadChoice, thread_counts
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -78,7 +79,9 @@ class WhisperConfig:
     model_dir: Path | None = None  # None: the bundled tiny.en
     device: str = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = 1  # one thread per model: the stages share two cores
+    # More than 1: finals (30 s windows) may also run on this many threads, whichever count
+    # has been faster lately (pipeline/threads.py); partials always take one.
+    cpu_threads: int = 1
     language: str = "en"
     # Finals: "full" (30 s windows, the stock decode; the measured default, see
     # docs/stt.md) or "fit" (a window cut to the utterance: ~4x faster, ~2x the WER).
@@ -124,10 +127,13 @@ class WhisperTranscriber:
         started = time.perf_counter()
         log.info("loading Whisper from %s (%s, %s, %d thread(s))", model_dir, self.config.device,
                  self.config.compute_type, self.config.cpu_threads)
-        self.model: WhisperModel = WhisperModel(
-            str(model_dir), device=self.config.device, compute_type=self.config.compute_type,
-            cpu_threads=self.config.cpu_threads, num_workers=1,
-        )
+        models = [
+            (n, WhisperModel(str(model_dir), device=self.config.device, compute_type=self.config.compute_type,
+                             cpu_threads=n, num_workers=1))
+            for n in thread_counts(self.config.cpu_threads)
+        ]
+        self.model: WhisperModel = models[0][1]  # one thread: partials, and what ``fit`` decodes use
+        self._finals = ThreadChoice(models)
         multilingual = self.model.model.is_multilingual
         self._tokenizer = Tokenizer(
             self.model.hf_tokenizer, multilingual, task="transcribe",
@@ -146,7 +152,8 @@ class WhisperTranscriber:
     def warm_up(self) -> None:
         """One decode of a short tone-free clip, so the first real turn is not the slow one."""
         rng = np.random.default_rng(0)
-        self.decode((rng.normal(0, 0.001, STT_SAMPLE_RATE)).astype(np.float32))
+        for _ in self._finals.models:  # each instance once: an untried one is picked first
+            self.decode((rng.normal(0, 0.001, STT_SAMPLE_RATE)).astype(np.float32), "full")
 
     def transcribe(self, pcm: np.ndarray) -> str:
         """Decode a whole utterance (int16 PCM at 16 kHz) in one call."""
@@ -165,8 +172,21 @@ class WhisperTranscriber:
         return Decoded(text, time.perf_counter() - started)
 
     def _decode_full(self, audio: np.ndarray) -> str:
-        segments, _ = self.model.transcribe(
-            audio, language="en" if not self.model.model.is_multilingual else self.config.language,
+        threads, model = self._finals.pick()
+        started = time.perf_counter()
+        text = self._transcribe(model, audio)
+        # The encoder's 30 s window is most of the cost, whatever the length of the line.
+        windows = math.ceil(len(audio) / (MAX_WINDOW_S * STT_SAMPLE_RATE)) or 1
+        self._finals.record(threads, time.perf_counter() - started, windows)
+        return text
+
+    def thread_costs(self) -> dict[int, float | None]:
+        """Seconds per 30 s window lately, by thread count (pipeline/threads.py)."""
+        return self._finals.costs()
+
+    def _transcribe(self, model: WhisperModel, audio: np.ndarray) -> str:
+        segments, _ = model.transcribe(
+            audio, language="en" if not model.model.is_multilingual else self.config.language,
             beam_size=1, without_timestamps=True, vad_filter=False, condition_on_previous_text=False,
             no_speech_threshold=self.config.no_speech_threshold,
             log_prob_threshold=self.config.log_prob_threshold,

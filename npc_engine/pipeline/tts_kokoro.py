@@ -39,6 +39,7 @@ from npc_engine.pipeline.kokoro_model import (
     KokoroModelFiles,
     ensure_model,
 )
+from npc_engine.pipeline.threads import ThreadChoice, thread_counts
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class UnknownVoiceError(ValueError):
 class KokoroConfig:
     cache_dir: Path | None = None  # None: kokoro_model.default_cache_dir()
     voices_dir: Path = VOICES_DIR
-    intra_op_threads: int = 1  # one thread per model: the stages share two cores
+    # More than 1: the model is also loaded with this many threads, and each run takes the
+    # count that has been faster lately (pipeline/threads.py: two threads win on an idle
+    # machine, lose on one that other programs load).
+    intra_op_threads: int = 1
     inter_op_threads: int = 1
     # Kokoro pads every chunk with ~0.3 s of silence at each end; between streamed
     # chunks that reads as a stall, so the audio is trimmed to these margins,
@@ -105,16 +109,23 @@ class KokoroSynthesizer:
         started = time.perf_counter()
         files: KokoroModelFiles = ensure_model(self.config.cache_dir)
         self.model_hash = files.sha256
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.intra_op_threads
-        options.inter_op_num_threads = self.config.inter_op_threads
-        options.log_severity_level = 3  # the int8 export warns about unused initialisers
-        try:
-            self._session = ort.InferenceSession(str(files.patched), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelError(f"Could not load the Kokoro model {files.patched}: {error}",
-                             code="tts_model_corrupt") from error
-        log.info("loaded Kokoro ONNX in %.2f s", time.perf_counter() - started)
+        sessions: list[tuple[int, ort.InferenceSession]] = []
+        for threads in thread_counts(self.config.intra_op_threads):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = self.config.inter_op_threads
+            options.log_severity_level = 3  # the int8 export warns about unused initialisers
+            # Threads that spin between operators would take the core the (niced) LLM could use.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            try:
+                sessions.append((threads, ort.InferenceSession(str(files.patched), options,
+                                                               providers=["CPUExecutionProvider"])))
+            except Exception as error:  # onnxruntime raises its own exception types
+                raise ModelError(f"Could not load the Kokoro model {files.patched}: {error}",
+                                 code="tts_model_corrupt") from error
+        self._sessions = ThreadChoice(sessions)
+        log.info("loaded Kokoro ONNX in %.2f s (%s thread(s))", time.perf_counter() - started,
+                 " and ".join(str(n) for n, _ in sessions))
         started = time.perf_counter()
         self._g2p: dict[bool, EnglishG2P] = {False: EnglishG2P(british=False)}
         log.info("loaded misaki G2P in %.2f s", time.perf_counter() - started)
@@ -160,7 +171,8 @@ class KokoroSynthesizer:
         """
         started = time.perf_counter()
         self._g2p_for("bf_emma")
-        self.synthesize("Hello, Thalgrim.", Voice(self.config.default_voice))
+        for _ in self._sessions.models:  # each instance once: an untried one is picked first
+            self.synthesize("Hello, Thalgrim.", Voice(self.config.default_voice))
         log.info("Kokoro warm-up took %.2f s", time.perf_counter() - started)
 
     def synthesize(self, text: str, voice: Voice) -> SpeechChunk:
@@ -222,11 +234,20 @@ class KokoroSynthesizer:
             "style": style.astype(np.float32),
             "speed": np.array([speed], dtype=np.float32),
         }
+        threads, session = self._sessions.pick()
+        started = time.perf_counter()
         try:
-            audio, durations = self._session.run(None, feeds)
+            audio, durations = session.run(None, feeds)
         except Exception as error:
             raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
-        return np.asarray(audio, np.float32).ravel(), np.asarray(durations, np.int64).ravel()
+        audio = np.asarray(audio, np.float32).ravel()
+        # Cost per second of audio: the decoder's work grows with the audio it renders.
+        self._sessions.record(threads, time.perf_counter() - started, len(audio) / SAMPLE_RATE)
+        return audio, np.asarray(durations, np.int64).ravel()
+
+    def thread_costs(self) -> dict[int, float | None]:
+        """Seconds per second of audio lately, by intra-op thread count (pipeline/threads.py)."""
+        return self._sessions.costs()
 
     def close(self) -> None:
         self._voices.clear()

@@ -57,9 +57,11 @@ def clip_named(clips: list[SpeechClip]):
 
 @pytest.fixture(scope="session")
 def whisper():
-    from npc_engine.pipeline.stt_whisper import WhisperTranscriber
+    from npc_engine.config import EngineConfig
+    from npc_engine.pipeline.stt_whisper import WhisperConfig, WhisperTranscriber
 
-    tr = WhisperTranscriber()
+    # As the engine loads it: finals on one thread or on two, whichever is faster lately.
+    tr = WhisperTranscriber(WhisperConfig(cpu_threads=EngineConfig().stt_threads))
     tr.warm_up()
     return tr
 

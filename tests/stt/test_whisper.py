@@ -7,7 +7,9 @@ import pytest
 
 from npc_engine.pipeline.stt_common import SpeculativeStream, SttModelNotFoundError
 from npc_engine.pipeline.stt_whisper import WhisperConfig, WhisperTranscriber
+from npc_engine.pipeline.threads import ThreadChoice
 from npc_engine.pipeline.wer import corpus_wer
+from npc_engine.session.voice import same_words
 
 from .speech import frames
 
@@ -100,3 +102,21 @@ def test_rejects_float_audio(whisper) -> None:
 def test_missing_model_dir_is_a_sentence(tmp_path) -> None:
     with pytest.raises(SttModelNotFoundError, match=str(tmp_path / "nope")):
         WhisperTranscriber(WhisperConfig(model_dir=tmp_path / "nope"))
+
+
+def test_finals_on_either_thread_count_hear_the_same_words(whisper, clip_named) -> None:
+    # Finals run on one or two threads, whichever has been faster (pipeline/threads.py); the
+    # warm-up ran each once, so both have a measured cost.
+    costs = whisper.thread_costs()
+    assert sorted(costs) == [1, 2] and all(c is not None and c > 0 for c in costs.values()), costs
+    choice = whisper._finals
+    for name in ("kokoro_af_heart_09.wav", "piper_joe_03.wav", "kokoro_bm_george_00.wav"):
+        audio = clip_named(name).pcm.astype(np.float32) / 32768
+        heard = []
+        for threads, model in zip((2, 1), choice.models, strict=True):
+            whisper._finals = ThreadChoice([(threads, model)])
+            try:
+                heard.append(whisper.decode(audio, "full").text)
+            finally:
+                whisper._finals = choice
+        assert heard[0] and same_words(heard[0], heard[1]), (name, heard)

@@ -14,11 +14,13 @@ from npc_engine.pipeline.base import ModelError, SpeechChunk, Synthesizer, Voice
 from npc_engine.pipeline.kokoro_model import (
     DURATIONS_OUTPUT,
     MODEL_SHA256,
+    SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     VOCAB,
     ensure_model,
     locate_parts,
 )
+from npc_engine.pipeline.threads import ThreadChoice
 from npc_engine.pipeline.tts_espeak import EspeakSynthesizer, espeak_voice_name
 from npc_engine.pipeline.tts_kokoro import BATCH_PHONEMES, KokoroSynthesizer, UnknownVoiceError, _batches
 
@@ -182,3 +184,23 @@ def test_g2p_never_tries_to_download_a_spacy_model(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(spacy.cli, "download", no_download)
     g2p = EnglishG2P(british=True)
     assert g2p("Welcome to Oakhollow.").phonemes.strip()
+
+
+def test_both_thread_counts_are_measured_and_render_the_same_audio(kokoro: KokoroSynthesizer) -> None:
+    # The engine loads Kokoro on one and on two threads and takes whichever has been faster
+    # (pipeline/threads.py); the warm-up runs each once, so both have a measured cost.
+    costs = kokoro.thread_costs()
+    assert sorted(costs) == [1, 2] and all(c is not None and c > 0 for c in costs.values()), costs
+    # Which one runs must not change what the player hears. (Here they render the very same
+    # samples; the margin allows a kernel that splits a sum across threads differently.)
+    choice = kokoro._sessions
+    rendered: dict[int, np.ndarray] = {}
+    for threads, session in zip((2, 1), choice.models, strict=True):
+        kokoro._sessions = ThreadChoice([(threads, session)])
+        try:
+            rendered[threads] = kokoro.synthesize("Aye, the forge burns hot tonight.", Voice("bm_george")).pcm
+        finally:
+            kokoro._sessions = choice
+    one, two = (rendered[n].astype(np.int32) for n in (1, 2))
+    assert len(one) > SAMPLE_RATE // 2 and len(one) == len(two)
+    assert np.abs(one - two).max() <= 0.01 * np.abs(one).max(), np.abs(one - two).max()

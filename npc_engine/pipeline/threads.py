@@ -1,0 +1,84 @@
+"""Run a model on one core or on several, whichever has been faster lately.
+
+A model that answers the player (Kokoro's first chunk, Whisper's final) is faster on two
+intra-op threads when the other core is free: Kokoro's "Well, traveller," takes 0.39 s on two
+threads against 0.68 s on one, even with the LLM decoding beside it at nice 10 (the voice gets
+the core first, ``scheduling.py``). But on a machine that other programs also load, two
+threads are much slower than one (1.5 s against 0.62 s, docs/architecture.md): every
+operator waits for the slower of its threads, and one of them keeps losing its core. No
+fixed count is right on every machine, so a model keeps one instance per thread count and
+``ThreadChoice`` picks, run by run, the one whose recent runs cost least per unit of work
+(seconds per second of audio rendered, or per 30 s window decoded), and now and then runs
+the other to see whether the machine has changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Weight of the newest run in the running cost: a load that comes or goes shows within a few runs.
+ALPHA = 0.3
+# Every this many runs, the option not in favour runs once, so a stale cost (measured while
+# the machine was busy) cannot exclude it for good. Costs at most one run in this many.
+PROBE_EVERY = 8
+
+
+@dataclass(slots=True)
+class _Option(Generic[T]):
+    threads: int
+    model: T
+    cost: float | None = None  # running seconds per unit of work; None: not run yet
+
+
+class ThreadChoice(Generic[T]):
+    """Instances of one model, by intra-op thread count, with the cost of their recent runs."""
+
+    def __init__(self, models: Sequence[tuple[int, T]], *, probe_every: int = PROBE_EVERY) -> None:
+        if not models:
+            raise ValueError("ThreadChoice needs at least one model")
+        # Most threads first: an untried machine starts on the count that wins when it is idle.
+        self._options = [_Option(n, m) for n, m in sorted(models, key=lambda nm: -nm[0])]
+        self._probe_every = probe_every
+        self._runs = 0
+        self._lock = threading.Lock()
+
+    @property
+    def models(self) -> list[T]:
+        return [o.model for o in self._options]
+
+    def pick(self) -> tuple[int, T]:
+        """(thread count, model) for the next run; report it with ``record``."""
+        with self._lock:
+            self._runs += 1
+            untried = next((o for o in self._options if o.cost is None), None)
+            if untried is not None:
+                return untried.threads, untried.model
+            ranked = sorted(self._options, key=lambda o: o.cost or 0.0)
+            option = ranked[1] if len(ranked) > 1 and self._runs % self._probe_every == 0 else ranked[0]
+            return option.threads, option.model
+
+    def record(self, threads: int, seconds: float, work: float) -> None:
+        """A run on ``threads`` threads took ``seconds`` for ``work`` units (> 0)."""
+        if work <= 0:
+            return
+        with self._lock:
+            option = next((o for o in self._options if o.threads == threads), None)
+            if option is None:
+                return
+            cost = seconds / work
+            option.cost = cost if option.cost is None else (1 - ALPHA) * option.cost + ALPHA * cost
+
+    def costs(self) -> dict[int, float | None]:
+        """Running cost by thread count (logs, tests)."""
+        with self._lock:
+            return {o.threads: o.cost for o in self._options}
+
+
+def thread_counts(most: int) -> list[int]:
+    """The counts a model keeps instances for: one thread, and ``most`` when that is more."""
+    return [1] if most <= 1 else [1, most]

@@ -189,6 +189,8 @@ class VoiceInput:
             try:
                 if isinstance(item, _KeyReleased):
                     update = await self.worker.run_by(URGENT, self._end_turn)  # a final: ahead of partials
+                    log.debug("session %s: key released %.0f ms ago, final in %.0f ms", self.hooks.id,
+                              (time.perf_counter() - item.at) * 1000, update.finalize_seconds * 1000)
                     self._handle(update, ended_at=item.at)
                     continue
                 pcm = self._batch(item)
@@ -253,7 +255,11 @@ class VoiceInput:
             if kinds and kinds[-1] == "silence_start":
                 self._held = []
                 if isinstance(stream, SpeculativeStream):
+                    started = time.perf_counter()
                     update.speculative = stream.prepare_final()
+                    log.debug("session %s: silence %.0f ms after the speech, speculative final in %.0f ms: %r",
+                              self.hooks.id, events[-1].delay_ms, (time.perf_counter() - started) * 1000,
+                              update.speculative)
         else:
             self._held.append(pcm)
             if any(k in ("speech_resume", "speech_start") for k in kinds):

@@ -16,9 +16,11 @@ Per engine it prints:
 * the VAD's end-of-turn delay from the true end of speech, the longest silence
   inside a turn (the floor for ``end_of_turn_ms``), and Silero's cost per window.
 
-Engines: ``whisper`` (the default: finals on 30 s encoder windows, partials on
-cut windows), ``whisper-fit`` (finals on cut windows too: faster, less
-accurate), ``moonshine``, ``vosk-ko`` (latency only, on the Korean clips).
+Engines: ``whisper`` (the default: finals on windows cut to the line + 12 s,
+partials on the line + 1 s), ``whisper-full`` (finals on 30 s windows, the
+stock decode and the default before issue #10), ``whisper-fit1`` (finals on
+the line + 1 s: the partials' window), ``moonshine``, ``vosk-ko`` (latency only,
+on the Korean clips).
 Baseline for the ratios: ``whisper``.
 
     python bench/bench_stt.py                      # all engines, 2 repeats
@@ -142,8 +144,10 @@ def make_engine(name: str) -> Transcriber:
 
     if name == "whisper":
         return make_transcriber("whisper")
-    if name == "whisper-fit":
-        return make_transcriber("whisper", encoder_window="fit")
+    if name == "whisper-full":
+        return make_transcriber("whisper", encoder_window="full")
+    if name == "whisper-fit1":
+        return make_transcriber("whisper", final_margin_s=1.0)
     if name == "moonshine":
         return make_transcriber("moonshine")
     if name == "vosk-ko":
@@ -189,7 +193,7 @@ def bench_engine(name: str, vad: SileroVad, clips: list[Clip], repeats: int, tur
     partials = [r.partials for _, r in result["speculative"]]
     out(f"  partials per turn: median {statistics.median(partials):.0f}; "
         f"speculative final == plain final on {result['same_final']:.0%} of turns")
-    if name == "whisper":
+    if name.startswith("whisper"):
         for c, r in result["speculative"][: len(chosen)]:
             if r.final.strip().lower() != c.text.strip().lower():
                 out(f"    {c.path.name}: {r.final!r}")
@@ -235,7 +239,7 @@ def bench_vad(vad: SileroVad, clips: list[Clip], turn_config: TurnConfig, out: C
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default="whisper,whisper-fit,moonshine,vosk-ko")
+    parser.add_argument("--engines", default="whisper,whisper-full,whisper-fit1,moonshine,vosk-ko")
     parser.add_argument("--fixtures", nargs="+", type=Path, default=[DEFAULT_FIXTURES])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--end-of-turn-ms", type=int, default=TurnConfig().end_of_turn_ms)

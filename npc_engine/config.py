@@ -79,6 +79,9 @@ class EngineConfig:
     # STT
     stt: Literal["whisper", "moonshine", "vosk", "none"] = "whisper"
     stt_threads: int = 2  # as tts_threads: finals only, partials take one thread
+    # Whisper's finals: "fit" decodes a window cut to the line + 12 s (~110 ms on this machine,
+    # the 30 s window's WER on the fixtures), "full" the stock 30 s window (~350 ms). docs/stt.md.
+    stt_final_window: Literal["fit", "full"] = "fit"
     vosk_model: str | None = None
     end_of_turn_ms: int = 600  # open mic without smart_turn: the silence that ends a turn
     # Open mic: end of turn by meaning (pipeline/smart_turn.py, docs/stt.md). Smart Turn hears
@@ -159,13 +162,14 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     No acknowledgements, no preemptive replies, an open-mic turn ends on silence alone
     (``end_of_turn_ms``), the history slides by one exchange a turn (the prompt changes
     right after the persona, so each turn evaluates the whole history again) and is not
-    warmed between turns, the LLM runs at the voice's priority, and synthesis and recognition
-    run on one thread each (no choice of two by measured speed). (Synthesis is still
+    warmed between turns, the LLM runs at the voice's priority, synthesis and recognition
+    run on one thread each (no choice of two by measured speed), and Whisper's finals take
+    the 30 s window. (Synthesis is still
     scheduled by deadline across sessions: with one conversation at a time that is the old
     first-come order.)"""
     return dataclasses.replace(
         cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0,
-        tts_threads=1, stt_threads=1,
+        tts_threads=1, stt_threads=1, stt_final_window="full",
     )
 
 

@@ -68,7 +68,7 @@ def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
     from npc_engine.pipeline.stt_factory import make_transcriber as factory
 
     if cfg.stt == "whisper":
-        return factory(cfg.stt, cpu_threads=cfg.stt_threads)
+        return factory(cfg.stt, cpu_threads=cfg.stt_threads, encoder_window=cfg.stt_final_window)
     if cfg.stt == "vosk" and cfg.vosk_model:
         return factory(cfg.stt, model_dir=Path(cfg.vosk_model))
     return factory(cfg.stt)

@@ -22,12 +22,16 @@ Whisper has no streaming mode. The stream buffers the utterance and:
 
 ``encoder_window``: Whisper's encoder is trained on 30 s windows and
 faster-whisper always pads to 30 s, so a 2 s line pays for 30 s of encoder
-(~0.5–0.7 s on one core). CTranslate2 accepts a shorter mel input; ``"fit"``
-pads to the utterance plus ``window_margin_s`` (rounded up to whole seconds),
-which takes the encoder from ~0.5 s to ~20 ms on a 2–3 s line. ``"full"`` runs
-the stock ``WhisperModel.transcribe`` with 30 s windows. Measured on the
-fixtures (docs/stt.md), "fit" doubles the WER (it drops or repeats words at the
-abrupt end of a turn), so finals use "full" and only partials use "fit".
+(~0.4-0.7 s on one core). CTranslate2 accepts a shorter mel input; ``"fit"``
+pads the audio with zeros to the utterance plus a margin (rounded up to whole
+seconds). Partials take ``window_margin_s`` (1 s: ~20 ms of encoder on a 2-3 s
+line). Finals take ``final_margin_s`` (12 s): with 1 s the decoder ran on into
+the padding and said the line's first words again ("Where is the missing key?
+Where"; WER 0.37 on natural voices against 0.15 for 30 s), with 12 s it makes
+the 30 s window's WER (0.138 / 0.165 natural / all English, against 0.147 /
+0.165) at a third of its cost (~120 ms against ~400 ms), and what slips past is
+cut by ``_collapse_repeats``. ``"full"`` runs the stock
+``WhisperModel.transcribe`` with 30 s windows (``serve --baseline``).
 Utterances longer than 29 s always go through ``transcribe``.
 """
 
@@ -83,12 +87,13 @@ class WhisperConfig:
     # has been faster lately (pipeline/threads.py); partials always take one.
     cpu_threads: int = 1
     language: str = "en"
-    # Finals: "full" (30 s windows, the stock decode; the measured default, see
-    # docs/stt.md) or "fit" (a window cut to the utterance: ~4x faster, ~2x the WER).
-    encoder_window: Literal["fit", "full"] = "full"
+    # Finals: "fit" (a window cut to the utterance + final_margin_s: ~3x faster than 30 s,
+    # the same WER on the fixtures, docs/stt.md) or "full" (30 s windows, the stock decode).
+    encoder_window: Literal["fit", "full"] = "fit"
     # Partials are only shown while the player talks, so they take the cheap window.
     partial_window: Literal["fit", "full"] = "fit"
-    window_margin_s: float = 1.0
+    window_margin_s: float = 1.0  # partials' cut window: the utterance + this
+    final_margin_s: float = 12.0  # finals' cut window: shorter margins repeat words (see above)
     # Partials: at most one decode per this much new audio...
     partial_interval_ms: int = 1000
     # ...and only while this turn's partial decodes used less than this share of its audio time.
@@ -159,16 +164,23 @@ class WhisperTranscriber:
         """Decode a whole utterance (int16 PCM at 16 kHz) in one call."""
         return self.decode(to_float32(as_int16(pcm))).text
 
-    def decode(self, audio: np.ndarray, window: Literal["fit", "full"] | None = None) -> Decoded:
-        """Decode float32 16 kHz audio; blocking. ``window`` defaults to ``encoder_window``."""
+    def decode(self, audio: np.ndarray, window: Literal["fit", "full"] | None = None, *, partial: bool = False) -> Decoded:
+        """Decode float32 16 kHz audio; blocking. ``window`` defaults to ``encoder_window``;
+        a ``partial`` (shown while the player speaks) takes the cheap margin and one thread."""
         started = time.perf_counter()
         window = window or self.config.encoder_window
         with self._lock:
             duration = len(audio) / STT_SAMPLE_RATE
             if window == "full" or duration > LONG_UTTERANCE_S:
                 text = self._decode_full(audio)
+            elif partial:
+                text = self._decode_fit(audio, self.model, self.config.window_margin_s)
             else:
-                text = self._decode_fit(audio)
+                threads, model = self._finals.pick()
+                text = self._decode_fit(audio, model, self.config.final_margin_s)
+                # The encoder's cost grows with the window: seconds of compute per 30 s of it.
+                window_s = self._window_seconds(audio, self.config.final_margin_s)
+                self._finals.record(threads, time.perf_counter() - started, window_s / MAX_WINDOW_S)
         return Decoded(text, time.perf_counter() - started)
 
     def _decode_full(self, audio: np.ndarray) -> str:
@@ -194,20 +206,24 @@ class WhisperTranscriber:
         )
         return "".join(s.text for s in segments).strip()
 
-    def _decode_fit(self, audio: np.ndarray) -> str:
+    @staticmethod
+    def _window_seconds(audio: np.ndarray, margin_s: float) -> int:
+        return min(MAX_WINDOW_S, math.ceil(len(audio) / STT_SAMPLE_RATE + margin_s))
+
+    def _decode_fit(self, audio: np.ndarray, model: WhisperModel, margin_s: float) -> str:
         import ctranslate2
 
         cfg = self.config
-        window_s = min(MAX_WINDOW_S, math.ceil(len(audio) / STT_SAMPLE_RATE + cfg.window_margin_s))
+        window_s = self._window_seconds(audio, margin_s)
         frames = window_s * FRAMES_PER_SECOND
         # Pad the audio (not the mel) with zeros, as faster-whisper does for 30 s, so the
         # padding gets the same log-mel floor it was trained on.
         padded = np.zeros(window_s * STT_SAMPLE_RATE, dtype=np.float32)
         padded[: len(audio)] = audio[: len(padded)]
-        feats = self.model.feature_extractor(padded, padding=0)
+        feats = model.feature_extractor(padded, padding=0)
         mel = np.ascontiguousarray(feats[None, :, :frames], dtype=np.float32)
-        encoded = self.model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
-        result = self.model.model.generate(
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+        result = model.model.generate(
             encoded, [self._prompt], beam_size=1, max_length=len(self._prompt) + cfg.max_new_tokens,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True,
             suppress_tokens=self._suppress,
@@ -252,7 +268,7 @@ class WhisperStream:
             return None
         self._last_partial_at = self._n
         started = time.perf_counter()
-        text = self._decode(self._tr.config.partial_window)
+        text = self._decode(partial=True)
         self._partial_seconds += time.perf_counter() - started
         if text == self._partial:
             return None
@@ -281,13 +297,13 @@ class WhisperStream:
     def buffered_seconds(self) -> float:
         return self._n / STT_SAMPLE_RATE
 
-    def _decode(self, window: Literal["fit", "full"] | None = None) -> str:
+    def _decode(self, *, partial: bool = False) -> str:
         cfg = self._tr.config
-        window = window or cfg.encoder_window
         audio = to_float32(np.concatenate(self._chunks)) if self._chunks else np.zeros(0, np.float32)
-        decoded = self._tr.decode(audio, window)
+        window = cfg.partial_window if partial else cfg.encoder_window
+        decoded = self._tr.decode(audio, window, partial=partial)
         self.decodes += 1
-        if window == cfg.encoder_window:  # only a decode made the way finals are is a final
+        if not partial:  # only a decode made the way finals are is a final
             self._cached = (self._n, decoded.text)
         return decoded.text
 
@@ -303,10 +319,26 @@ _SENTENCE = re.compile(r"[^.?!]+[.?!]*")
 
 
 def _collapse_repeats(text: str) -> str:
-    """Drop a sentence repeated back to back: the cut-window decode's usual slip at a turn's end."""
+    """Drop what the cut-window decode adds at a turn's end when it runs on into the padding:
+    a sentence repeated back to back, or the start of an earlier sentence said again
+    ("Where is the missing key? Where", "Get by for now... Get by for now")."""
     sentences = [m.group().strip() for m in _SENTENCE.finditer(text) if m.group().strip()]
     kept = [s for i, s in enumerate(sentences) if i == 0 or s.lower() != sentences[i - 1].lower()]
+    if len(kept) > 1:
+        tail = _words(kept[-1])
+        if tail and any(_starts_with(_words(s), tail) for s in kept[:-1]):
+            kept.pop()
     return " ".join(kept) if len(kept) < len(sentences) else text
+
+
+def _starts_with(words: list[str], tail: list[str]) -> bool:
+    """``tail`` starts ``words``; its last word may be cut short ("Where" of "Where's")."""
+    head = words[: len(tail)]
+    return len(head) == len(tail) and head[:-1] == tail[:-1] and head[-1].startswith(tail[-1])
+
+
+def _words(sentence: str) -> list[str]:
+    return re.findall(r"[\w']+", sentence.lower())
 
 
 def _compression_ratio(text: str) -> float:

@@ -244,6 +244,8 @@ def test_the_baseline_preset_switches_the_latency_work_off_and_nothing_else() ->
     cfg = EngineConfig(llm_slots=2, end_of_turn_ms=700)
     old = baseline(cfg)
     assert (old.acks, old.preemptive, old.smart_turn, old.history_block) == (False, False, False, 1)
+    assert (old.tts_threads, old.stt_threads, old.stt_final_window) == (1, 1, "full")
+    assert (cfg.tts_threads, cfg.stt_threads, cfg.stt_final_window) == (2, 2, "fit")
     assert (old.llm_slots, old.end_of_turn_ms, old.guard) == (2, 700, cfg.guard)
     assert (cfg.acks, cfg.preemptive, cfg.smart_turn) == (True, True, True)  # a copy: the original is untouched
 

@@ -180,3 +180,32 @@ async def test_barge_in_cuts_whoever_speaks_in_a_scene(client: EngineClient, eng
     assert end["status"] == "cancelled" and end["interrupted"] is True and end["character"] == "marta"
     follow = await scene.next_turn(timeout=30)
     assert (await follow.collect(timeout=120))[0]["source"] == "voice"
+
+
+async def test_the_line_heard_so_far_is_evaluated_while_the_player_speaks(client: EngineClient, engine: Running) -> None:
+    """A partial transcript has the prompt up to those words evaluated in the background, so
+    the reply evaluates only the rest of the line: fewer prompt tokens than the same line typed."""
+    s = await client.open_session("bram", "p-ptt-partial", greet=False, audio=False)
+    session = engine.server.sessions[s.id]
+    pcm, _ = clip("kokoro_bm_george_00.wav")  # 3.6 s of speech: partials while it is spoken
+    await stream(s, pcm)
+    await client.request({"type": "ping"})  # every frame has reached the session
+    voice = session.voice_input
+    assert voice is not None
+    await voice.drained()
+    partials = [t["text"] for t in transcripts(s) if not t["final"]]
+    assert partials, "no partial transcript: nothing to evaluate ahead"
+    warm = session._warm
+    assert warm is not None
+    await warm  # the player has not let go yet: the warm-up of the words so far has run
+    assert session.warm_ups >= 2  # the persona's at open, and the line's beginning
+    await s.end_audio()
+    voice_msgs = await (await s.next_turn(timeout=30)).collect(timeout=120)
+    heard, voice_end = voice_msgs[0]["input"], voice_msgs[-1]
+    # The same line typed, to a fresh player of the same character: nothing of it ahead.
+    typed = await client.open_session("bram", "p-ptt-partial-typed", greet=False, audio=False)
+    typed_warm = engine.server.sessions[typed.id]._warm
+    if typed_warm is not None:
+        await typed_warm  # its persona evaluated first, as the voice session's was
+    typed_end = (await (await typed.say(heard, timeout=60)).collect(timeout=120))[-1]
+    assert voice_end["prompt_tokens_evaluated"] < typed_end["prompt_tokens_evaluated"], (partials, voice_end, typed_end)

@@ -218,14 +218,22 @@ class Session:
         self._warm_gate = gate = _WarmGate()
         self._warm = self._tasks.spawn(self._warm_llm(gate, only_if_changed), "warm-up")
 
-    async def _warm_llm(self, gate: _WarmGate, only_if_changed: bool = False, overheard: bool = False) -> None:
+    async def _warm_llm(
+        self, gate: _WarmGate, only_if_changed: bool = False, overheard: bool = False, line: str | None = None
+    ) -> None:
         eng = self.engine
         try:
             # Everything before the player's line: the persona, the example exchanges and the
             # history up to the last reply all stay in the slot's KV cache for the next turn.
             # In a scene, lines it overheard since then come with the player's next line, in
-            # the same message: ``overheard`` evaluates them too, the line left empty.
-            messages = await self._messages("") if overheard else (await self._messages("Hello."))[:-1]
+            # the same message: ``overheard`` evaluates them too, the line left empty. With
+            # ``line`` (the words heard so far), the line's beginning too.
+            if line is not None:
+                messages = await self._messages(line)
+            elif overheard:
+                messages = await self._messages("")
+            else:
+                messages = (await self._messages("Hello."))[:-1]
             if only_if_changed and not self._cache_lost(messages):
                 return  # the next turn evaluates only the last reply and its line anyway
             usage = PromptUsage()
@@ -354,6 +362,24 @@ class Session:
 
     def transcript(self, text: str, final: bool, utterance: int) -> None:
         self._send(msg.Transcript(session=self.id, text=text, final=final, utterance=utterance))
+        if not final:
+            self.prepare_line(text)
+
+    def prepare_line(self, heard: str) -> None:
+        """The player is speaking and ``heard`` is what the recognizer has of the line so far:
+        have the prompt up to those words evaluated now, in the background lane (one token
+        generated, nothing said), so the reply evaluates only what the player said after them.
+        llama.cpp reuses the longest common beginning, so a partial that got a word wrong
+        costs only the words after it. Not while the NPC speaks (its turn holds the slot and
+        will add its reply), nor while another warm-up is still running."""
+        if self.closed or not self.engine.cfg.warm_next_prompt or not heard.strip():
+            return
+        if self.current is not None or self._speculative:
+            return
+        if self._warm is not None and not self._warm.done():
+            return
+        self._warm_gate = gate = _WarmGate()
+        self._warm = self._tasks.spawn(self._warm_llm(gate, line=heard), "warm-up")
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)

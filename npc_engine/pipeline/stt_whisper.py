@@ -83,8 +83,8 @@ class WhisperConfig:
     model_dir: Path | None = None  # None: the bundled tiny.en
     device: str = "cpu"
     compute_type: str = "int8"
-    # More than 1: finals (30 s windows) may also run on this many threads, whichever count
-    # has been faster lately (pipeline/threads.py); partials always take one.
+    # More than 1: finals may also run on this many threads, whichever count has been
+    # faster lately (pipeline/threads.py); partials always take one.
     cpu_threads: int = 1
     language: str = "en"
     # Finals: "fit" (a window cut to the utterance + final_margin_s: ~3x faster than 30 s,
@@ -137,7 +137,7 @@ class WhisperTranscriber:
                              cpu_threads=n, num_workers=1))
             for n in thread_counts(self.config.cpu_threads)
         ]
-        self.model: WhisperModel = models[0][1]  # one thread: partials, and what ``fit`` decodes use
+        self.model: WhisperModel = models[0][1]  # one thread: partials
         self._finals = ThreadChoice(models)
         multilingual = self.model.model.is_multilingual
         self._tokenizer = Tokenizer(
@@ -193,7 +193,7 @@ class WhisperTranscriber:
         return text
 
     def thread_costs(self) -> dict[int, float | None]:
-        """Seconds per 30 s window lately, by thread count (pipeline/threads.py)."""
+        """Seconds per 30 s of encoder window lately, by thread count (pipeline/threads.py)."""
         return self._finals.costs()
 
     def _transcribe(self, model: WhisperModel, audio: np.ndarray) -> str:

@@ -4,8 +4,8 @@ A model that answers the player (Kokoro's first chunk, Whisper's final) is faste
 intra-op threads when the other core is free: Kokoro's "Well, traveller," takes 0.39 s on two
 threads against 0.68 s on one, even with the LLM decoding beside it at nice 10 (the voice gets
 the core first, ``scheduling.py``). But on a machine that other programs also load, two
-threads are much slower than one (1.5 s against 0.62 s, docs/architecture.md): every
-operator waits for the slower of its threads, and one of them keeps losing its core. No
+threads can be slower than one (1.5 s against 0.62 s in one measurement, docs/architecture.md):
+every operator waits for the slower of its threads, and one of them keeps losing its core. No
 fixed count is right on every machine, so a model keeps one instance per thread count and
 ``ThreadChoice`` picks, run by run, the one whose recent runs cost least per unit of work
 (seconds per second of audio rendered, or per 30 s window decoded), and now and then runs

@@ -516,9 +516,10 @@ class Scene:
         self._send(msg.Transcript(session=self.id, text=text, final=final, utterance=utterance))
         if not final and text.strip():
             # The player is still speaking: whoever the line so far goes to (named, faced, the
-            # lead, the last speaker) has its overheard lines evaluated while they finish it.
+            # lead, the last speaker) has its prompt evaluated up to the words heard so far
+            # (the lines it overheard come with them) while they finish it.
             member, _ = self._answerer(text, None)
-            member.prepare()
+            member.prepare_line(text)
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)

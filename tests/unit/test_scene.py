@@ -164,3 +164,22 @@ async def test_a_banter_keeps_pace_with_playback_so_the_player_can_still_cut_in(
     end = await sent.first(msg.BanterEnd)
     assert end.interrupted and end.lines == 1
     assert [s.source for s in turns(sent)] == ["banter", "text"]
+
+
+async def test_the_line_heard_so_far_is_evaluated_by_the_character_it_goes_to(
+    make_engine: MakeEngine, scenes: list[Scene],
+) -> None:
+    chat = ScriptedChat(["Aye, the forge is hot today and the iron is ready for work."])
+    engine = make_engine(chat, [SilenceSynth()])
+    scene = await open_scene(engine, Sent(), scenes, "marta", "bram")
+    scene.reactions = False
+    await scene.start_turn("text", "Marta, hello.").wait()
+    await scene.start_turn("text", "Bram, what are you forging today?").wait()  # Marta overhears it
+    # A partial transcript of the player's next line, which names Marta.
+    scene.transcript("Marta, did you hear", final=False, utterance=0)
+    marta = scene.member("marta")
+    await eventually(lambda: not marta.warming, what="Marta's prompt evaluated up to the words so far")
+    warmed, affinity = chat.warm_ups[-1]
+    assert affinity == marta.affinity
+    assert "Marta, did you hear" in warmed[-1].content and "what are you forging today" in warmed[-1].content
+    await scene.close()

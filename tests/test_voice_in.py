@@ -188,7 +188,7 @@ async def test_the_line_heard_so_far_is_evaluated_while_the_player_speaks(client
     s = await client.open_session("bram", "p-ptt-partial", greet=False, audio=False)
     session = engine.server.sessions[s.id]
     if session._warm is not None:
-        await session._warm  # the persona's, at open: a partial that came meanwhile would wait for none
+        await session._warm  # the persona's, at open: a partial heard while it runs is not warmed
     pcm, _ = clip("kokoro_bm_george_00.wav")  # 3.6 s of speech: partials while it is spoken
     await stream(s, pcm)
     await client.request({"type": "ping"})  # every frame has reached the session

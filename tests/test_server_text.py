@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from npc_engine.client import EngineClient
-from npc_engine.metrics import STAGES
+from npc_engine.metrics import ORDER_CHAINS
 from npc_engine.quality.checks import split_sentences
 from tests.harness import Running, engine_config, running_engine
 
@@ -35,9 +35,13 @@ def assert_turn_shape(msgs: list[dict[str, Any]], session: str) -> None:
 
 
 def assert_timings_ordered(timings: dict[str, float]) -> None:
-    present = [timings[s] for s in STAGES if s in timings]
-    assert present == sorted(present), f"stage timings out of order: {timings}"
-    assert all(v >= 0 for v in present)
+    # Along each chain the engine guarantees (metrics.ORDER_CHAINS). Not one flat order: a
+    # reply whose only clause is cut when the stream ends has its first clause after llm_done
+    # (seen on CI: first_clause 2605.95 ms, llm_done 2605.47 ms).
+    for chain in ORDER_CHAINS:
+        present = [timings[s] for s in chain if s in timings]
+        assert present == sorted(present), f"stage timings out of order along {chain}: {timings}"
+    assert all(v >= 0 for v in timings.values())
 
 
 async def test_hello_lists_characters_and_formats(client: EngineClient) -> None:

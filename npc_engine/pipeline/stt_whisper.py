@@ -158,7 +158,7 @@ class WhisperTranscriber:
         """One decode of a short tone-free clip, so the first real turn is not the slow one."""
         rng = np.random.default_rng(0)
         for _ in self._finals.models:  # each instance once: an untried one is picked first
-            self.decode((rng.normal(0, 0.001, STT_SAMPLE_RATE)).astype(np.float32), "full")
+            self.decode((rng.normal(0, 0.001, STT_SAMPLE_RATE)).astype(np.float32))
 
     def transcribe(self, pcm: np.ndarray) -> str:
         """Decode a whole utterance (int16 PCM at 16 kHz) in one call."""
@@ -176,21 +176,16 @@ class WhisperTranscriber:
             elif partial:
                 text = self._decode_fit(audio, self.model, self.config.window_margin_s)
             else:
-                threads, model = self._finals.pick()
-                text = self._decode_fit(audio, model, self.config.final_margin_s)
                 # The encoder's cost grows with the window: seconds of compute per 30 s of it.
-                window_s = self._window_seconds(audio, self.config.final_margin_s)
-                self._finals.record(threads, time.perf_counter() - started, window_s / MAX_WINDOW_S)
+                margin = self.config.final_margin_s
+                windows = self._window_seconds(audio, margin) / MAX_WINDOW_S
+                text = self._finals.run(lambda model: self._decode_fit(audio, model, margin), lambda _: windows)
         return Decoded(text, time.perf_counter() - started)
 
     def _decode_full(self, audio: np.ndarray) -> str:
-        threads, model = self._finals.pick()
-        started = time.perf_counter()
-        text = self._transcribe(model, audio)
-        # The encoder's 30 s window is most of the cost, whatever the length of the line.
+        # Each 30 s window is most of the cost, whatever the length of the line.
         windows = math.ceil(len(audio) / (MAX_WINDOW_S * STT_SAMPLE_RATE)) or 1
-        self._finals.record(threads, time.perf_counter() - started, windows)
-        return text
+        return self._finals.run(lambda model: self._transcribe(model, audio), lambda _: windows)
 
     def thread_costs(self) -> dict[int, float | None]:
         """Seconds per 30 s of encoder window lately, by thread count (pipeline/threads.py)."""

@@ -15,11 +15,13 @@ the other to see whether the machine has changed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Weight of the newest run in the running cost: a load that comes or goes shows within a few runs.
 ALPHA = 0.3
@@ -72,6 +74,15 @@ class ThreadChoice(Generic[T]):
                 return
             cost = seconds / work
             option.cost = cost if option.cost is None else (1 - ALPHA) * option.cost + ALPHA * cost
+
+    def run(self, call: Callable[[T], R], work: Callable[[R], float]) -> R:
+        """``call`` the instance ``pick`` chooses, timed, and ``record`` it; ``work`` says how
+        much the result was worth (seconds of audio rendered, seconds of window decoded)."""
+        threads, model = self.pick()
+        started = time.perf_counter()
+        result = call(model)
+        self.record(threads, time.perf_counter() - started, work(result))
+        return result
 
     def costs(self) -> dict[int, float | None]:
         """Running cost by thread count (logs, tests)."""

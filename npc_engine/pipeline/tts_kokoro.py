@@ -234,16 +234,14 @@ class KokoroSynthesizer:
             "style": style.astype(np.float32),
             "speed": np.array([speed], dtype=np.float32),
         }
-        threads, session = self._sessions.pick()
-        started = time.perf_counter()
         try:
-            audio, durations = session.run(None, feeds)
+            # Cost per second of audio: the decoder's work grows with the audio it renders.
+            audio, durations = self._sessions.run(
+                lambda session: session.run(None, feeds), lambda out: np.size(out[0]) / SAMPLE_RATE
+            )
         except Exception as error:
             raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
-        audio = np.asarray(audio, np.float32).ravel()
-        # Cost per second of audio: the decoder's work grows with the audio it renders.
-        self._sessions.record(threads, time.perf_counter() - started, len(audio) / SAMPLE_RATE)
-        return audio, np.asarray(durations, np.int64).ravel()
+        return np.asarray(audio, np.float32).ravel(), np.asarray(durations, np.int64).ravel()
 
     def thread_costs(self) -> dict[int, float | None]:
         """Seconds per second of audio lately, by intra-op thread count (pipeline/threads.py)."""

@@ -63,3 +63,11 @@ def test_thread_counts_and_an_empty_choice() -> None:
     assert thread_counts(2) == [1, 2]
     with pytest.raises(ValueError):
         ThreadChoice([])
+
+
+def test_run_calls_the_picked_instance_and_records_its_cost_per_unit_of_work() -> None:
+    choice = ThreadChoice([(1, "one"), (2, "two")])
+    assert choice.run(lambda model: model.upper(), lambda result: 4.0) == "TWO"  # untried, most threads
+    cost = choice.costs()[2]
+    assert cost is not None and 0 <= cost < 1.0  # seconds per unit: a quick call over 4 units
+    assert choice.costs()[1] is None

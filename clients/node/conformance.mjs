@@ -849,9 +849,14 @@ async function main() {
       const ridB = conn.newId();
       await conn.send({ type: "text", session: sid, text: LONG_PROMPT, id: ridA });
       const a = await awaitTurnStart(conn, sid, ridA, expect, ended(sid));
-      const firstA = await conn.next(
-        (m) => m.session === sid && m.turn === a.tid && (m.type === "reply.text" || m.type === "turn.end"),
-        TURN_MS, `reply.text of turn ${a.tid}`);
+      // Mid-stream (after its first reply.text) while tries remain; a short reply can end before
+      // the new line arrives, so the last try sends it as soon as turn A has started (the model
+      // is still reading its prompt then), where it cannot lose that race.
+      const firstA = attempt < CANCEL_ATTEMPTS
+        ? await conn.next(
+          (m) => m.session === sid && m.turn === a.tid && (m.type === "reply.text" || m.type === "turn.end"),
+          TURN_MS, `reply.text of turn ${a.tid}`)
+        : a.start;
       await conn.send({ type: "text", session: sid, text: "Sorry, never mind. Goodbye!", id: ridB });
       const endA = firstA.type === "turn.end" ? firstA
         : await conn.next((m) => m.session === sid && m.turn === a.tid && m.type === "turn.end", TURN_MS, `turn.end of turn ${a.tid}`);

@@ -130,9 +130,14 @@ def build_messages(
     recent = list(history)[-2 * history_turns:] if history_turns > 0 else []
     while recent and recent[0].role != "user":
         recent.pop(0)
+    # A reply the player cut off is there as the words they heard, unmarked. A note such as
+    # "(you were interrupted here)" is copied by a small model into its next replies and said
+    # aloud: after three cut-off turns the fast profile put a parenthesis in 18 of 36 replies
+    # (8 said "(You were interrupted here)"); a dash at the cut ("chipped near—") in 6 of 84,
+    # half of them ending on a dash of their own; the bare words in 1 of 84 (docs/latency.md,
+    # issue #10's third round; tests/test_prompt_history.py).
     for h in recent:
-        content = h.content + (" (you were interrupted here)" if h.interrupted else "")
-        _append(msgs, ChatMessage("user" if h.role == "user" else "assistant", content))
+        _append(msgs, ChatMessage("user" if h.role == "user" else "assistant", h.content))
     _append(msgs, ChatMessage("user", user_text))
     if reply_start.strip():
         msgs.append(ChatMessage("assistant", reply_start.strip()))

@@ -18,8 +18,8 @@ Per engine it prints:
 
 Engines: ``whisper`` (the default: finals on windows cut to the line + 12 s,
 partials on the line + 1 s), ``whisper-full`` (finals on 30 s windows, the
-stock decode and the default before issue #10), ``whisper-fit1`` (finals on
-the line + 1 s: the partials' window), ``moonshine``, ``vosk-ko`` (latency only,
+stock decode and the default before issue #10), ``whisper-fitN`` (finals on
+the line + N s, e.g. ``whisper-fit1``: the partials' window; ``whisper-fit6``), ``moonshine``, ``vosk-ko`` (latency only,
 on the Korean clips).
 Baseline for the ratios: ``whisper``.
 
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -146,8 +147,8 @@ def make_engine(name: str) -> Transcriber:
         return make_transcriber("whisper")
     if name == "whisper-full":
         return make_transcriber("whisper", encoder_window="full")
-    if name == "whisper-fit1":
-        return make_transcriber("whisper", final_margin_s=1.0)
+    if (m := re.fullmatch(r"whisper-fit(\d+(?:\.\d+)?)", name)) is not None:  # finals on the line + N s
+        return make_transcriber("whisper", final_margin_s=float(m.group(1)))
     if name == "moonshine":
         return make_transcriber("moonshine")
     if name == "vosk-ko":

@@ -75,6 +75,10 @@ class EngineConfig:
     # takes the count that has been faster lately (pipeline/threads.py): on an idle 2-core
     # machine two threads cut the first chunk by ~40%, on a loaded one one thread wins.
     tts_threads: int = 2
+    # A reply's first chunk: Kokoro voices about this much of its first words (seconds of
+    # speech, to a word boundary) on a first window of the decoder, then the rest of the clause
+    # as the next chunk (pipeline/tts_kokoro.py synthesize_head; docs/tts.md). 0: whole.
+    tts_head_s: float = 0.5
 
     # STT
     stt: Literal["whisper", "moonshine", "vosk", "none"] = "whisper"
@@ -163,13 +167,13 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     (``end_of_turn_ms``), the history slides by one exchange a turn (the prompt changes
     right after the persona, so each turn evaluates the whole history again) and is not
     warmed between turns, the LLM runs at the voice's priority, synthesis and recognition
-    run on one thread each (no choice of two by measured speed), and Whisper's finals take
-    the 30 s window. (Synthesis is still
+    run on one thread each (no choice of two by measured speed), a reply's first chunk is
+    rendered whole, and Whisper's finals take the 30 s window. (Synthesis is still
     scheduled by deadline across sessions: with one conversation at a time that is the old
     first-come order.)"""
     return dataclasses.replace(
         cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0,
-        tts_threads=1, stt_threads=1, stt_final_window="full",
+        tts_threads=1, tts_head_s=0.0, stt_threads=1, stt_final_window="full",
     )
 
 

@@ -59,7 +59,7 @@ def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
         return EspeakSynthesizer()
     from npc_engine.pipeline.tts_kokoro import KokoroConfig, KokoroSynthesizer
 
-    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads))
+    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads, head_s=cfg.tts_head_s))
 
 
 def make_transcriber(cfg: EngineConfig) -> Transcriber | None:

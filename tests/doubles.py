@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from npc_engine.pipeline.base import (
     ChatMessage,
     GenOptions,
+    Head,
     ModelError,
     PromptUsage,
     SpeechChunk,
@@ -30,6 +32,9 @@ from npc_engine.pipeline.base import (
     Voice,
 )
 from npc_engine.pipeline.vad import SileroVad, VadState
+
+# A double held on purpose gives up after this long, so a broken test fails instead of hanging.
+TIMEOUT_S = 30.0
 
 # --------------------------------------------------------------------------- chat
 
@@ -247,6 +252,46 @@ class SilenceSynth:
 
     def warm_up(self) -> None:
         self.warm_ups += 1
+
+
+class HeadFirstSilence(SilenceSynth):
+    """A ``SilenceSynth`` that is also ``HeadFirst`` (test double): a text of more than
+    ``head_words`` words is voiced as its first ``head_words`` words, then, when ``Head.rest``
+    is called, the rest (each one ``synthesize`` call, so ``texts`` records both). ``fail_rest``:
+    the rest raises. ``hold_rest``: the rest waits until the event is set (a turn cut off
+    between the head and the rest)."""
+
+    def __init__(
+        self,
+        name: str = "silence-head",
+        *,
+        head_words: int = 2,
+        fail_rest: bool = False,
+        hold_rest: threading.Event | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        self.head_words = head_words
+        self.fail_rest = fail_rest
+        self.hold_rest = hold_rest
+        self.rests = 0
+
+    def synthesize_head(self, text: str, voice: Voice) -> Head:
+        words = text.split()
+        if len(words) <= self.head_words:
+            return Head(self.synthesize(text, voice))
+        head_text, rest_text = " ".join(words[:self.head_words]), " ".join(words[self.head_words:])
+        head = self.synthesize(head_text, voice)
+
+        def rest() -> SpeechChunk:
+            self.rests += 1
+            if self.hold_rest is not None and not self.hold_rest.wait(TIMEOUT_S):
+                raise TimeoutError("the rest was held too long (test double)")
+            if self.fail_rest:
+                raise RuntimeError(f"{self.name}: scripted failure of the rest (test double)")
+            return self.synthesize(rest_text, voice)
+
+        return Head(head, rest, rest_text)
 
 
 # --------------------------------------------------------------------------- voice in

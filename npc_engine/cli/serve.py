@@ -44,8 +44,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="the engine as it was before the latency work of issue #10, to compare against (npc-engine bench "
                         "runs one): no acknowledgements, no preemptive replies, open-mic turns end on silence alone, "
-                        "the history slides by one exchange a turn, Kokoro and Whisper run one thread, Whisper's "
-                        "finals take 30 s windows")
+                        "the history slides by one exchange a turn, Kokoro and Whisper run one thread, a reply's first "
+                        "chunk is rendered whole, Whisper's finals take 30 s windows")
     p.add_argument("--parent-pid", type=int, metavar="PID",
                    help="stop (cleanly) once process PID exits: for a game that starts its own engine, "
                         "so that the engine does not outlive a game that crashed")

@@ -12,7 +12,7 @@ between tokens / chunks, so a barge-in stops work within one step.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -148,6 +148,26 @@ class SpeechChunk:
     @property
     def duration(self) -> float:
         return len(self.pcm) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A text's first words, voiced before the rest of it (``HeadFirst``)."""
+
+    chunk: SpeechChunk
+    # Renders the rest of the text, to be played right after ``chunk`` (blocking; call it at
+    # most once). None: ``chunk`` is the whole text.
+    rest: Callable[[], SpeechChunk] | None = None
+    rest_text: str = ""
+
+
+@runtime_checkable
+class HeadFirst(Protocol):
+    """A synthesizer that can voice a text's first words before the rest (Kokoro: the decoder
+    runs on a first window of the sentence). A turn's first chunk uses it: its cost grows with
+    the audio rendered, and the player is waiting for the first sound."""
+
+    def synthesize_head(self, text: str, voice: Voice) -> Head: ...
 
 
 @runtime_checkable

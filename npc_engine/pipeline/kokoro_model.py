@@ -7,7 +7,14 @@ model predicts internally (``durations``, int64 ``[1, tokens + 2]``, in frames o
 600 samples at 24 kHz: ``durations.sum() * 600 == len(audio)`` exactly). Those
 durations are what the viseme and word tracks are built from.
 
-Both files live in the cache directory (``$NPC_ENGINE_CACHE_DIR``, else
+The patched graph is then cut in two where the text side hands over to the vocoder:
+the **encoder** (tokens, style, speed → durations and the decoder's per-frame inputs: text
+features aligned to frames, and the pitch and energy curves at two points a frame) and the
+**decoder** (those, and the style → audio). Run one after the other they give the very same
+samples as the whole graph; the cut lets a sentence's first words be voiced on their own
+(``tts_kokoro``: the prosody comes from the whole sentence, the decoder runs on a window).
+
+All these files live in the cache directory (``$NPC_ENGINE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/npc-engine``, else ``~/.cache/npc-engine``), keyed by the
 source hash, and are written atomically so a killed process never leaves a
 half-written model behind (the join, the check and the cache are ``model_files``', shared
@@ -50,6 +57,11 @@ MODEL_PARTS: tuple[tuple[str, str, str], ...] = (
 PART_VERSION = "0.1.0"
 
 DURATIONS_OUTPUT = "durations"
+# The decoder's inputs, as this export names them (checked when the graph is cut): text
+# features aligned to frames [1, 512, frames]; two curves at two points a frame [1, 2 * frames]
+# (pitch and energy).
+FRAME_FEATURES = "/encoder/MatMul_1_output_0"
+FRAME_CURVES = ("/encoder/Reshape_output_0", "/encoder/Reshape_1_output_0")
 SAMPLES_PER_FRAME = 600  # 24 kHz / 40 frames per second
 SAMPLE_RATE = 24_000
 
@@ -57,11 +69,14 @@ SAMPLE_RATE = 24_000
 
 @dataclass(frozen=True, slots=True)
 class KokoroModelFiles:
-    """The verified model in the cache: ``source`` as published, ``patched`` with ``durations``."""
+    """The verified model in the cache: ``source`` as published, ``patched`` with ``durations``,
+and the patched graph cut in two."""
 
     source: Path
     patched: Path
     sha256: str
+    encoder: Path  # tokens, style, speed -> durations and the decoder's inputs
+    decoder: Path  # FRAME_FEATURES, FRAME_CURVES, style -> audio
 
 
 def locate_parts() -> list[Path]:
@@ -149,6 +164,42 @@ def _patch(source: Path, target: Path) -> None:
     log.info("patched Kokoro model with a durations output in %.1f s: %s", time.perf_counter() - started, target)
 
 
+def _cut(patched: Path, encoder: Path, decoder: Path) -> None:
+    import onnx
+    from onnx.utils import Extractor
+
+    started = time.perf_counter()
+    model = onnx.load(str(patched))
+    graph = model.graph
+    inputs = [FRAME_FEATURES, *FRAME_CURVES]
+    # The decoder must need nothing of the text side but these (and the style): walk back from
+    # the audio and stop at them; anything else reached means another export.
+    producer = {out: node for node in graph.node for out in node.output}
+    known = {i.name for i in graph.initializer} | set(inputs) | {"style"}
+    seen: set[str] = set()
+    todo = ["audio"]
+    while todo:
+        tensor = todo.pop()
+        if tensor in seen or tensor in known:
+            continue
+        seen.add(tensor)
+        node = producer.get(tensor)
+        if node is None:
+            raise ModelError(f"This Kokoro ONNX export's vocoder also reads {tensor!r}; cannot cut it in two.",
+                             code="tts_model_unsupported")
+        todo.extend(i for i in node.input if i)
+    extractor = Extractor(model)
+    for path, part in ((encoder, extractor.extract_model(["tokens", "style", "speed"], [*inputs, DURATIONS_OUTPUT])),
+                       (decoder, extractor.extract_model([*inputs, "style"], ["audio"]))):
+        tmp = atomic_path(path)
+        try:
+            onnx.save(part, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    log.info("cut the Kokoro model into encoder and decoder in %.1f s", time.perf_counter() - started)
+
+
 def ensure_model(cache_dir: Path | None = None, parts: Sequence[Path] | None = None) -> KokoroModelFiles:
     """Return the verified and patched Kokoro model, building the cache files on first use.
 
@@ -165,10 +216,16 @@ def ensure_model(cache_dir: Path | None = None, parts: Sequence[Path] | None = N
     source = cache / f"kokoro-v1.0-int8-{key}.onnx"
     patched = cache / f"kokoro-v1.0-int8-{key}-durations.onnx"
 
+    encoder = cache / f"kokoro-v1.0-int8-{key}-encoder.onnx"
+    decoder = cache / f"kokoro-v1.0-int8-{key}-decoder.onnx"
+
     rebuilt = ensure_joined(_parted_model(), part_paths, source)
     if rebuilt or not patched.is_file():
         _patch(source, patched)
-    return KokoroModelFiles(source=source, patched=patched, sha256=MODEL_SHA256)
+        rebuilt = True
+    if rebuilt or not encoder.is_file() or not decoder.is_file():
+        _cut(patched, encoder, decoder)
+    return KokoroModelFiles(source=source, patched=patched, sha256=MODEL_SHA256, encoder=encoder, decoder=decoder)
 
 
 # Kokoro's phoneme vocabulary (hexgrad/Kokoro-82M config.json, Apache-2.0; as shipped by

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
+from npc_engine.pipeline.base import Head, HeadFirst, SpeechChunk, Synthesizer, Voice
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,52 @@ class FallbackSynthesizer:
                 log.error("TTS %s failed: %s", synth.name, exc)
                 self._advance(f"{synth.name} failed ({exc})")
                 continue
-            took_ms = (time.perf_counter() - started) * 1000.0
-            limit_ms = self.budget.limit_ms(speech.duration)
-            if took_ms > limit_ms and self._at + 1 < len(self.voices):
-                self._advance(
-                    f"a {speech.duration:.1f} s chunk took {took_ms:.0f} ms to synthesize (limit {limit_ms:.0f} ms): "
-                    f"{synth.name} cannot keep up with playback",
-                )
+            self._check_pace(synth, started, speech)
             return speech
         raise NoVoiceLeft("no voice left for this turn")
+
+    def synthesize_head(self, text: str, voice: Voice) -> Head:
+        """``text``'s first words first where the current voice can (``HeadFirst``), else the
+        whole of it; the rest renders on the same terms: if the voice fails on it, the next
+        voice says the rest's words. Blocking, as is ``Head.rest``."""
+        synth = self.current
+        if not isinstance(synth, HeadFirst):
+            return Head(self.synthesize(text, voice))
+        started = time.perf_counter()
+        try:
+            head = synth.synthesize_head(text, voice)
+        except Exception as exc:
+            log.error("TTS %s failed: %s", self.name, exc)
+            self._advance(f"{self.name} failed ({exc})")
+            return Head(self.synthesize(text, voice))
+        self._check_pace(synth, started, head.chunk)
+        if head.rest is None:
+            return head
+        rest, rest_text = head.rest, head.rest_text
+
+        def finish() -> SpeechChunk:
+            if self.current is not synth:  # the head was over budget: the rest goes to the next voice
+                return self.synthesize(rest_text, voice)
+            started = time.perf_counter()
+            try:
+                speech = rest()
+            except Exception as exc:
+                log.error("TTS %s failed: %s", self.name, exc)
+                self._advance(f"{self.name} failed ({exc})")
+                return self.synthesize(rest_text, voice)
+            self._check_pace(synth, started, speech)
+            return speech
+
+        return Head(head.chunk, finish, rest_text)
+
+    def _check_pace(self, synth: Synthesizer, started: float, speech: SpeechChunk) -> None:
+        took_ms = (time.perf_counter() - started) * 1000.0
+        limit_ms = self.budget.limit_ms(speech.duration)
+        if took_ms > limit_ms and self._at + 1 < len(self.voices):
+            self._advance(
+                f"a {speech.duration:.1f} s chunk took {took_ms:.0f} ms to synthesize (limit {limit_ms:.0f} ms): "
+                f"{synth.name} cannot keep up with playback",
+            )
 
     def _advance(self, reason: str) -> None:
         self._at += 1

@@ -18,12 +18,14 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from npc_engine.pipeline.base import VISEMES, ModelError, SpeechChunk, Timed, Voice
+from npc_engine.pipeline.base import VISEMES, Head, ModelError, SpeechChunk, Timed, Voice
 from npc_engine.pipeline.g2p import (
     PAUSE_PHONEMES,
     SUFFIX_MARKS,
@@ -32,6 +34,8 @@ from npc_engine.pipeline.g2p import (
     phoneme_visemes,
 )
 from npc_engine.pipeline.kokoro_model import (
+    FRAME_CURVES,
+    FRAME_FEATURES,
     MAX_TOKENS,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
@@ -41,7 +45,11 @@ from npc_engine.pipeline.kokoro_model import (
 )
 from npc_engine.pipeline.threads import ThreadChoice, thread_counts
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 VOICES_DIR = Path(__file__).resolve().parent.parent / "assets" / "voices"
 STYLE_DIM = 256
@@ -52,6 +60,26 @@ SENTENCE_END = frozenset(".!?")
 
 _TRIM_HOP = 240  # 10 ms: fine enough not to clip an onset
 _MIN_QUIET_FRAMES = 3  # 75 ms of quiet audio reads as a pause to the eye
+
+# A first window (``synthesize_head``). The decoder is convolutional and normalises each
+# channel over the window it is given, so a window's edge sounds unlike the same frames in
+# the whole: each window runs on HEAD_CONTEXT frames past the join (200 ms), and the rest
+# fades in over the head window's audio in its first HEAD_CROSSFADE samples (20 ms); the join
+# is a word boundary.
+HEAD_CONTEXT = 8
+HEAD_CROSSFADE = 480
+# Frames of the pad before the first word that the head window keeps (the model gives it
+# ~14, 0.35 s, all cut down to ``lead_silence`` afterwards): the decoder's context for the onset.
+HEAD_LEAD = 8
+HEAD_MIN_REST = 12  # frames after the join (0.3 s); less, and the whole is rendered at once
+# The rest must be rendered before the head has played: at the decoder's recent cost per
+# second of audio, plus what each run costs whatever its length, it may take at most this
+# share of the head's playing time: the LLM (niced) and other sessions also want the cores.
+# In the bench (one conversation at a time, 2 cores) rests took 0.36-0.70 s against heads
+# playing 0.9-1.4 s at 0.55; none came late.
+HEAD_REST_SHARE = 0.65
+HEAD_RUN_S = 0.05
+HEAD_DEFAULT_COST = 0.5  # seconds per second of audio, before the first run is measured
 
 
 class UnknownVoiceError(ValueError):
@@ -75,6 +103,9 @@ class KokoroConfig:
     clause_pause: float = 0.12
     open_end_pause: float = 0.04
     default_voice: str = "af_heart"
+    # A turn's first chunk: voice about this much of its first words first (seconds of
+    # speech, ended at a word boundary), then the rest (``synthesize_head``). 0: whole.
+    head_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +127,45 @@ class Rendering:
     timings: list[PhonemeTiming]
 
 
+@dataclass(frozen=True, slots=True)
+class _Net:
+    """Kokoro's two halves (``kokoro_model``: encoder, decoder) loaded on one thread count."""
+
+    encoder: ort.InferenceSession
+    decoder: ort.InferenceSession
+
+
+@dataclass(frozen=True, slots=True)
+class _Frames:
+    """What the encoder made of one batch of tokens: the decoder's per-frame inputs, the style,
+    and each token's duration in frames (the two pads included)."""
+
+    features: np.ndarray  # [1, 512, frames]
+    curves: tuple[np.ndarray, np.ndarray]  # [1, 2 * frames] each: pitch and energy
+    style: np.ndarray
+    durations: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[2])
+
+    def window(self, a: int, b: int) -> dict[str, np.ndarray]:
+        """The decoder's feeds for frames [a, b)."""
+        return {
+            FRAME_FEATURES: np.ascontiguousarray(self.features[:, :, a:b]),
+            FRAME_CURVES[0]: np.ascontiguousarray(self.curves[0][:, 2 * a:2 * b]),
+            FRAME_CURVES[1]: np.ascontiguousarray(self.curves[1][:, 2 * a:2 * b]),
+            "style": self.style,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _HeadPlan:
+    join: int  # frame where the head ends and the rest begins
+    head_text: str
+    rest_text: str
+
+
 class KokoroSynthesizer:
     """Kokoro TTS: load once, then ``synthesize`` one clause or sentence at a time (blocking)."""
 
@@ -109,7 +179,7 @@ class KokoroSynthesizer:
         started = time.perf_counter()
         files: KokoroModelFiles = ensure_model(self.config.cache_dir)
         self.model_hash = files.sha256
-        sessions: list[tuple[int, ort.InferenceSession]] = []
+        sessions: list[tuple[int, _Net]] = []
         for threads in thread_counts(self.config.intra_op_threads):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
@@ -118,11 +188,12 @@ class KokoroSynthesizer:
             # Threads that spin between operators would take the core the (niced) LLM could use.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
-                sessions.append((threads, ort.InferenceSession(str(files.patched), options,
-                                                               providers=["CPUExecutionProvider"])))
+                halves = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                          for path in (files.encoder, files.decoder)]
             except Exception as error:  # onnxruntime raises its own exception types
-                raise ModelError(f"Could not load the Kokoro model {files.patched}: {error}",
+                raise ModelError(f"Could not load the Kokoro model {files.encoder.parent}: {error}",
                                  code="tts_model_corrupt") from error
+            sessions.append((threads, _Net(*halves)))
         self._sessions = ThreadChoice(sessions)
         log.info("loaded Kokoro ONNX in %.2f s (%s thread(s))", time.perf_counter() - started,
                  " and ".join(str(n) for n, _ in sessions))
@@ -176,29 +247,12 @@ class KokoroSynthesizer:
         log.info("Kokoro warm-up took %.2f s", time.perf_counter() - started)
 
     def synthesize(self, text: str, voice: Voice) -> SpeechChunk:
-        rendering = self.render(text, voice)
-        audio = rendering.audio
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
-        if not len(pcm):
-            return SpeechChunk(text=text, pcm=pcm, sample_rate=SAMPLE_RATE)
-        quiet = _quiet_frames(audio)
-        return SpeechChunk(
-            text=text,
-            pcm=pcm,
-            sample_rate=SAMPLE_RATE,
-            visemes=_viseme_track(rendering.timings, quiet, len(audio)),
-            words=_word_track(rendering, quiet),
-        )
+        return _chunk(text, self.render(text, voice))
 
     def render(self, text: str, voice: Voice) -> Rendering:
         """Synthesize ``text`` and keep the model's per-phoneme timings (trimmed like the audio)."""
-        if not MIN_SPEED <= voice.speed <= MAX_SPEED:
-            raise ValueError(f"Voice speed must be between {MIN_SPEED} and {MAX_SPEED}; got {voice.speed}.")
-        pack = self._voice_pack(voice.id)
-        ph = self._g2p_for(voice.id)(text)
-        # One model token per phoneme character; characters outside the vocabulary are not spoken.
-        chars = [(i, c) for i, c in enumerate(ph.phonemes) if c in VOCAB]
-        if not any(c not in PAUSE_PHONEMES and c != " " for _, c in chars):
+        pack, ph, chars = self._prepare(text, voice)
+        if not _speaks(chars):
             return Rendering(ph, np.zeros(0, np.float32), [])
 
         parts: list[np.ndarray] = []
@@ -206,42 +260,107 @@ class KokoroSynthesizer:
         offset = 0
         for batch in _batches(chars):
             audio, durations = self._infer([VOCAB[c] for _, c in batch], pack, voice.speed)
-            edges = np.concatenate([[0], np.cumsum(durations)]) * SAMPLES_PER_FRAME
-            if edges[-1] != len(audio):  # never seen with this export; keeps the tracks honest if one differs
-                edges = np.round(edges * (len(audio) / edges[-1])).astype(np.int64)
-            edges = edges + offset
-            labels = [("", -1), *((c, i) for i, c in batch), ("", -1)]
-            timings.extend(PhonemeTiming(c, i, int(edges[k]), int(edges[k + 1])) for k, (c, i) in enumerate(labels))
+            timings.extend(_timings(batch, durations, len(audio), offset))
             parts.append(audio)
             offset += len(audio)
-        audio = np.concatenate(parts)
+        return _trimmed(ph, np.concatenate(parts), timings, self.config.lead_silence, self._tail_pause(ph))
 
+    def synthesize_head(self, text: str, voice: Voice) -> Head:
+        """``text``'s first words (about ``head_s`` of speech, to a word boundary), and the rest on demand.
+
+        The encoder runs on the whole text, so durations, pitch and energy are the sentence's
+        own; the decoder, whose cost grows with the audio it renders, runs first on a window
+        that ends HEAD_CONTEXT frames past the join, then (``Head.rest``) on the rest from
+        HEAD_CONTEXT frames before it, and the two are crossfaded at the join. The join is the
+        first word boundary after ``head_s`` where the rest, at the decoder's recent cost,
+        renders in well under the head's playing time; a text too short for that is rendered
+        whole. What the player hears was measured against the whole render (docs/tts.md).
+        """
+        pack, ph, chars = self._prepare(text, voice)
+        if self.config.head_s <= 0 or not _speaks(chars) or len(chars) > BATCH_PHONEMES:
+            return Head(self.synthesize(text, voice))
+        feeds = self._feeds([VOCAB[c] for _, c in chars], pack, voice.speed)
+        cost = min((c for c in self._sessions.costs().values() if c is not None), default=HEAD_DEFAULT_COST)
+
+        def first(net: _Net) -> tuple[_Frames, _HeadPlan | None, int, np.ndarray]:
+            frames = _encode(net, feeds)
+            plan = _plan_head(text, ph, chars, frames.durations, self.config.head_s, cost)
+            if plan is None:
+                return frames, plan, 0, _decode(net, frames, 0, frames.count)
+            skip = max(0, int(frames.durations[0]) - HEAD_LEAD)
+            return frames, plan, skip, _decode(net, frames, skip, min(frames.count, plan.join + HEAD_CONTEXT))
+
+        started = time.perf_counter()
+        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE)
+        log.debug("first window: frames %d-%d of %d in %.0f ms (cost %.2f s/s): %r | %r", skip,
+                  skip + audio.size // SAMPLES_PER_FRAME, frames.count, (time.perf_counter() - started) * 1000, cost,
+                  plan.head_text if plan else text, plan.rest_text if plan else "")
+        timings = _timings(chars, frames.durations, frames.count * SAMPLES_PER_FRAME)
+        tail_pause = self._tail_pause(ph)
+        if plan is None:
+            return Head(_chunk(text, _trimmed(ph, audio, timings, self.config.lead_silence, tail_pause)))
+        # The head ends at the join (its words whole); the rest starts there, its first
+        # HEAD_CROSSFADE samples faded in over the head window's own. ``origin``: where the
+        # head window's audio starts in the whole text's.
+        origin = skip * SAMPLES_PER_FRAME
+        cut = plan.join * SAMPLES_PER_FRAME
+        overlap = audio[cut - origin:cut - origin + HEAD_CROSSFADE].copy()
+        head = _chunk(plan.head_text, _trimmed(ph, audio[:cut - origin], _clip(timings, origin, cut),
+                                               self.config.lead_silence, None))
+
+        def rest() -> SpeechChunk:
+            start = plan.join - HEAD_CONTEXT
+            began = time.perf_counter()
+            more = self._run(lambda net: _decode(net, frames, start, frames.count), lambda out: out.size / SAMPLE_RATE)
+            log.debug("rest: frames %d-%d in %.0f ms (the head plays %.2f s)", start, frames.count,
+                      (time.perf_counter() - began) * 1000, head.duration)
+            more = more[cut - start * SAMPLES_PER_FRAME:]
+            # Both renders voice the same frames here (only the edge's context differs): a
+            # linear crossfade keeps their level.
+            fade = np.linspace(0.0, 1.0, HEAD_CROSSFADE, dtype=np.float32)
+            more[:HEAD_CROSSFADE] = overlap * (1.0 - fade) + more[:HEAD_CROSSFADE] * fade
+            return _chunk(plan.rest_text, _trimmed(ph, more, _clip(timings, cut, len(more) + cut), None, tail_pause))
+
+        return Head(head, rest, plan.rest_text)
+
+    def _prepare(self, text: str, voice: Voice) -> tuple[np.ndarray, Phonemized, list[tuple[int, str]]]:
+        if not MIN_SPEED <= voice.speed <= MAX_SPEED:
+            raise ValueError(f"Voice speed must be between {MIN_SPEED} and {MAX_SPEED}; got {voice.speed}.")
+        pack = self._voice_pack(voice.id)
+        ph = self._g2p_for(voice.id)(text)
+        # One model token per phoneme character; characters outside the vocabulary are not spoken.
+        return pack, ph, [(i, c) for i, c in enumerate(ph.phonemes) if c in VOCAB]
+
+    def _tail_pause(self, ph: Phonemized) -> float:
         last = next((c for c in reversed(ph.phonemes) if not c.isspace()), "")
-        tail = (self.config.sentence_pause if last in SENTENCE_END
+        return (self.config.sentence_pause if last in SENTENCE_END
                 else self.config.clause_pause if last in PAUSE_PHONEMES else self.config.open_end_pause)
-        start, end = _trim_bounds(audio, self.config.lead_silence, tail)
-        audio = audio[start:end]
-        trimmed = [
-            PhonemeTiming(t.phoneme, t.index, max(t.start, start) - start, min(t.end, end) - start)
-            for t in timings
-        ]
-        return Rendering(ph, audio, [t for t in trimmed if t.end > t.start])
 
-    def _infer(self, tokens: list[int], pack: np.ndarray, speed: float) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _feeds(tokens: list[int], pack: np.ndarray, speed: float) -> dict[str, np.ndarray]:
         style = pack[min(len(tokens), len(pack)) - 1]  # one style row per token count
-        feeds = {
+        return {
             "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
             "style": style.astype(np.float32),
             "speed": np.array([speed], dtype=np.float32),
         }
+
+    def _run(self, call: Callable[[_Net], R], work: Callable[[R], float]) -> R:
         try:
             # Cost per second of audio: the decoder's work grows with the audio it renders.
-            audio, durations = self._sessions.run(
-                lambda session: session.run(None, feeds), lambda out: np.size(out[0]) / SAMPLE_RATE
-            )
+            return self._sessions.run(call, work)
         except Exception as error:
             raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
-        return np.asarray(audio, np.float32).ravel(), np.asarray(durations, np.int64).ravel()
+
+    def _infer(self, tokens: list[int], pack: np.ndarray, speed: float) -> tuple[np.ndarray, np.ndarray]:
+        """The whole graph on one batch: audio and each token's duration in frames."""
+        feeds = self._feeds(tokens, pack, speed)
+
+        def whole(net: _Net) -> tuple[np.ndarray, np.ndarray]:
+            frames = _encode(net, feeds)
+            return _decode(net, frames, 0, frames.count), frames.durations
+
+        return self._run(whole, lambda out: out[0].size / SAMPLE_RATE)
 
     def thread_costs(self) -> dict[int, float | None]:
         """Seconds per second of audio lately, by intra-op thread count (pipeline/threads.py)."""
@@ -252,6 +371,113 @@ class KokoroSynthesizer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _encode(net: _Net, feeds: dict[str, np.ndarray]) -> _Frames:
+    features, pitch, energy, durations = net.encoder.run(None, feeds)
+    return _Frames(np.asarray(features, np.float32), (np.asarray(pitch, np.float32), np.asarray(energy, np.float32)),
+                   feeds["style"], np.asarray(durations, np.int64).ravel())
+
+
+def _decode(net: _Net, frames: _Frames, a: int, b: int) -> np.ndarray:
+    (audio,) = net.decoder.run(None, frames.window(a, b))
+    return np.asarray(audio, np.float32).ravel()
+
+
+def _speaks(chars: list[tuple[int, str]]) -> bool:
+    return any(c not in PAUSE_PHONEMES and c != " " for _, c in chars)
+
+
+def _chunk(text: str, rendering: Rendering) -> SpeechChunk:
+    audio = rendering.audio
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    if not len(pcm):
+        return SpeechChunk(text=text, pcm=pcm, sample_rate=SAMPLE_RATE)
+    quiet = _quiet_frames(audio)
+    return SpeechChunk(
+        text=text,
+        pcm=pcm,
+        sample_rate=SAMPLE_RATE,
+        visemes=_viseme_track(rendering.timings, quiet, len(audio)),
+        words=_word_track(rendering, quiet),
+    )
+
+
+def _timings(batch: list[tuple[int, str]], durations: np.ndarray, samples: int, offset: int = 0) -> list[PhonemeTiming]:
+    """Each token's span of the batch's audio (``samples`` long, from ``offset``), pads included."""
+    edges = np.concatenate([[0], np.cumsum(durations)]) * SAMPLES_PER_FRAME
+    if edges[-1] != samples:  # never seen with this export; keeps the tracks honest if one differs
+        edges = np.round(edges * (samples / edges[-1])).astype(np.int64)
+    edges = edges + offset
+    labels = [("", -1), *((c, i) for i, c in batch), ("", -1)]
+    return [PhonemeTiming(c, i, int(edges[k]), int(edges[k + 1])) for k, (c, i) in enumerate(labels)]
+
+
+def _clip(timings: list[PhonemeTiming], a: int, b: int) -> list[PhonemeTiming]:
+    """The timings inside samples [a, b), shifted to start at a."""
+    clipped = [PhonemeTiming(t.phoneme, t.index, max(t.start, a) - a, min(t.end, b) - a) for t in timings]
+    return [t for t in clipped if t.end > t.start]
+
+
+def _trimmed(ph: Phonemized, audio: np.ndarray, timings: list[PhonemeTiming],
+             lead: float | None, tail: float | None) -> Rendering:
+    """Cut the silence Kokoro pads a text with down to ``lead`` and ``tail`` seconds (None:
+    that end stays: it joins another part of the same sentence)."""
+    start, end = _trim_bounds(audio, lead or 0.0, tail or 0.0)
+    start = start if lead is not None else 0
+    end = end if tail is not None else len(audio)
+    return Rendering(ph, audio[start:end], _clip(timings, start, end))
+
+
+def _plan_head(text: str, ph: Phonemized, chars: list[tuple[int, str]], durations: np.ndarray,
+               head_s: float, cost: float) -> _HeadPlan | None:
+    """Where to end a first window: the first word boundary after ``head_s`` of speech whose
+    rest renders (at ``cost`` seconds per second of audio, plus HEAD_RUN_S) in at most
+    HEAD_REST_SHARE of the head's playing time, with at least HEAD_MIN_REST frames after it.
+    None: render it whole."""
+    frame_s = SAMPLES_PER_FRAME / SAMPLE_RATE
+    edges = np.concatenate([[0], np.cumsum(durations)])
+    total = int(edges[-1])
+    token = {i: k + 1 for k, (i, _) in enumerate(chars)}  # phoneme index -> token (0 is the pad)
+    speech_from = int(durations[0])
+    ends = _word_ends(text, ph)
+    for k in range(1, len(ph.words)):
+        gap = ph.words[k].start - 1  # the space before word k
+        if gap not in token or ph.phonemes[gap] != " " or ends[k - 1] is None:
+            continue
+        join = int(edges[token[gap]])
+        head_play = (join - speech_from) * frame_s
+        rest = total - join
+        if head_play < head_s:
+            continue
+        if rest < HEAD_MIN_REST:
+            return None
+        if cost * (rest + HEAD_CONTEXT) * frame_s + HEAD_RUN_S > HEAD_REST_SHARE * head_play:
+            continue
+        at = ends[k - 1]
+        assert at is not None
+        head_text, rest_text = text[:at].strip(), text[at:].strip()
+        if not head_text or not rest_text:
+            continue
+        return _HeadPlan(join, head_text, rest_text)
+    return None
+
+
+def _word_ends(text: str, ph: Phonemized) -> list[int | None]:
+    """Where each phonemized word's text ends in ``text`` (with the punctuation stuck to it),
+    found in order; None from the first word that cannot be found (a number read out, say)."""
+    ends: list[int | None] = []
+    at = 0
+    for word in ph.words:
+        found = text.find(word.text, at) if ends[-1:] != [None] else -1
+        if found < 0:
+            ends.append(None)
+            continue
+        at = found + len(word.text)
+        while at < len(text) and not text[at].isspace():
+            at += 1
+        ends.append(at)
+    return ends
 
 
 def _batches(chars: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:

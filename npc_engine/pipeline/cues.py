@@ -2,10 +2,10 @@
 
 The model is asked to mark cues inline as ``[emotion:happy]``, ``[gesture:nod]`` or
 ``[action:give_item]`` (a bare ``[nod]`` works when the name is unambiguous). Small
-models also write stage directions such as ``*nods slowly*``. Both are removed from the
+models also write stage directions such as ``*nods slowly*`` or ``(laughs)``. Both are removed from the
 spoken text; a tag naming something the character is allowed becomes a ``Cue``, anything
 else is dropped (and reported as ``rejected`` so it can be logged). Tokens arrive in
-arbitrary pieces, so a half-open ``[`` or ``*`` is held back until it closes, and only
+arbitrary pieces, so a half-open ``[``, ``*`` or ``(`` is held back until it closes, and only
 released as text if it never does within ``MAX_TAG`` characters.
 """
 
@@ -19,7 +19,9 @@ from typing import Literal
 CueKind = Literal["emotion", "gesture", "action"]
 KINDS: tuple[CueKind, ...] = ("emotion", "gesture", "action")
 MAX_TAG = 48
-_OPENERS = {"[": "]", "*": "*"}
+# Stage directions come as *nods* and, as often from the small models, as (laughs) or
+# (smiling wistfully): the voice said those aloud (bench replies, issue #10's third round).
+_OPENERS = {"[": "]", "*": "*", "(": ")"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class CueParser:
                 text.append(ch if ch == "[" else "")
                 i += 1
                 continue
-            self._classify(buf[i + 1:end], ch == "*", out)
+            self._classify(buf[i + 1:end], ch != "[", out)
             i = end + 1
         self._pending = buf[i:]
         cleaned = _tidy("".join(text))

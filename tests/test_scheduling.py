@@ -42,14 +42,19 @@ LONG_FIRST = (
     "miller's grandfather built, and up the long hill to the watchtower, where the captain keeps a lantern "
     "burning every night until the bells of the chapel ring for dawn."
 )
-SYNTH = "synthesize"  # the job name of a chunk rendered through the turn's voice chain
+# The job names of a chunk rendered through the turn's voice chain: a reply's first chunk
+# (head first where the voice can, here whole) and a later one.
+SYNTH = ("synthesize_head", "synthesize")
 
 
 @pytest.fixture(scope="module")
 async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    # No acks (their renders would join the queue) and a generous synthesis budget, so a busy
-    # machine does not hand a chunk to the espeak fallback (tested elsewhere).
-    cfg = engine_config(tmp_path_factory.mktemp("scheduling"), tts="kokoro", acks=False, budget_tts_chunk_ms=120_000)
+    # No acks (their renders would join the queue), a generous synthesis budget, so a busy
+    # machine does not hand a chunk to the espeak fallback (tested elsewhere), and first chunks
+    # rendered whole: turn A's long first chunk must stay one chunk (its first words going
+    # first, and the rest of it due when they have played, is tests/tts/test_head_first.py's).
+    cfg = engine_config(tmp_path_factory.mktemp("scheduling"), tts="kokoro", acks=False, budget_tts_chunk_ms=120_000,
+                        tts_head_s=0.0)
     async with running_engine(cfg) as running:
         yield running
 
@@ -85,12 +90,12 @@ async def test_two_sessions_first_chunks_are_synthesized_before_another_turns_la
         holder = asyncio.create_task(worker.run(gate.wait))
         await eventually(lambda: worker.started[-1][1] == "wait", timeout=600, what="the TTS worker held")
         items.put_nowait(Speakable("Mind the wolves."))
-        await eventually(lambda: [n for _, n in worker.waiting()].count(SYNTH) == 1, what="A's later chunk queued")
+        await eventually(lambda: sum(n in SYNTH for _, n in worker.waiting()) == 1, what="A's later chunk queued")
         a_due = chunk_deadline(turn_a)
         turn_b, turn_c = await b.say("What do you sell?", timeout=300), await c.say("Any news today?", timeout=300)
-        await eventually(lambda: [n for _, n in worker.waiting()].count(SYNTH) == 3, timeout=300,
+        await eventually(lambda: sum(n in SYNTH for _, n in worker.waiting()) == 3, timeout=300,
                          what="B's and C's first chunks queued")
-        firsts = sorted(d for d, n in worker.waiting() if n == SYNTH and d != a_due)
+        firsts = sorted(d for d, n in worker.waiting() if n in SYNTH and d != a_due)
         gate.set()
         await holder
         replies = [await t.collect(timeout=600) for t in (turn_b, turn_c)]
@@ -104,7 +109,7 @@ async def test_two_sessions_first_chunks_are_synthesized_before_another_turns_la
             speaker.cancel()
 
     names = [n for _, n in worker.started]
-    after = [d for d, n in worker.started[len(names) - names[::-1].index("wait"):] if n == SYNTH]
+    after = [d for d, n in worker.started[len(names) - names[::-1].index("wait"):] if n in SYNTH]
     assert len(firsts) == 2 and all(d < a_due for d in firsts), "B's and C's first chunks are due before A's later one"
     assert after[:2] == firsts, "both first chunks went first, in the order they came"
     assert a_due in after[2:], "then A's later chunk (after any chunk due sooner: B's or C's second, say)"

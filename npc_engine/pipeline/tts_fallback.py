@@ -104,7 +104,7 @@ class FallbackSynthesizer:
             return head
         rest, rest_text = head.rest, head.rest_text
 
-        def finish() -> SpeechChunk:
+        def synthesize_rest() -> SpeechChunk:  # (the TTS worker's job name)
             if self.current is not synth:  # the head was over budget: the rest goes to the next voice
                 return self.synthesize(rest_text, voice)
             started = time.perf_counter()
@@ -117,7 +117,7 @@ class FallbackSynthesizer:
             self._check_pace(synth, started, speech)
             return speech
 
-        return Head(head.chunk, finish, rest_text)
+        return Head(head.chunk, synthesize_rest, rest_text)
 
     def _check_pace(self, synth: Synthesizer, started: float, speech: SpeechChunk) -> None:
         took_ms = (time.perf_counter() - started) * 1000.0

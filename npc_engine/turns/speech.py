@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
 from npc_engine.pipeline.cues import Cue
@@ -29,6 +30,7 @@ from npc_engine.protocol import outgoing as msg
 from npc_engine.turns.handle import TurnHandle
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -143,7 +145,6 @@ def say_ack(turn: TurnHandle, item: Speakable, speech: SpeechChunk) -> None:
 async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: VoiceOut) -> None:
     """Synthesize items in order and send each as soon as it is ready; what was sent is recorded."""
     chain = out.for_turn()
-    got = turn.delivered
     async with aclosing(items):
         async for item in items:
             if turn.cancelled:
@@ -158,8 +159,7 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
             if turn.cancelled:
                 continue
             if speech is None:  # no voice left for this turn: the text still counts
-                emit_cues(turn, item.cues)
-                got.audio_text.append(item.text)
+                _unvoiced(turn, item)
                 continue
             turn.clock.mark("tts_first_chunk")
             deliver(turn, item, speech)
@@ -174,42 +174,44 @@ async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynt
     """The reply's first chunk, its first words voiced first where the voice can
     (``HeadFirst``: Kokoro renders about half a second of them, then the rest of the clause as
     the next chunk, due when the first has played)."""
-    got = turn.delivered
     if chain.current is None:
-        emit_cues(turn, item.cues)
-        got.audio_text.append(item.text)
+        _unvoiced(turn, item)
         return
-    try:
-        head = await out.worker.run_by(chunk_deadline(turn), chain.synthesize_head, item.text, out.voice)
-    except NoVoiceLeft:
-        head = None
-    finally:
-        for reason in chain.take_degradations():
-            turn.clock.degrade("tts", reason)
+    head = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn), chain.synthesize_head, item.text, out.voice))
     if turn.cancelled:
         return
     if head is None:
-        emit_cues(turn, item.cues)
-        got.audio_text.append(item.text)
+        _unvoiced(turn, item)
         return
     turn.clock.mark("tts_first_chunk")
     if head.rest is None:
         deliver(turn, item, head.chunk)
         return
     deliver(turn, Speakable(head.chunk.text, item.cues), head.chunk)
-    try:
-        rest = await out.worker.run_by(chunk_deadline(turn), head.rest)
-    except NoVoiceLeft:
-        rest = None
-    finally:
-        for reason in chain.take_degradations():
-            turn.clock.degrade("tts", reason)
+    rest = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn), head.rest))
     if turn.cancelled:
         return
     if rest is None:
-        got.audio_text.append(head.rest_text)
+        _unvoiced(turn, Speakable(head.rest_text))
         return
     deliver(turn, Speakable(head.rest_text), rest)
+
+
+async def _voiced(turn: TurnHandle, chain: FallbackSynthesizer, job: Awaitable[T]) -> T | None:
+    """``job``'s result, None once no voice is left; the chain's fallbacks go into ``turn.end``."""
+    try:
+        return await job
+    except NoVoiceLeft:
+        return None
+    finally:
+        for reason in chain.take_degradations():
+            turn.clock.degrade("tts", reason)
+
+
+def _unvoiced(turn: TurnHandle, item: Speakable) -> None:
+    """No voice left for this item: its cues still go out, and its text counts as said."""
+    emit_cues(turn, item.cues)
+    turn.delivered.audio_text.append(item.text)
 
 
 async def from_list(items: Sequence[Speakable], on_each: Callable[[Speakable], None] | None = None) -> AsyncGenerator[Speakable, None]:

@@ -36,7 +36,7 @@ from npc_engine.pipeline.base import ModelError
 from npc_engine.pipeline.model_files import Part, PartedModel, atomic_path, default_cache_dir, ensure_joined
 
 if TYPE_CHECKING:  # onnx is imported only when the graph is patched (it is slow to import)
-    from onnx import GraphProto, NodeProto
+    from onnx import GraphProto, ModelProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,20 @@ def _patch(source: Path, target: Path) -> None:
         graph.output.append(
             onnx.helper.make_tensor_value_info(DURATIONS_OUTPUT, onnx.TensorProto.INT64, [1, "tokens"])
         )
+    _save(model, target)
+    log.info("patched Kokoro model with a durations output in %.1f s: %s", time.perf_counter() - started, target)
+
+
+def _save(model: ModelProto, target: Path) -> None:
+    """Write ``model`` to ``target`` atomically: a killed process never leaves half a model."""
+    import onnx
+
     tmp = atomic_path(target)
     try:
         onnx.save(model, str(tmp))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("patched Kokoro model with a durations output in %.1f s: %s", time.perf_counter() - started, target)
 
 
 def _cut(patched: Path, encoder: Path, decoder: Path) -> None:
@@ -189,14 +196,8 @@ def _cut(patched: Path, encoder: Path, decoder: Path) -> None:
                              code="tts_model_unsupported")
         todo.extend(i for i in node.input if i)
     extractor = Extractor(model)
-    for path, part in ((encoder, extractor.extract_model(["tokens", "style", "speed"], [*inputs, DURATIONS_OUTPUT])),
-                       (decoder, extractor.extract_model([*inputs, "style"], ["audio"]))):
-        tmp = atomic_path(path)
-        try:
-            onnx.save(part, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    _save(extractor.extract_model(["tokens", "style", "speed"], [*inputs, DURATIONS_OUTPUT]), encoder)
+    _save(extractor.extract_model([*inputs, "style"], ["audio"]), decoder)
     log.info("cut the Kokoro model into encoder and decoder in %.1f s", time.perf_counter() - started)
 
 

@@ -78,8 +78,7 @@ class FallbackSynthesizer:
             try:
                 speech = synth.synthesize(text, voice)
             except Exception as exc:
-                log.error("TTS %s failed: %s", synth.name, exc)
-                self._advance(f"{synth.name} failed ({exc})")
+                self._failed(synth, exc)
                 continue
             self._check_pace(synth, started, speech)
             return speech
@@ -96,8 +95,7 @@ class FallbackSynthesizer:
         try:
             head = synth.synthesize_head(text, voice)
         except Exception as exc:
-            log.error("TTS %s failed: %s", self.name, exc)
-            self._advance(f"{self.name} failed ({exc})")
+            self._failed(synth, exc)
             return Head(self.synthesize(text, voice))
         self._check_pace(synth, started, head.chunk)
         if head.rest is None:
@@ -111,8 +109,7 @@ class FallbackSynthesizer:
             try:
                 speech = rest()
             except Exception as exc:
-                log.error("TTS %s failed: %s", self.name, exc)
-                self._advance(f"{self.name} failed ({exc})")
+                self._failed(synth, exc)
                 return self.synthesize(rest_text, voice)
             self._check_pace(synth, started, speech)
             return speech
@@ -127,6 +124,10 @@ class FallbackSynthesizer:
                 f"a {speech.duration:.1f} s chunk took {took_ms:.0f} ms to synthesize (limit {limit_ms:.0f} ms): "
                 f"{synth.name} cannot keep up with playback",
             )
+
+    def _failed(self, synth: Synthesizer, exc: Exception) -> None:
+        log.error("TTS %s failed: %s", synth.name, exc)
+        self._advance(f"{synth.name} failed ({exc})")
 
     def _advance(self, reason: str) -> None:
         self._at += 1

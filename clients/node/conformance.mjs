@@ -425,9 +425,13 @@ function checkAudioTurn(msgs, expect, rate) {
   }
   const end = msgs[msgs.length - 1];
   expect(Math.abs(end.audio_seconds - offset) < 0.01, () => `turn.end.audio_seconds ${end.audio_seconds} but the chunks add up to ${offset.toFixed(3)} s`);
-  if (chunks.length > 0) {
+  // first_audio_sent is the reply's own first words; an ack (ack: true) has ack_sent instead.
+  if (chunks.some((c) => !c.ack)) {
     expect(isNum(end.timings?.tts_first_chunk) && isNum(end.timings?.first_audio_sent),
-      "timings lack tts_first_chunk / first_audio_sent in a turn that sent audio");
+      "timings lack tts_first_chunk / first_audio_sent in a turn that sent the reply's own audio");
+  }
+  if (chunks.some((c) => c.ack)) {
+    expect(isNum(end.timings?.ack_sent), "timings lack ack_sent in a turn that sent an ack");
   }
 }
 

@@ -282,11 +282,17 @@ async def model_reply(
     if reply_start.strip():
         deltas = after_ack(deltas, reply_start)
     chain = clauses(turn, guard(parse_cues(turn, deltas, parser, rejected)), ClauseChunker(), max_sentences)
+    said = False
     try:
         async with aclosing(chain):
             async for item in chain:
+                said = True
                 yield item
-        return
+        if said or turn.cancelled:
+            return
+        # Words came, but none to say ("(nods)", "...", or a guard's cut left nothing): the
+        # player, who may have heard an ack already, must not be left with silence.
+        turn.clock.degrade("llm", "the reply had no words to say; fallback line")
     except NoFirstToken:
         pass
     except ModelError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from npc_engine.protocol import outgoing as msg
 from tests.doubles import ScriptedChat, SilenceSynth
 from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, MakeRig, Rig
@@ -69,6 +71,19 @@ async def test_a_model_that_ends_without_a_word_gives_way_to_a_fallback_line(mak
     end = await run_turn(rig)
     assert end.text in fallback_texts(rig)
     assert [a.text for a in rig.sent.of(msg.ReplyAudio)] == [end.text]
+
+
+@pytest.mark.parametrize("reply", ["(nods slowly)", "...", "[emotion:happy] *smiles*", " — "])
+async def test_a_reply_with_no_words_to_say_gives_way_to_a_fallback_line(make_rig: MakeRig, reply: str) -> None:
+    # Tokens came, but only a stage direction or punctuation. The guard says a fallback for
+    # the ones it sees as empty; the reply stage for whatever leaves no clause to speak (a
+    # lone "..." passes the guard, then the chunker drops it). Without either, the player,
+    # who may have heard an ack already, got silence: CI once saw such a turn, an ack alone.
+    rig = await make_rig(ScriptedChat([reply]))
+    end = await run_turn(rig)
+    assert end.text in fallback_texts(rig)
+    assert [a.text for a in rig.sent.of(msg.ReplyAudio)] == [end.text]
+    assert "tts_first_chunk" in end.timings and "first_audio_sent" in end.timings
 
 
 async def test_model_error_reports_an_error_in_the_turn_then_the_fallback_line(make_rig: MakeRig) -> None:

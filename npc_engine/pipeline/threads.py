@@ -47,21 +47,28 @@ class ThreadChoice(Generic[T]):
         self._options = [_Option(n, m) for n, m in sorted(models, key=lambda nm: -nm[0])]
         self._probe_every = probe_every
         self._runs = 0
+        self._probe_due = False
         self._lock = threading.Lock()
 
     @property
     def models(self) -> list[T]:
         return [o.model for o in self._options]
 
-    def pick(self) -> tuple[int, T]:
-        """(thread count, model) for the next run; report it with ``record``."""
+    def pick(self, urgent: bool = False) -> tuple[int, T]:
+        """(thread count, model) for the next run; report it with ``record``. An ``urgent`` run
+        (one the player is waiting on: a reply's first words) always takes the favourite; a
+        probe that falls due on it waits for the next run that has slack."""
         with self._lock:
             self._runs += 1
+            if self._runs % self._probe_every == 0:
+                self._probe_due = True
             untried = next((o for o in self._options if o.cost is None), None)
             if untried is not None:
                 return untried.threads, untried.model
             ranked = sorted(self._options, key=lambda o: o.cost or 0.0)
-            option = ranked[1] if len(ranked) > 1 and self._runs % self._probe_every == 0 else ranked[0]
+            option = ranked[0]
+            if len(ranked) > 1 and self._probe_due and not urgent:
+                option, self._probe_due = ranked[1], False
             return option.threads, option.model
 
     def record(self, threads: int, seconds: float, work: float) -> None:
@@ -75,10 +82,10 @@ class ThreadChoice(Generic[T]):
             cost = seconds / work
             option.cost = cost if option.cost is None else (1 - ALPHA) * option.cost + ALPHA * cost
 
-    def run(self, call: Callable[[T], R], work: Callable[[R], float]) -> R:
+    def run(self, call: Callable[[T], R], work: Callable[[R], float], urgent: bool = False) -> R:
         """``call`` the instance ``pick`` chooses, timed, and ``record`` it; ``work`` says how
         much the result was worth (seconds of audio rendered, seconds of window decoded)."""
-        threads, model = self.pick()
+        threads, model = self.pick(urgent)
         started = time.perf_counter()
         result = call(model)
         self.record(threads, time.perf_counter() - started, work(result))

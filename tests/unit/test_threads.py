@@ -71,3 +71,14 @@ def test_run_calls_the_picked_instance_and_records_its_cost_per_unit_of_work() -
     cost = choice.costs()[2]
     assert cost is not None and 0 <= cost < 1.0  # seconds per unit: a quick call over 4 units
     assert choice.costs()[1] is None
+
+
+def test_an_urgent_run_takes_the_favourite_and_the_probe_waits_for_the_next_run() -> None:
+    # A reply's first words must not be the run that tries the slower thread count.
+    choice = ThreadChoice([(1, "one"), (2, "two")], probe_every=4)
+    choice.record(2, 0.4, 1.0)
+    choice.record(1, 0.7, 1.0)
+    picks = [choice.pick(urgent=True)[0] for _ in range(12)]
+    assert picks == [2] * 12, picks
+    assert choice.pick()[0] == 1, "the probe that fell due during urgent runs comes on the next one"
+    assert [choice.pick()[0] for _ in range(2)] == [2, 2]

@@ -68,9 +68,11 @@ _MIN_QUIET_FRAMES = 3  # 75 ms of quiet audio reads as a pause to the eye
 # is a word boundary.
 HEAD_CONTEXT = 8
 HEAD_CROSSFADE = 480
-# Frames of the pad before the first word that the head window keeps (the model gives it
-# ~14, 0.35 s, all cut down to ``lead_silence`` afterwards): the decoder's context for the onset.
-HEAD_LEAD = 8
+# Frames of the pad before the first word that the decoder is given (the model gives it
+# 14-19, 0.35-0.5 s, all cut down to ``lead_silence`` afterwards): the decoder's context for
+# the onset. Every render skips the rest: the decoder's cost grows with its frames, and a
+# short clause's lead pad is a sixth of them or more.
+LEAD_FRAMES = 8
 HEAD_MIN_REST = 12  # frames after the join (0.3 s); less, and the whole is rendered at once
 # The rest must be rendered before the head has played: at the decoder's recent cost per
 # second of audio, plus what each run costs whatever its length, it may take at most this
@@ -285,24 +287,25 @@ class KokoroSynthesizer:
         def first(net: _Net) -> tuple[_Frames, _HeadPlan | None, int, np.ndarray]:
             frames = _encode(net, feeds)
             plan = _plan_head(text, ph, chars, frames.durations, self.config.head_s, cost)
-            if plan is None:
-                return frames, plan, 0, _decode(net, frames, 0, frames.count)
-            skip = max(0, int(frames.durations[0]) - HEAD_LEAD)
-            return frames, plan, skip, _decode(net, frames, skip, min(frames.count, plan.join + HEAD_CONTEXT))
+            skip = _lead_skip(frames.durations)
+            return frames, plan, skip, _decode(net, frames, skip, frames.count if plan is None else
+                                               min(frames.count, plan.join + HEAD_CONTEXT))
 
         started = time.perf_counter()
-        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE)
+        # The player waits on this one (a reply's first words): no probe of the other thread count.
+        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE, urgent=True)
         log.debug("first window: frames %d-%d of %d in %.0f ms (cost %.2f s/s): %r | %r", skip,
                   skip + audio.size // SAMPLES_PER_FRAME, frames.count, (time.perf_counter() - started) * 1000, cost,
                   plan.head_text if plan else text, plan.rest_text if plan else "")
         timings = _timings(chars, frames.durations, frames.count * SAMPLES_PER_FRAME)
         tail_pause = self._tail_pause(ph)
-        if plan is None:
-            return Head(_chunk(text, _trimmed(ph, audio, timings, self.config.lead_silence, tail_pause)))
-        # The head ends at the join (its words whole); the rest starts there, its first
-        # HEAD_CROSSFADE samples faded in over the head window's own. ``origin``: where the
-        # head window's audio starts in the whole text's.
+        # ``origin``: where the decoded audio starts in the whole text's.
         origin = skip * SAMPLES_PER_FRAME
+        if plan is None:
+            return Head(_chunk(text, _trimmed(ph, audio, _clip(timings, origin, frames.count * SAMPLES_PER_FRAME),
+                                              self.config.lead_silence, tail_pause)))
+        # The head ends at the join (its words whole); the rest starts there, its first
+        # HEAD_CROSSFADE samples faded in over the head window's own.
         cut = plan.join * SAMPLES_PER_FRAME
         overlap = audio[cut - origin:cut - origin + HEAD_CROSSFADE].copy()
         head = _chunk(plan.head_text, _trimmed(ph, audio[:cut - origin], _clip(timings, origin, cut),
@@ -345,20 +348,24 @@ class KokoroSynthesizer:
             "speed": np.array([speed], dtype=np.float32),
         }
 
-    def _run(self, call: Callable[[_Net], R], work: Callable[[R], float]) -> R:
+    def _run(self, call: Callable[[_Net], R], work: Callable[[R], float], urgent: bool = False) -> R:
         try:
             # Cost per second of audio: the decoder's work grows with the audio it renders.
-            return self._sessions.run(call, work)
+            return self._sessions.run(call, work, urgent)
         except Exception as error:
             raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
 
     def _infer(self, tokens: list[int], pack: np.ndarray, speed: float) -> tuple[np.ndarray, np.ndarray]:
-        """The whole graph on one batch: audio and each token's duration in frames."""
+        """One batch: its audio and each token's duration in frames, the lead pad's shortened
+        to what was decoded (``LEAD_FRAMES``), so the durations still add up to the audio."""
         feeds = self._feeds(tokens, pack, speed)
 
         def whole(net: _Net) -> tuple[np.ndarray, np.ndarray]:
             frames = _encode(net, feeds)
-            return _decode(net, frames, 0, frames.count), frames.durations
+            skip = _lead_skip(frames.durations)
+            durations = frames.durations.copy()
+            durations[0] -= skip
+            return _decode(net, frames, skip, frames.count), durations
 
         return self._run(whole, lambda out: out[0].size / SAMPLE_RATE)
 
@@ -377,6 +384,11 @@ def _encode(net: _Net, feeds: dict[str, np.ndarray]) -> _Frames:
     features, pitch, energy, durations = net.encoder.run(None, feeds)
     return _Frames(np.asarray(features, np.float32), (np.asarray(pitch, np.float32), np.asarray(energy, np.float32)),
                    feeds["style"], np.asarray(durations, np.int64).ravel())
+
+
+def _lead_skip(durations: np.ndarray) -> int:
+    """Frames of the lead pad the decoder need not render (all but ``LEAD_FRAMES``)."""
+    return max(0, int(durations[0]) - LEAD_FRAMES)
 
 
 def _decode(net: _Net, frames: _Frames, a: int, b: int) -> np.ndarray:

@@ -259,7 +259,8 @@ class HeadFirstSilence(SilenceSynth):
     ``head_words`` words is voiced as its first ``head_words`` words, then, when ``Head.rest``
     is called, the rest (each one ``synthesize`` call, so ``texts`` records both). ``fail_rest``:
     the rest raises. ``hold_rest``: the rest waits until the event is set (a turn cut off
-    between the head and the rest)."""
+    between the head and the rest). A later chunk (``due`` given) is voiced whole unless
+    ``late_heads``: the double stands for a voice that would not be ready in time."""
 
     def __init__(
         self,
@@ -268,17 +269,21 @@ class HeadFirstSilence(SilenceSynth):
         head_words: int = 2,
         fail_rest: bool = False,
         hold_rest: threading.Event | None = None,
+        late_heads: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.head_words = head_words
         self.fail_rest = fail_rest
         self.hold_rest = hold_rest
+        self.late_heads = late_heads
         self.rests = 0
+        self.dues: list[float | None] = []  # each synthesize_head call's ``due``
 
-    def synthesize_head(self, text: str, voice: Voice) -> Head:
+    def synthesize_head(self, text: str, voice: Voice, due: float | None = None) -> Head:
+        self.dues.append(due)
         words = text.split()
-        if len(words) <= self.head_words:
+        if len(words) <= self.head_words or (due is not None and not self.late_heads):
             return Head(self.synthesize(text, voice))
         head_text, rest_text = " ".join(words[:self.head_words]), " ".join(words[self.head_words:])
         head = self.synthesize(head_text, voice)

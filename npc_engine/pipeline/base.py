@@ -165,9 +165,13 @@ class Head:
 class HeadFirst(Protocol):
     """A synthesizer that can voice a text's first words before the rest (Kokoro: the decoder
     runs on a first window of the sentence). A turn's first chunk uses it: its cost grows with
-    the audio rendered, and the player is waiting for the first sound."""
+    the audio rendered, and the player is waiting for the first sound. So does any later chunk
+    that would not be ready when the audio before it has played."""
 
-    def synthesize_head(self, text: str, voice: Voice) -> Head: ...
+    def synthesize_head(self, text: str, voice: Voice, due: float | None = None) -> Head:
+        """``due``: when the chunk must start playing (``time.perf_counter()`` seconds; None:
+        now, the player is waiting). A text that renders whole by then comes back whole."""
+        ...
 
 
 @runtime_checkable

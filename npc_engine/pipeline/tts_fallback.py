@@ -84,7 +84,7 @@ class FallbackSynthesizer:
             return speech
         raise NoVoiceLeft("no voice left for this turn")
 
-    def synthesize_head(self, text: str, voice: Voice) -> Head:
+    def synthesize_head(self, text: str, voice: Voice, due: float | None = None) -> Head:
         """``text``'s first words first where the current voice can (``HeadFirst``), else the
         whole of it; the rest renders on the same terms: if the voice fails on it, the next
         voice says the rest's words. Blocking, as is ``Head.rest``."""
@@ -93,7 +93,7 @@ class FallbackSynthesizer:
             return Head(self.synthesize(text, voice))
         started = time.perf_counter()
         try:
-            head = synth.synthesize_head(text, voice)
+            head = synth.synthesize_head(text, voice, due)
         except Exception as exc:
             self._failed(synth, exc)
             return Head(self.synthesize(text, voice))

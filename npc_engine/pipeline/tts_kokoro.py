@@ -267,7 +267,7 @@ class KokoroSynthesizer:
             offset += len(audio)
         return _trimmed(ph, np.concatenate(parts), timings, self.config.lead_silence, self._tail_pause(ph))
 
-    def synthesize_head(self, text: str, voice: Voice) -> Head:
+    def synthesize_head(self, text: str, voice: Voice, due: float | None = None) -> Head:
         """``text``'s first words (about ``head_s`` of speech, to a word boundary), and the rest on demand.
 
         The encoder runs on the whole text, so durations, pitch and energy are the sentence's
@@ -277,6 +277,10 @@ class KokoroSynthesizer:
         first word boundary after ``head_s`` where the rest, at the decoder's recent cost,
         renders in well under the head's playing time; a text too short for that is rendered
         whole. What the player hears was measured against the whole render (docs/tts.md).
+
+        ``due`` (a later chunk: when the audio before it has played): rendered whole if, at
+        the decoder's recent cost, the whole is ready by then; else first words first, so the
+        playback does not run dry for the whole render. None: the player is waiting now.
         """
         pack, ph, chars = self._prepare(text, voice)
         if self.config.head_s <= 0 or not _speaks(chars) or len(chars) > BATCH_PHONEMES:
@@ -286,14 +290,16 @@ class KokoroSynthesizer:
 
         def first(net: _Net) -> tuple[_Frames, _HeadPlan | None, int, np.ndarray]:
             frames = _encode(net, feeds)
-            plan = _plan_head(text, ph, chars, frames.durations, self.config.head_s, cost)
             skip = _lead_skip(frames.durations)
+            whole_s = cost * (frames.count - skip) * SAMPLES_PER_FRAME / SAMPLE_RATE + HEAD_RUN_S
+            in_time = due is not None and time.perf_counter() + whole_s <= due
+            plan = None if in_time else _plan_head(text, ph, chars, frames.durations, self.config.head_s, cost)
             return frames, plan, skip, _decode(net, frames, skip, frames.count if plan is None else
                                                min(frames.count, plan.join + HEAD_CONTEXT))
 
         started = time.perf_counter()
-        # The player waits on this one (a reply's first words): no probe of the other thread count.
-        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE, urgent=True)
+        # The player waits on a reply's first words: no probe of the other thread count then.
+        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE, urgent=due is None)
         log.debug("first window: frames %d-%d of %d in %.0f ms (cost %.2f s/s): %r | %r", skip,
                   skip + audio.size // SAMPLES_PER_FRAME, frames.count, (time.perf_counter() - started) * 1000, cost,
                   plan.head_text if plan else text, plan.rest_text if plan else "")

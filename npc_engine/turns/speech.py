@@ -152,8 +152,8 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
             if not out.audio:
                 emit_cues(turn, item.cues)
                 continue
-            if _opens_reply(turn, item):
-                await _speak_head_first(turn, out, chain, item)
+            if not item.prerendered and not item.ack:
+                await _speak_head_first(turn, out, chain, item, opens=_opens_reply(turn, item))
                 continue
             speech = await synthesize(turn, out, chain, item)
             if turn.cancelled:
@@ -170,14 +170,19 @@ def _opens_reply(turn: TurnHandle, item: Speakable) -> bool:
     return not item.prerendered and not item.ack and "first_audio_sent" not in turn.clock.marks
 
 
-async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable) -> None:
-    """The reply's first chunk, its first words voiced first where the voice can
+async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable,
+                            *, opens: bool) -> None:
+    """A chunk of the model's reply, its first words voiced first where the voice can
     (``HeadFirst``: Kokoro renders about half a second of them, then the rest of the clause as
-    the next chunk, due when the first has played)."""
+    the next chunk, due when the first has played): always for the reply's first chunk
+    (``opens``: the player is waiting), and for a later one only if it would not be ready
+    whole by the time the audio before it has played (a long sentence after "Dear!")."""
     if chain.current is None:
         _unvoiced(turn, item)
         return
-    head = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn), chain.synthesize_head, item.text, out.voice))
+    due = chunk_deadline(turn)
+    head = await _voiced(turn, chain, out.worker.run_by(due, chain.synthesize_head, item.text, out.voice,
+                                                        None if opens else due))
     if turn.cancelled:
         return
     if head is None:

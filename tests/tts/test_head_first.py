@@ -9,6 +9,8 @@ hears as well as the whole (the bar of ``test_intelligibility.py``).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,18 @@ def test_a_short_text_is_the_whole_render(kokoro: KokoroSynthesizer) -> None:
     assert head.rest is None
     whole = kokoro.synthesize("Aye, traveller.", voice)
     assert np.array_equal(head.chunk.pcm, whole.pcm)
+
+
+def test_a_later_chunk_is_whole_when_it_will_be_ready_in_time_and_split_when_not(kokoro: KokoroSynthesizer) -> None:
+    text, voice_id = LINES[0]
+    voice = Voice(voice_id)
+    whole = kokoro.synthesize(text, voice)
+    # Due in a minute: no render takes that long, so it comes whole, the same audio.
+    relaxed = kokoro.synthesize_head(text, voice, due=time.perf_counter() + 60.0)
+    assert relaxed.rest is None and np.array_equal(relaxed.chunk.pcm, whole.pcm)
+    # Due already (the audio before it has played): first words first, as for a reply's first chunk.
+    late = kokoro.synthesize_head(text, voice, due=time.perf_counter())
+    assert late.rest is not None and f"{late.chunk.text} {late.rest_text}" == text
 
 
 @pytest.mark.slow

@@ -92,6 +92,24 @@ async def test_the_replys_first_chunk_is_its_first_words_and_the_rest_follows(ma
     assert rig.session.memory.history[-1] == HistoryEntry("assistant", DEFAULT_REPLY)
 
 
+async def test_a_later_chunk_goes_head_first_only_when_the_voice_says_it_would_be_late(make_rig: MakeRig) -> None:
+    # The first chunk is asked with no due time (the player waits now); later ones with the
+    # time the audio before them has played. A voice that would be late splits them too.
+    for late in (False, True):
+        voice = HeadFirstSilence(late_heads=late)
+        rig = await make_rig(ScriptedChat([DEFAULT_REPLY]), voices=[voice])
+        turn = rig.session.start_turn("text", NEUTRAL)
+        await turn.wait()
+        audio = rig.sent.of(msg.ReplyAudio)
+        assert " ".join(a.text for a in audio) == DEFAULT_REPLY, "every word once, in order"
+        assert voice.dues[0] is None and len(voice.dues) >= 2 and all(d is not None for d in voice.dues[1:])
+        assert voice.dues[1:] == sorted(voice.dues[1:]), "each due when the audio before it has played"
+        # DEFAULT_REPLY's chunks: "Hm, the forge is cold", "today.", "Come back at dawn."
+        split_late = ["Come back", "at dawn."] if late else ["Come back at dawn."]
+        assert voice.texts == ["Hm, the", "forge is cold", "today.", *split_late]
+        assert end_of(rig.sent, 1).text == DEFAULT_REPLY
+
+
 async def test_a_turn_cut_off_after_the_head_sends_no_rest(make_rig: MakeRig) -> None:
     held = threading.Event()
     voice = HeadFirstSilence(hold_rest=held)

@@ -91,7 +91,7 @@ class EngineProcess:
                 break
             new.append(line)
             self._parse(line)
-        self.log_tail = (self.log_tail + new)[-12:]
+        self.log_tail = (self.log_tail + new)[-40:]
         return new
 
     def _parse(self, line: str) -> None:

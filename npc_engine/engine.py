@@ -26,6 +26,7 @@ from npc_engine.players import PlayerStates
 from npc_engine.store import AsyncStore
 from npc_engine.story import Story, StoryState
 from npc_engine.story.state import Scalar
+from npc_engine.tasks import BackgroundTasks
 from npc_engine.turns.speech import VoiceOut
 from npc_engine.world import load_world
 
@@ -117,6 +118,10 @@ class Engine:
         # The working set of players' story states (the store has them all): bounded, LRU.
         self.story_states = PlayerStates(cfg.max_players_cached)
         self.turns = LiveTurns()  # background work (pre-rendering) yields to live turns
+        # Model work of closed sessions that cannot be stopped (a warm-up on the LLM): held
+        # here, so a session's close need not wait for it, and awaited before the models unload.
+        self.lingering = BackgroundTasks("engine")
+        self._closed = False
         self.prerendered = asyncio.Event()  # the background pre-rendering is over (or never ran)
         self.tts_degraded: str | None = None  # why the configured voice is not the one in use
 
@@ -274,6 +279,10 @@ class Engine:
         log.info("pre-rendered %d lines in %.1f s", len(todo), time.perf_counter() - t0)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.lingering.wait()
         await asyncio.to_thread(self.chat.close)
         await self.store.close()
         for w in (self.llm_worker, self.tts_worker, self.stt_worker):

@@ -30,6 +30,16 @@ class BackgroundTasks:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_name(), exc_info=exc)
 
+    def adopt(self, task: asyncio.Task[None]) -> None:
+        """Hold a task started elsewhere (``disown``): it is awaited or cancelled with these."""
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def disown(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Stop holding ``task``, for another holder to ``adopt``: ``wait`` no longer waits for it."""
+        self._tasks.discard(task)
+        return task
+
     def __len__(self) -> int:
         return len(self._tasks)
 

@@ -200,6 +200,38 @@ class ScriptedChat:
         self.closed.set()
 
 
+class GatedWarmChat(ScriptedChat):
+    """TEST DOUBLE: a ``ScriptedChat`` whose warm-ups for the conversations in ``gated`` stay on
+    the model until ``release`` is set, and which logs the order of warm-ups and calls."""
+
+    def __init__(self, replies: Sequence[str], gated: set[str]) -> None:
+        super().__init__(replies)
+        self.gated = gated
+        self.entered = threading.Event()  # a gated warm-up is on the model
+        self.release = threading.Event()
+        self.order: list[tuple[str, str | None]] = []  # ("warm-up done" | "call", affinity)
+
+    def warm_up(
+        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
+    ) -> None:
+        if affinity in self.gated:
+            self.entered.set()
+            assert self.release.wait(10.0), "the test never released the warm-up"
+        super().warm_up(messages, affinity, usage)
+        self.order.append(("warm-up done", affinity))
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        options: GenOptions,
+        cancel: threading.Event,
+        affinity: str | None = None,
+        usage: PromptUsage | None = None,
+    ) -> Iterator[str]:
+        self.order.append(("call", affinity))
+        return super().stream(messages, options, cancel, affinity, usage)
+
+
 # --------------------------------------------------------------------------- voice
 
 

@@ -316,8 +316,14 @@ class Session:
         self.closed = True
         if self._pin_acks is not None and not self._pin_acks.done():
             self._pin_acks.cancel()  # waiting behind live synthesis: not needed any more
-        if self._warm is not None and self._warm_gate.close():
-            self._warm.cancel()  # a closed session's queued warm-up never reaches the model
+        if self._warm is not None and not self._warm.done():
+            if self._warm_gate.close():
+                self._warm.cancel()  # a closed session's queued warm-up never reaches the model
+            else:
+                # On the model already: llama.cpp cannot stop a prompt midway, and behind the
+                # voice (nice 10) it can take tens of seconds on a busy machine. The game is not
+                # kept waiting for session.closed: the engine holds it until the models unload.
+                self.engine.lingering.adopt(self._tasks.disown(self._warm))
         if self.voice_input is not None:
             await self.voice_input.close()
         for spec in list(self._speculative):

@@ -40,6 +40,14 @@ def step_until(app: App, pred: Callable[[], bool], timeout: float, what: str) ->
     dt = 0.0
     while not pred():
         assert app.state != "error", f"{what}: {app.error_title}: {app.error_lines}"
-        assert time.monotonic() - t0 < timeout, f"{what}: not done after {timeout:.0f} s"
+        assert time.monotonic() - t0 < timeout, f"{what}: not done after {timeout:.0f} s{_what_happened(app)}"
         app.step(dt)
         dt = app.tick()
+
+
+def _what_happened(app: App) -> str:
+    """The game's recent toasts and its engine's last log lines, for a step that timed out."""
+    game = getattr(app, "game", None)
+    toasts = [t.text for t in game.toasts] if game is not None else []
+    lines = app.proc.log_tail if app.proc is not None else ["(an engine the test did not start)"]
+    return "\n--- toasts ---\n" + "\n".join(toasts) + "\n--- engine log (tail) ---\n" + "\n".join(lines)

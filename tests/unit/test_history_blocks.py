@@ -12,18 +12,16 @@ same behaviour on the real model: ``tests/test_prompt_cache.py``.
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Iterator, Sequence
 
 from npc_engine.engine import Engine
-from npc_engine.pipeline.base import ChatMessage, GenOptions, PromptUsage
+from npc_engine.pipeline.base import ChatMessage
 from npc_engine.pipeline.prompt import build_messages
 from npc_engine.protocol import outgoing as msg
 from npc_engine.session.memory import Memory
 from npc_engine.session.session import Session
 from npc_engine.store import HistoryEntry
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
-from tests.doubles import ScriptedChat, prompt_tokens
+from tests.doubles import GatedWarmChat, ScriptedChat, prompt_tokens
 from tests.harness import eventually
 from tests.unit.conftest import PLAYER, MakeEngine, MakeRig, MakeSession
 from tests.unit.support import Sent, end_of
@@ -201,38 +199,6 @@ async def test_a_scripted_turn_reports_no_prompt(make_rig: MakeRig) -> None:
     end = end_of(rig.sent, turn.id)
     assert end.prompt_tokens is None and end.prompt_tokens_evaluated is None
     assert "prompt_tokens" not in msg.as_dict(end), "absent from the wire, not nil"
-
-
-class GatedWarmChat(ScriptedChat):
-    """TEST DOUBLE: a ``ScriptedChat`` whose warm-ups for the conversations in ``gated`` stay on
-    the model until ``release`` is set, and which logs the order of warm-ups and calls."""
-
-    def __init__(self, replies: Sequence[str], gated: set[str]) -> None:
-        super().__init__(replies)
-        self.gated = gated
-        self.entered = threading.Event()  # a gated warm-up is on the model
-        self.release = threading.Event()
-        self.order: list[tuple[str, str | None]] = []  # ("warm-up done" | "call", affinity)
-
-    def warm_up(
-        self, messages: Sequence[ChatMessage], affinity: str | None = None, usage: PromptUsage | None = None
-    ) -> None:
-        if affinity in self.gated:
-            self.entered.set()
-            assert self.release.wait(10.0), "the test never released the warm-up"
-        super().warm_up(messages, affinity, usage)
-        self.order.append(("warm-up done", affinity))
-
-    def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        options: GenOptions,
-        cancel: threading.Event,
-        affinity: str | None = None,
-        usage: PromptUsage | None = None,
-    ) -> Iterator[str]:
-        self.order.append(("call", affinity))
-        return super().stream(messages, options, cancel, affinity, usage)
 
 
 async def say(session: Session, line: str) -> int:

@@ -17,7 +17,7 @@ from npc_engine.protocol import outgoing as msg
 from npc_engine.server.registry import SessionRegistry
 from npc_engine.session.session import Session
 from npc_engine.story import StoryState
-from tests.doubles import ScriptedChat
+from tests.doubles import GatedWarmChat, ScriptedChat
 from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, MakeEngine, MakeSession
 from tests.unit.support import TIMEOUT, Sent, end_of, eventually
 
@@ -47,6 +47,25 @@ async def test_a_session_closed_at_once_never_warms_the_model(
     await asyncio.gather(*(engine.llm_worker.run(lambda: None) for _ in range(engine.cfg.llm_slots)))
     warmed = [affinity for _, affinity in chat.warm_ups]
     assert not set(warmed) & set(closed), f"warm-ups of closed sessions reached the model: {warmed}"
+
+
+async def test_closing_does_not_wait_for_a_warm_up_on_the_model_and_the_engine_does_before_unloading(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    # Behind the voice (nice 10), a warm-up on the model took 22 s on a busy machine, and the
+    # demo's quest log, which closes a silent session it opened to ask, timed out waiting.
+    chat = GatedWarmChat([DEFAULT_REPLY], gated={"s1"})
+    engine = make_engine(chat)
+    session = await make_session(engine, Sent(), audio=False)
+    await eventually(chat.entered.is_set, what="the open's warm-up on the model")
+    await asyncio.wait_for(session.close(), TIMEOUT)  # returns with the warm-up still on the model
+    assert not chat.release.is_set() and len(engine.lingering) == 1
+    closing = asyncio.ensure_future(engine.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done() and not chat.closed.is_set(), "the model unloaded under a running warm-up"
+    chat.release.set()
+    await asyncio.wait_for(closing, TIMEOUT)
+    assert chat.closed.is_set() and ("warm-up done", "s1") in chat.order and len(engine.lingering) == 0
 
 
 async def test_a_burst_of_opening_sessions_queues_one_warm_up_at_a_time(

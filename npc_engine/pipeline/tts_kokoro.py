@@ -77,9 +77,11 @@ HEAD_MIN_REST = 12  # frames after the join (0.3 s); less, and the whole is rend
 # The rest must be rendered before the head has played: at the decoder's recent cost per
 # second of audio, plus what each run costs whatever its length, it may take at most this
 # share of the head's playing time: the LLM (niced) and other sessions also want the cores.
-# In the bench (one conversation at a time, 2 cores) rests took 0.36-0.70 s against heads
-# playing 0.9-1.4 s at 0.55; none came late.
-HEAD_REST_SHARE = 0.65
+# The recent cost includes each run's fixed part, so the estimate runs high: in the bench
+# (one conversation at a time, 2 cores, 23 rests) a rest planned at 0.9 took 0.30-0.98 of
+# its head's playing time (median 0.61); none came late, and the first chunk took 657 ms
+# against 782 at 0.65, where most first clauses of 2 s or more were rendered whole.
+HEAD_REST_SHARE = 0.9
 HEAD_RUN_S = 0.05
 HEAD_DEFAULT_COST = 0.5  # seconds per second of audio, before the first run is measured
 

@@ -38,6 +38,7 @@ class BackgroundTasks:
     def disown(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """Stop holding ``task``, for another holder to ``adopt``: ``wait`` no longer waits for it."""
         self._tasks.discard(task)
+        task.remove_done_callback(self._done)  # the new holder reports its failure, once
         return task
 
     def __len__(self) -> int:

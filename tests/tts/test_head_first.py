@@ -21,6 +21,9 @@ from npc_engine.pipeline.tts_kokoro import KokoroSynthesizer, _plan_head
 from npc_engine.pipeline.wer import corpus_wer, wer
 from tests.tts.test_intelligibility import LINES, MAX_WER, transcribe
 
+# Below this RMS (full scale 1.0; -50 dBFS) a stretch of audio is a pause.
+QUIET = 10 ** (-50 / 20)
+
 
 def _rms(pcm: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pcm.astype(np.float32) / 32768.0) ** 2))) + 1e-9
@@ -95,8 +98,11 @@ def test_first_words_then_the_rest_sound_like_the_whole(kokoro: KokoroSynthesize
         at = len(first.pcm)
         there = at - round(first.words[0].start * SAMPLE_RATE) + round(whole.words[0].start * SAMPLE_RATE)
         span = SAMPLE_RATE // 25  # 40 ms either side
-        level = _rms(joined[at - span:at + span]) / _rms(whole.pcm[there - span:there + span])
-        assert 0.5 < level < 2.0, f"{text!r}: level x{level:.2f} at the join"
+        ours, theirs = _rms(joined[at - span:at + span]), _rms(whole.pcm[there - span:there + span])
+        # A join in a pause ("a sword, | but") compares two near-silences (1-3 of 32768 in one
+        # CI run: x2.87): there the joined audio must only stay as quiet; a click is the jump check's.
+        level = ours / theirs
+        assert 0.5 < level < 2.0 or max(ours, theirs) < QUIET, f"{text!r}: level x{level:.2f} at the join"
         jump = np.abs(np.diff(joined[at - 120:at + 120])).max()
         around = np.abs(np.diff(whole.pcm[there - 2400:there + 2400].astype(np.int32))).max()
         assert jump <= max(around, 200), f"{text!r}: a step of {jump} at the join (the speech around: {around})"

@@ -278,6 +278,11 @@ class Engine:
                 log.warning("could not pre-render %r: %s", text, exc)
         log.info("pre-rendered %d lines in %.1f s", len(todo), time.perf_counter() - t0)
 
+    @property
+    def closed(self) -> bool:
+        """``close`` has begun (it may still be waiting for lingering model work)."""
+        return self._closed
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -61,7 +61,8 @@ async def test_closing_does_not_wait_for_a_warm_up_on_the_model_and_the_engine_d
     await asyncio.wait_for(session.close(), TIMEOUT)  # returns with the warm-up still on the model
     assert not chat.release.is_set() and len(engine.lingering) == 1
     closing = asyncio.ensure_future(engine.close())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: engine.closed, what="the engine's close to begin")
+    # Only the test's release lets the warm-up end: close cannot be done whatever the time.
     assert not closing.done() and not chat.closed.is_set(), "the model unloaded under a running warm-up"
     chat.release.set()
     await asyncio.wait_for(closing, TIMEOUT)

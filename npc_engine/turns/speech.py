@@ -153,7 +153,9 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
                 emit_cues(turn, item.cues)
                 continue
             if not item.prerendered and not item.ack:
-                await _speak_head_first(turn, out, chain, item, opens=_opens_reply(turn, item))
+                # The reply's first words of its own (an ack aside): the player is waiting for them.
+                opens = "first_audio_sent" not in turn.clock.marks
+                await _speak_head_first(turn, out, chain, item, opens=opens)
                 continue
             speech = await synthesize(turn, out, chain, item)
             if turn.cancelled:
@@ -163,11 +165,6 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
                 continue
             turn.clock.mark("tts_first_chunk")
             deliver(turn, item, speech)
-
-
-def _opens_reply(turn: TurnHandle, item: Speakable) -> bool:
-    """The reply's first words of its own: the player is waiting for them (an ack aside)."""
-    return not item.prerendered and not item.ack and "first_audio_sent" not in turn.clock.marks
 
 
 async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable,

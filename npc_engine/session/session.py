@@ -13,7 +13,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
@@ -33,6 +32,7 @@ from npc_engine.session.floor import Floor
 from npc_engine.session.memory import Memory
 from npc_engine.session.story import story_lines, story_message
 from npc_engine.session.voice import VoiceInput, microphone
+from npc_engine.session.warm import WarmGate, WarmTarget, warm_steps
 from npc_engine.store import Fact
 from npc_engine.story.lines import Line
 from npc_engine.story.state import Scalar, StoryEffect, StoryState
@@ -60,30 +60,6 @@ TurnEnded = Callable[["Session", TurnHandle, str], Awaitable[None]]
 Present = Callable[[], Sequence[str]]
 # Turns whose "player line" is an instruction to the model, not the player's words.
 PROMPTED: frozenset[TurnSource] = frozenset({"reaction", "banter"})
-
-
-class _WarmGate:
-    """Whether a warm-up reached the model, settled once under a lock: the LLM thread enters
-    just before calling the model, a turn (or closing) closes it just before going ahead
-    without it. With a flag alone, a warm-up could reach the model right after a turn gave up
-    on it, and that turn's request would then queue behind it on the conversation's slot."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started = False
-        self._closed = False
-
-    def enter(self) -> bool:
-        """On the LLM thread: True to go ahead (nobody has given up on it)."""
-        with self._lock:
-            self.started = not self._closed
-            return self.started
-
-    def close(self) -> bool:
-        """True if it had not reached the model, and now never will."""
-        with self._lock:
-            self._closed = not self.started
-            return self._closed
 
 
 class Session:
@@ -140,7 +116,8 @@ class Session:
         self.closed = False
         self.voice_input: VoiceInput | None = None  # created on the first audio frame
         self._warm: asyncio.Task[None] | None = None
-        self._warm_gate = _WarmGate()  # the latest warm-up's: has it reached the model?
+        self._warm_gate = WarmGate()  # the latest warm-up's: has it reached the model?
+        self._warm_next: WarmTarget | None = None  # what the running warm-up goes on to warm
         self._prepared_at = -1  # the history's length when prepare() last warmed it
         # The prompt this conversation's KV cache holds (the latest request on its slot, a
         # turn's or a warm-up's): a turn's end warms the next prompt when it no longer starts so.
@@ -211,50 +188,77 @@ class Session:
     def _start_warm(self, *, only_if_changed: bool) -> None:
         """Evaluate the next turn's prompt up to the player's line in the background: at open,
         and at a turn's end if that prompt no longer starts with what the cache holds."""
-        if self._warm is not None and not self._warm.done():
-            if not self._warm_gate.close():
-                return  # one is on the model now (rare: a scripted turn ended meanwhile)
-            self._warm.cancel()  # still queued, and about an older prompt
-        self._warm_gate = gate = _WarmGate()
-        self._warm = self._tasks.spawn(self._warm_llm(gate, only_if_changed), "warm-up")
+        self._warm_toward(WarmTarget(only_if_changed=only_if_changed))
 
-    async def _warm_llm(
-        self, gate: _WarmGate, only_if_changed: bool = False, overheard: bool = False, line: str | None = None
-    ) -> None:
+    def _warm_toward(self, target: WarmTarget) -> None:
+        """Warm ``target``'s prompt: a new warm-up, or the running one's next target, taken up
+        after its step on the model (its prompt is the beginning of the new one, so that step
+        was not wasted; closing and starting another would have to wait for it anyway)."""
+        if self._warm is not None and not self._warm.done() and not self._warm_gate.closed:
+            self._warm_next = target
+            return
+        self._warm_next = None
+        self._warm_gate = gate = WarmGate()
+        self._warm = self._tasks.spawn(self._warm_llm(gate, target), "warm-up")
+
+    async def _warm_prompt(self, target: WarmTarget) -> list[ChatMessage]:
+        # Everything before the player's line: the persona, the example exchanges and the
+        # history up to the last reply all stay in the slot's KV cache for the next turn.
+        # In a scene, lines it overheard since then come with the player's next line, in
+        # the same message: ``overheard`` evaluates them too, the line left empty. With
+        # ``line`` (the words heard so far), the line's beginning too.
+        if target.line is not None:
+            return await self._messages(target.line)
+        if target.overheard:
+            return await self._messages("")
+        return (await self._messages("Hello."))[:-1]
+
+    async def _warm_llm(self, gate: WarmGate, target: WarmTarget) -> None:
         eng = self.engine
+        done = PromptUsage()  # tokens: the last prompt warmed; evaluated: over all steps
         try:
-            # Everything before the player's line: the persona, the example exchanges and the
-            # history up to the last reply all stay in the slot's KV cache for the next turn.
-            # In a scene, lines it overheard since then come with the player's next line, in
-            # the same message: ``overheard`` evaluates them too, the line left empty. With
-            # ``line`` (the words heard so far), the line's beginning too.
-            if line is not None:
-                messages = await self._messages(line)
-            elif overheard:
-                messages = await self._messages("")
-            else:
-                messages = (await self._messages("Hello."))[:-1]
-            if only_if_changed and not self._cache_lost(messages):
-                return  # the next turn evaluates only the last reply and its line anyway
-            usage = PromptUsage()
-            cached = self._cached_prompt
+            while True:
+                messages = await self._warm_prompt(target)
+                if target.only_if_changed and not self._cache_lost(messages):
+                    messages = []  # the next turn evaluates only the last reply and its line anyway
+                cached = self._cached_prompt
+                # In steps (warm.py): a turn that comes meanwhile waits for one, not for all.
+                steps = warm_steps(messages, cached) if messages else []
+                for n, step in enumerate(steps, start=1):
+                    if self._warm_next is not None:
+                        break  # a newer prompt to warm (the player turned to it, is speaking)
+                    usage = PromptUsage()
 
-            def warm() -> None:
-                if gate.enter():
-                    # The session's affinity: the turns' slot, so its KV cache is what they reuse.
-                    eng.chat.warm_up(messages, self.affinity, usage)
+                    def warm(step: list[ChatMessage] = step, usage: PromptUsage = usage) -> bool:
+                        if not gate.enter():
+                            return False
+                        try:
+                            # The session's affinity: the turns' slot, so its KV cache is what they reuse.
+                            eng.chat.warm_up(step, self.affinity, usage)
+                        finally:
+                            gate.leave()
+                        return True
 
-            # Background lane: a burst of sessions opening never queues warm-ups ahead of turns.
-            await eng.llm_worker.run_background(warm)
-            if gate.started:
-                if self._cached_prompt is cached:  # else a turn's call, queued behind it, holds the slot now
-                    self._cached_prompt = messages
-                self.warm_ups += 1
-                self.warmed.tokens += usage.tokens
-                self.warmed.evaluated += usage.evaluated
-                log.debug("session %s: warmed the prompt, %d of %d tokens evaluated", self.id, usage.evaluated, usage.tokens)
+                    # Background lane: a burst of sessions opening never queues warm-ups ahead
+                    # of turns; and between two steps a turn of any session goes first.
+                    if not await eng.llm_worker.run_background(warm):
+                        log.debug("session %s: warm-up stopped after %d of %d steps", self.id, n - 1, len(steps))
+                        return  # a turn (or closing) came: it evaluates the rest itself
+                    if self._cached_prompt is cached:  # else a turn's call, queued behind it, holds the slot now
+                        self._cached_prompt = cached = step
+                    done.tokens = usage.tokens
+                    done.evaluated += usage.evaluated
+                if self._warm_next is None:
+                    return
+                target, self._warm_next = self._warm_next, None
         except Exception as exc:  # the first real turn will report it properly
             log.warning("session %s: LLM warm-up failed: %s", self.id, exc)
+        finally:
+            if gate.started:
+                self.warm_ups += 1
+                self.warmed.tokens += done.tokens
+                self.warmed.evaluated += done.evaluated
+                log.debug("session %s: warmed the prompt, %d of %d tokens evaluated", self.id, done.evaluated, done.tokens)
 
     def _cache_lost(self, upcoming: list[ChatMessage]) -> bool:
         """Whether the next prompt (``upcoming``: up to the player's line) drops part of what
@@ -275,11 +279,8 @@ class Session:
             return
         if not history or history[-1].role != "user":
             return  # nothing overheard since it last spoke: its cache already holds everything
-        if self._warm is not None and not self._warm.done():
-            return
         self._prepared_at = len(history)
-        self._warm_gate = gate = _WarmGate()
-        self._warm = self._tasks.spawn(self._warm_llm(gate, overheard=True), "warm-up")
+        self._warm_toward(WarmTarget(overheard=True))
 
     async def _warm_settled(self) -> None:
         """Before a turn asks the model: a warm-up that has not reached the model yet is
@@ -377,15 +378,13 @@ class Session:
         generated, nothing said), so the reply evaluates only what the player said after them.
         llama.cpp reuses the longest common beginning, so a partial that got a word wrong
         costs only the words after it. Not while the NPC speaks (its turn holds the slot and
-        will add its reply), nor while another warm-up is still running."""
+        will add its reply); while another warm-up runs, it goes on to the latest words after
+        its step on the model."""
         if self.closed or not self.engine.cfg.warm_next_prompt or not heard.strip():
             return
         if self.current is not None or self._speculative:
             return
-        if self._warm is not None and not self._warm.done():
-            return
-        self._warm_gate = gate = _WarmGate()
-        self._warm = self._tasks.spawn(self._warm_llm(gate, line=heard), "warm-up")
+        self._warm_toward(WarmTarget(line=heard))
 
     def player_turn_ended(self, text: str, clock: TurnClock) -> None:
         self.start_turn("voice", text, clock=clock)

@@ -108,10 +108,13 @@ def new_tokens(previous: list[ChatMessage], current: list[ChatMessage]) -> int:
 
 class Conversation:
     """A text conversation's ``turn.end`` messages, the double's calls, and what the session's
-    background warm-ups evaluated before each turn (``warmed[i]``: since turn ``i`` - 1 ended)."""
+    background warm-ups evaluated before each turn (``warmed[i]``: since turn ``i`` - 1 ended;
+    ``steps[i]``: the prompts they sent, in order)."""
 
-    def __init__(self, ends: list[msg.TurnEnd], chat: ScriptedChat, warmed: list[int]) -> None:
-        self.ends, self.chat, self.warmed = ends, chat, warmed
+    def __init__(
+        self, ends: list[msg.TurnEnd], chat: ScriptedChat, warmed: list[int], steps: list[list[list[ChatMessage]]]
+    ) -> None:
+        self.ends, self.chat, self.warmed, self.steps = ends, chat, warmed, steps
 
     def evaluated(self, i: int) -> int:
         """The prompt tokens turn ``i`` (0-based) cost the model: its own and its warm-up's."""
@@ -132,16 +135,18 @@ async def run_conversation(make_rig: MakeRig, block: int, turns: int = 20) -> Co
     chat = ScriptedChat([f"Reply number {i} from the forge." for i in range(turns)])
     rig = await make_rig(chat, audio=False, guard=False, history_turns=6, history_block=block)
     await listened(rig.session)  # the open's warm-up (the persona) counts for no turn
-    ends, counter = [], []
+    ends, counter, marks = [], [], []
     for i in range(turns):
         counter.append(rig.session.warmed.evaluated)
+        marks.append(len(chat.warm_ups))
         turn = rig.session.start_turn("text", f"Nice weather today, friend {i}.")
         await turn.wait()
         assert turn.id is not None
         ends.append(end_of(rig.sent, turn.id))
         await listened(rig.session)
     # What was warmed between turn i - 1's end and turn i's start.
-    return Conversation(ends, chat, [0] + [b - a for a, b in itertools.pairwise(counter)])
+    steps = [[]] + [[m for m, _ in chat.warm_ups[a:b]] for a, b in itertools.pairwise(marks)]
+    return Conversation(ends, chat, [0] + [b - a for a, b in itertools.pairwise(counter)], steps)
 
 
 async def test_turn_end_reports_the_prompt_tokens_each_turn_evaluated(make_rig: MakeRig) -> None:
@@ -174,21 +179,27 @@ async def test_with_blocks_most_turns_evaluate_only_their_new_tokens(make_rig: M
 
 async def test_after_a_trim_the_next_prompt_is_warmed_while_the_reply_plays(make_rig: MakeRig) -> None:
     run = await run_conversation(make_rig, block=4)
-    after_open = iter(run.chat.warm_ups[1:])
     for i in range(1, len(run.ends)):
         own = run.ends[i].prompt_tokens_evaluated
         call = run.chat.calls[i]
         if not run.warmed[i]:
             assert own is not None and own <= run.added(i), f"turn {i + 1} evaluated {own} tokens itself"
+            assert not run.steps[i], f"turn {i + 1}: no other warm-up"
             continue
         # Right after a trim: the warm-up was this turn's prompt up to the player's line, on
         # its conversation, and the turn itself evaluated only that line.
-        warmed, affinity = next(after_open)
-        assert warmed == call.messages[:-1] and affinity == call.affinity
+        steps = run.steps[i]
+        assert steps and steps[-1] == call.messages[:-1], f"turn {i + 1}"
+        assert {a for _, a in run.chat.warm_ups} == {call.affinity}
+        # In steps (a turn that came meanwhile would wait for one): growing prefixes of it,
+        # each but the last ending on a player's line.
+        assert len(steps) >= 2, f"turn {i + 1}: the history went in one request"
+        for shorter, longer in itertools.pairwise(steps):
+            assert len(shorter) < len(longer) and longer[: len(shorter)] == shorter
+            assert shorter[-1].role == "user"
         assert own == len(prompt_tokens(call.messages[-1:])), f"turn {i + 1}: the player's line only"
         # The warm-up did the work the turn would have done: the history after the persona.
         assert run.warmed[i] > len(prompt_tokens(call.messages[-3:-1])), f"turn {i + 1}"
-    assert next(after_open, None) is None, "no other warm-up"
 
 
 async def test_a_scripted_turn_reports_no_prompt(make_rig: MakeRig) -> None:
@@ -221,6 +232,7 @@ async def test_a_turn_cancels_a_warm_up_still_queued_and_never_waits_for_it(
         await say(a, f"Nice weather today, friend {i}.")
         await listened(a)
     assert a.warm_ups == 1, "only the open's warm-up so far"
+    opened = len(chat.warm_ups)  # its steps
     # Another session's warm-up holds the model's background lane (one warm-up at a time).
     b = await make_session(engine, sent, audio=False)
     await eventually(chat.entered.is_set, timeout=10.0, what="the other session's warm-up on the model")
@@ -235,7 +247,7 @@ async def test_a_turn_cancels_a_warm_up_still_queued_and_never_waits_for_it(
     assert own is not None and own > len(prompt_tokens(chat.calls[-1].messages[-1:])), "it evaluated its history"
     chat.release.set()
     await listened(b)
-    assert [a for _, a in chat.warm_ups].count("s1") == 1, "the cancelled warm-up never reached the model"
+    assert [a for _, a in chat.warm_ups].count("s1") == opened, "the cancelled warm-up never reached the model"
 
 
 async def test_a_turn_waits_for_a_warm_up_on_the_model_and_reuses_it(make_engine: MakeEngine, make_session: MakeSession) -> None:
@@ -277,3 +289,71 @@ async def test_a_changed_system_prompt_is_warmed_too(make_rig: MakeRig) -> None:
     turn = await say(session, "What do you forge today?")
     assert chat.calls[-1].messages[:-1] == chat.warm_ups[-1][0]
     assert end_of(rig.sent, turn).prompt_tokens_evaluated == len(prompt_tokens(chat.calls[-1].messages[-1:]))
+
+
+async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_rest_itself(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    """After a trim the whole history is evaluated again. llama.cpp cannot stop a request
+    midway, so a turn that comes meanwhile waits for the one on the model: the warm-up goes in
+    steps, and a turn waits for the step on the model, never for the steps after it."""
+    chat = GatedWarmChat(
+        [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
+        gated=set(),
+    )
+    # Six exchanges, growing to nine: the end of the 10th turn drops a block of four.
+    engine = make_engine(chat, guard=False, history_turns=6, history_block=4)
+    sent = Sent()
+    a = await make_session(engine, sent, audio=False)
+    await listened(a)
+    for i in range(9):
+        await say(a, f"Nice weather today for the harvest, friend {i}.")
+        await listened(a)
+    chat.gated.add("s1")  # the trim's warm-up: its first step stays on the model until released
+    mark = len(chat.warm_ups)
+    await say(a, "Nice weather today for the harvest, friend 9.")
+    await eventually(chat.entered.is_set, timeout=10.0, what="the warm-up's first step on the model")
+    calls = len(chat.calls)
+    turn = a.start_turn("text", "And tomorrow?")
+    # The turn is before the model, waiting: it closed the warm-up's gate and did not cancel it.
+    await eventually(lambda: a._warm_gate.closed, what="the turn to close the warm-up's gate")
+    assert a.warming and len(chat.calls) == calls
+    chat.release.set()
+    await turn.wait()
+    assert turn.id is not None
+    call = chat.calls[-1]
+    steps = [m for m, _ in chat.warm_ups[mark:]]
+    # One step reached the model, a beginning of the turn's prompt ending on a player's line;
+    # then the turn's own call, which evaluated everything after it.
+    assert len(steps) == 1 and chat.order[-2:] == [("warm-up done", "s1"), ("call", "s1")], chat.order[-4:]
+    step = steps[0]
+    assert len(step) < len(call.messages) - 2 and call.messages[: len(step)] == step and step[-1].role == "user"
+    own = end_of(sent, turn.id).prompt_tokens_evaluated
+    assert own == len(prompt_tokens(call.messages)) - len(prompt_tokens(step))
+    assert own > len(prompt_tokens(call.messages[-3:])), "the turn evaluated the history after the step"
+    assert a.warm_ups == 2 and not a.warming
+
+
+async def test_a_newer_prompt_asked_for_during_a_warm_up_is_taken_up_after_its_step(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    """The player starts speaking while the open's warm-up (the persona, the example exchanges)
+    is on the model: after that step, the warm-up goes on to the prompt with the words heard so
+    far, which begins with what it had left to do; it is not dropped, nor run after the rest."""
+    chat = GatedWarmChat(["Hm."], gated={"s1"})
+    engine = make_engine(chat, guard=False)
+    sent = Sent()
+    a = await make_session(engine, sent, audio=False)
+    await eventually(chat.entered.is_set, what="the open's first step on the model")
+    a.prepare_line("Where did the thief")
+    a.prepare_line("Where did the thief go")  # only the latest words count
+    chat.release.set()
+    await listened(a)
+    assert a.warm_ups == 1, "one warm-up, retargeted"
+    prompts = [m for m, _ in chat.warm_ups]
+    assert prompts[-1][-1] == ChatMessage("user", "Where did the thief go")
+    assert not any(p[-1].role == "assistant" for p in prompts), "the open's own last step never ran"
+    for shorter, longer in itertools.pairwise(prompts):
+        assert longer[: len(shorter)] == shorter, "each step goes on from the one before"
+    turn = await say(a, "Where did the thief go")
+    assert end_of(sent, turn).prompt_tokens_evaluated == 0, "the turn found its whole prompt evaluated"

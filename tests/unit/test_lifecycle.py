@@ -85,7 +85,9 @@ async def test_a_burst_of_opening_sessions_queues_one_warm_up_at_a_time(
     finally:
         release.set()
         await asyncio.gather(*blockers)
-    await eventually(lambda: len(chat.warm_ups) == len(sessions), what="every open session warmed up")
+    await eventually(lambda: not any(s.warming for s in sessions), what="every open session's warm-up to end")
+    assert [s.warm_ups for s in sessions] == [1] * len(sessions), "every open session warmed up"
+    assert {a for _, a in chat.warm_ups} == {s.id for s in sessions}
 
 
 # --------------------------------------------------------------------------- the first-token clock

@@ -8,6 +8,7 @@ from npc_engine.engine import Engine
 from npc_engine.protocol import outgoing as msg
 from npc_engine.session.session import Session
 from tests.doubles import ScriptedChat, SilenceSynth, word_pieces
+from tests.harness import eventually
 from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, PLAYER, MakeRig
 from tests.unit.support import Sent, end_of, finished
 
@@ -81,6 +82,9 @@ async def test_text_turn_in_audio_session_sends_messages_in_protocol_order(
 async def test_the_model_is_asked_with_the_persona_and_the_players_line(
     session: Session, chat: ScriptedChat
 ) -> None:
+    # The player speaks once the open's warm-up is over (one that comes in the middle of it
+    # goes ahead after its step on the model: session/warm.py).
+    await eventually(lambda: not session.warming, what="the open's warm-up")
     turn = session.start_turn("text", NEUTRAL)
     await turn.wait()
     call = chat.calls[0]
@@ -89,7 +93,7 @@ async def test_the_model_is_asked_with_the_persona_and_the_players_line(
     assert (call.messages[-1].role, call.messages[-1].content) == ("user", NEUTRAL)
     assert call.options.max_tokens == session.character.reply.max_tokens
     # Everything before the player's line (persona, example exchanges) was warmed up.
-    assert chat.warm_ups and chat.warm_ups[0][0] == call.messages[:-1], "the persona prompt was warmed up"
+    assert chat.warm_ups and chat.warm_ups[-1][0] == call.messages[:-1], "the persona prompt was warmed up"
 
 
 async def test_cues_go_out_with_the_chunk_they_belong_to(make_rig: MakeRig) -> None:

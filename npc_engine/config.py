@@ -54,6 +54,10 @@ class EngineConfig:
     # fact, the story moved), evaluate it in the background while the reply plays, so the next
     # turn evaluates only the player's line (session.py _start_warm). Off: the turn does it.
     warm_next_prompt: bool = True
+    # At start, evaluate each character's opening prompt into a KV cache of its own (as many
+    # characters as llm_slots), which the first conversation with it takes: its first line
+    # does not wait for the persona (engine.py prime_personas).
+    prime_personas: bool = True
     # The guard stage between the LLM and the voice (npc_engine/turns/guard.py): off, replies
     # go out as the model wrote them. "fragment" lets the first clause out once it passed the
     # checks (first audio as without a guard); "sentence" holds every sentence to its end.
@@ -166,13 +170,14 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     No acknowledgements, no preemptive replies, an open-mic turn ends on silence alone
     (``end_of_turn_ms``), the history slides by one exchange a turn (the prompt changes
     right after the persona, so each turn evaluates the whole history again) and is not
-    warmed between turns, the LLM runs at the voice's priority, synthesis and recognition
+    warmed between turns, no persona is primed at start, the LLM runs at the voice's priority, synthesis and recognition
     run on one thread each (no choice of two by measured speed), a reply's first chunk is
     rendered whole, and Whisper's finals take the 30 s window. (Synthesis is still
     scheduled by deadline across sessions: with one conversation at a time that is the old
     first-come order.)"""
     return dataclasses.replace(
-        cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False, llm_nice=0,
+        cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False,
+        prime_personas=False, llm_nice=0,
         tts_threads=1, tts_head_s=0.0, stt_threads=1, stt_final_window="full",
     )
 

@@ -122,6 +122,8 @@ class ScriptedChat:
         self.never_first_token = never_first_token
         self.calls: list[ChatCall] = []
         self.warm_ups: list[tuple[list[ChatMessage], str | None]] = []
+        self.released: list[str] = []
+        self.primed: list[list[ChatMessage]] = []
         self.closed = threading.Event()  # releases a stalled stream (never_first_token)
         self._lock = threading.Lock()
         # Like llama.cpp's slots, one "KV cache" per affinity: the previous prompt's tokens.
@@ -196,6 +198,15 @@ class ScriptedChat:
         if usage is not None:  # reported like a turn's call: what followed the cached prefix
             usage.tokens, usage.evaluated = len(tokens), len(tokens) - shared
 
+    def release(self, affinity: str) -> None:
+        with self._lock:
+            self.released.append(affinity)
+
+    def prime(self, messages: Sequence[ChatMessage]) -> bool:
+        with self._lock:
+            self.primed.append(list(messages))
+        return True
+
     def close(self) -> None:
         self.closed.set()
 
@@ -208,7 +219,7 @@ class GatedWarmChat(ScriptedChat):
         super().__init__(replies)
         self.gated = gated
         self.entered = threading.Event()  # a gated warm-up is on the model
-        self.release = threading.Event()
+        self.let_go = threading.Event()
         self.order: list[tuple[str, str | None]] = []  # ("warm-up done" | "call", affinity)
 
     def warm_up(
@@ -216,7 +227,7 @@ class GatedWarmChat(ScriptedChat):
     ) -> None:
         if affinity in self.gated:
             self.entered.set()
-            assert self.release.wait(10.0), "the test never released the warm-up"
+            assert self.let_go.wait(10.0), "the test never let the warm-up go"
         super().warm_up(messages, affinity, usage)
         self.order.append(("warm-up done", affinity))
 

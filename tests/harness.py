@@ -37,6 +37,9 @@ def engine_config(data_dir: Path, **overrides: Any) -> EngineConfig:
         # reply must not depend on the machine's speed. Tests of the budget set their own.
         "budget_llm_first_token_ms": 60_000,
         "llm_timeout_ms": 60_000,
+        # Priming every character's persona at start is seconds of model work per engine;
+        # tests of it turn it on (tests/test_prime.py).
+        "prime_personas": False,
     }
     base.update(overrides)
     return EngineConfig(**base)

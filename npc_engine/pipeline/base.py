@@ -106,6 +106,17 @@ class ChatModel(Protocol):
         ``stream``: what the warm-up itself evaluated."""
         ...
 
+    def release(self, affinity: str) -> None:
+        """The conversation ``affinity`` is over: its cache may serve another conversation,
+        one whose prompt begins the same way (the same character) best."""
+        ...
+
+    def prime(self, messages: Sequence[ChatMessage]) -> bool:
+        """Evaluate ``messages`` (a character's persona) into a cache no conversation holds,
+        for the first conversation whose prompt begins with it; False if no cache was free.
+        Called at start-up, before anyone talks, so a first turn does not wait for it."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -33,9 +33,83 @@ def _fill_usage(usage: PromptUsage, timings: dict[str, Any]) -> None:
     usage.tokens = evaluated + int(timings.get("cache_n") or 0)
 
 
+def shared_chars(a: Sequence[ChatMessage], b: Sequence[ChatMessage]) -> int:
+    """How many characters of their text two prompts share from the start (roles included)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x.role != y.role:
+            break
+        if x.content != y.content:
+            same = next((i for i, (c, d) in enumerate(zip(x.content, y.content, strict=False)) if c != d), None)
+            return n + (min(len(x.content), len(y.content)) if same is None else same)
+        n += len(x.content)
+    return n
+
+
 def embedded_model_path() -> Path:
     """The default profile's verified GGUF (``llm_profiles.DEFAULT_PROFILE``)."""
     return resolve_model(None)
+
+
+# A cache that shares less than this with a new prompt (~30 tokens) is worth nothing to it.
+MIN_SHARED_CHARS = 120
+
+
+class SlotTable:
+    """Which llama.cpp slot (KV cache) each conversation uses, and what each slot holds.
+
+    A conversation keeps its slot while it stays among the ``n`` most recent. A new one takes
+    the free slot whose cache begins most like its prompt (a character's persona primed at
+    start, or left by a conversation with that character that ended: ``release``), else the
+    least recently used one's."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._lock = threading.Lock()
+        self._by_affinity: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._held: list[list[ChatMessage]] = [[] for _ in range(n)]  # the latest prompt sent to each
+
+    def slot_for(self, affinity: str, messages: Sequence[ChatMessage] = (), *, sending: bool = False) -> int:
+        """``affinity``'s slot; ``sending``: ``messages`` go to it now (its cache will hold them)."""
+        with self._lock:
+            if affinity in self._by_affinity:
+                self._by_affinity.move_to_end(affinity)
+                slot = self._by_affinity[affinity]
+            else:
+                free = self._free()
+                if free:
+                    slot = max(free, key=lambda i: self._fit(i, messages))
+                else:
+                    slot = self._by_affinity.popitem(last=False)[1]
+                self._by_affinity[affinity] = slot
+            if sending:
+                self._held[slot] = list(messages)
+            return slot
+
+    def release(self, affinity: str) -> None:
+        with self._lock:
+            self._by_affinity.pop(affinity, None)  # its cache stays, for a conversation that starts alike
+
+    def claim_empty(self, messages: Sequence[ChatMessage]) -> int | None:
+        """A free slot whose cache is empty, now holding ``messages``; None if there is none
+        (a primed persona is never evicted for another)."""
+        with self._lock:
+            empty = [i for i in self._free() if not self._held[i]]
+            if not empty:
+                return None
+            self._held[empty[0]] = list(messages)
+            return empty[0]
+
+    def _fit(self, slot: int, messages: Sequence[ChatMessage]) -> tuple[int, bool, int]:
+        """How well ``slot`` suits a new conversation's ``messages``, the best highest: the
+        most shared (a few words, "You are ", do not count), then an empty cache over someone
+        else's (a primed persona stays for its character), then the lowest number."""
+        shared = shared_chars(self._held[slot], messages)
+        return (shared if shared >= MIN_SHARED_CHARS else 0, not self._held[slot], -slot)
+
+    def _free(self) -> list[int]:
+        used = set(self._by_affinity.values())
+        return [i for i in range(self._n) if i not in used]
 
 
 class LlamaCppChat:
@@ -86,24 +160,28 @@ class LlamaCppChat:
         # llama.cpp's timings of the latest request (cache_n = prompt tokens reused from
         # the KV cache, prompt_n = tokens evaluated): shows the persona prefix stayed warm.
         self.last_timings: dict[str, Any] | None = None
-        # Conversation -> llama.cpp slot, least recently used first. Without pinning, a
-        # request that follows a cut-short reply finds that slot still winding down, lands
-        # on another slot and evaluates the whole persona prompt again (seconds on a CPU).
-        self._slots: OrderedDict[str, int] = OrderedDict()
-        self._n_slots = n_parallel
-        self._slot_lock = threading.Lock()
+        # Conversation -> llama.cpp slot. Without pinning, a request that follows a cut-short
+        # reply finds that slot still winding down, lands on another slot and evaluates the
+        # whole persona prompt again (seconds on a CPU).
+        self._slots = SlotTable(n_parallel)
 
-    def slot_for(self, affinity: str) -> int:
-        """The slot of this conversation: its own while it stays among the recent ones."""
-        with self._slot_lock:
-            if affinity in self._slots:
-                self._slots.move_to_end(affinity)
-                return self._slots[affinity]
-            used = set(self._slots.values())
-            free = [i for i in range(self._n_slots) if i not in used]
-            slot = free[0] if free else self._slots.popitem(last=False)[1]
-            self._slots[affinity] = slot
-            return slot
+    def slot_for(self, affinity: str, messages: Sequence[ChatMessage] = ()) -> int:
+        return self._slots.slot_for(affinity, messages)
+
+    def release(self, affinity: str) -> None:
+        self._slots.release(affinity)
+
+    def prime(self, messages: Sequence[ChatMessage]) -> bool:
+        if self._closed:
+            raise ModelError("the LLM has been shut down")
+        slot = self._slots.claim_empty(messages)
+        if slot is None:
+            return False
+        request = self._request(messages, GenOptions(max_tokens=1, temperature=0.0), True)
+        request["id_slot"] = slot
+        for _ in self._run(request, threading.Event(), None):
+            pass
+        return True
 
     def _request(self, messages: Sequence[ChatMessage], options: GenOptions, stream: bool) -> dict[str, Any]:
         req: dict[str, Any] = {
@@ -144,7 +222,12 @@ class LlamaCppChat:
             raise ModelError("the LLM has been shut down")
         request = self._request(messages, options, True)
         if affinity is not None:
-            request["id_slot"] = self.slot_for(affinity)  # a busy slot makes the request wait: ms
+            # A busy slot makes the request wait: ms.
+            request["id_slot"] = self._slots.slot_for(affinity, messages, sending=True)
+        yield from self._run(request, cancel, usage)
+
+    def _run(self, request: dict[str, Any], cancel: threading.Event, usage: PromptUsage | None) -> Iterator[str]:
+        """Stream one request's text deltas (the thread hand-off below)."""
         items: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
         done = object()

@@ -107,5 +107,11 @@ class OllamaChat:
         for _ in self.stream(messages, GenOptions(max_tokens=1, temperature=0.0), threading.Event(), usage=usage):
             pass
 
+    def release(self, affinity: str) -> None:
+        pass  # Ollama keeps one cache per loaded model, not one per conversation
+
+    def prime(self, messages: Sequence[ChatMessage]) -> bool:
+        return False  # nothing to gain: the first conversation's warm-up loads the same cache
+
     def close(self) -> None:
         self._client = None

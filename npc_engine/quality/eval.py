@@ -168,6 +168,12 @@ class RecordingChat:
     ) -> None:
         self.inner.warm_up(messages, affinity, usage)
 
+    def release(self, affinity: str) -> None:
+        self.inner.release(affinity)
+
+    def prime(self, messages: Sequence[ChatMessage]) -> bool:
+        return self.inner.prime(messages)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -126,6 +126,8 @@ class Server:
         sender = asyncio.create_task(self.outbox.run(), name="npc-send")
         receiver = asyncio.create_task(self._recv_loop(), name="npc-recv")
         prerender = asyncio.create_task(self.engine.prerender_lines(), name="npc-prerender")
+        if self.engine.cfg.prime_personas:
+            self.engine.start_priming()
         expiry = asyncio.create_task(self._expire_idle(), name="npc-expire")
         await self._stopping.wait()
         for task in (expiry, prerender, receiver):

@@ -23,7 +23,7 @@ from npc_engine.facts import extract_told, fact_lines, learned_from_effects, tol
 from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import ChatMessage, GenOptions, PromptUsage
 from npc_engine.pipeline.cues import CueParser
-from npc_engine.pipeline.prompt import build_messages, example_messages, system_prompt
+from npc_engine.pipeline.prompt import build_messages, example_messages
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
@@ -317,6 +317,7 @@ class Session:
         self.closed = True
         if self._pin_acks is not None and not self._pin_acks.done():
             self._pin_acks.cancel()  # waiting behind live synthesis: not needed any more
+        lingering: asyncio.Task[None] | None = None
         if self._warm is not None and not self._warm.done():
             if self._warm_gate.close():
                 self._warm.cancel()  # a closed session's queued warm-up never reaches the model
@@ -324,7 +325,8 @@ class Session:
                 # On the model already: llama.cpp cannot stop a prompt midway, and behind the
                 # voice (nice 10) it can take tens of seconds on a busy machine. The game is not
                 # kept waiting for session.closed: the engine holds it until the models unload.
-                self.engine.lingering.adopt(self._tasks.disown(self._warm))
+                lingering = self._tasks.disown(self._warm)
+                self.engine.lingering.adopt(lingering)
         if self.voice_input is not None:
             await self.voice_input.close()
         for spec in list(self._speculative):
@@ -334,6 +336,12 @@ class Session:
             turn.cancel()
             await turn.wait()
         await self._tasks.wait()
+        # Its KV cache (this character's persona, the conversation) may serve the next
+        # conversation with the character; once nothing of this one runs on it.
+        if lingering is None:
+            self.engine.chat.release(self.affinity)
+        else:
+            lingering.add_done_callback(lambda _: self.engine.chat.release(self.affinity))
         if self._holds_player:
             self._holds_player = False
             self.engine.release_player(self.player)
@@ -689,15 +697,10 @@ class Session:
     async def _messages(self, user_text: str, reply_start: str = "") -> list[ChatMessage]:
         eng = self.engine
         state = await eng.story_state(self.player)
-        cid = self.character.id
-        revealed = [
-            s.text for s in self.character.secrets if s.reveal_when and eng.story.condition_true(s.reveal_when, state, cid)
-        ]
-        objective = eng.story.objective(state, cid)
-        known = eng.facts.known(self.player, cid)
+        known = eng.facts.known(self.player, self.character.id)
         name = self._player_name(state, known)
         # What it knows of the player (facts.py) goes between the persona and the history.
-        system = system_prompt(self.character, objective, revealed, fact_lines(known, name), player_name=name)
+        system = eng.system_prompt(self.character, state, fact_lines(known, name), name)
         return build_messages(
             system, self.memory.prompt_history(), user_text, self.memory.prompt_turns, example_messages(self.character),
             reply_start=reply_start,

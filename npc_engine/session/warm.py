@@ -81,7 +81,13 @@ def warm_steps(messages: Sequence[ChatMessage], cached: Sequence[ChatMessage]) -
     start costs nothing. A step ends on a player's line, so the prompt it leaves in the cache
     ends with the chat template's opening of the reply that follows in the next step (no
     tokens evaluated twice); it takes whole exchanges until it holds ``MIN_STEP_CHARS`` of new
-    text."""
+    text.
+
+    A conversation's first warm-up (nothing ``cached``) goes in one request: its slot may hold
+    a persona primed at start that the session does not know of (``ChatModel.prime``), and a
+    step shorter than that would cut the cache back to the step."""
+    if not cached:
+        return [list(messages)]
     shared = 0
     while shared < min(len(messages), len(cached)) and messages[shared] == cached[shared]:
         shared += 1

@@ -245,7 +245,7 @@ async def test_a_turn_cancels_a_warm_up_still_queued_and_never_waits_for_it(
     assert a.warm_ups == 1 and ("warm-up done", "s1") not in chat.order[2:]
     own = end_of(sent, turn).prompt_tokens_evaluated
     assert own is not None and own > len(prompt_tokens(chat.calls[-1].messages[-1:])), "it evaluated its history"
-    chat.release.set()
+    chat.let_go.set()
     await listened(b)
     assert [a for _, a in chat.warm_ups].count("s1") == opened, "the cancelled warm-up never reached the model"
 
@@ -263,7 +263,7 @@ async def test_a_turn_waits_for_a_warm_up_on_the_model_and_reuses_it(make_engine
     await say(a, "Nice weather today, friend 3.")
     await eventually(chat.entered.is_set, timeout=10.0, what="the warm-up on the model")
     turn = a.start_turn("text", "Nice weather today, friend 4.")
-    chat.release.set()
+    chat.let_go.set()
     await turn.wait()
     assert turn.id is not None
     # The turn asked the model only once the warm-up was done (the slot was busy with it),
@@ -318,7 +318,7 @@ async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_res
     # The turn is before the model, waiting: it closed the warm-up's gate and did not cancel it.
     await eventually(lambda: a._warm_gate.closed, what="the turn to close the warm-up's gate")
     assert a.warming and len(chat.calls) == calls
-    chat.release.set()
+    chat.let_go.set()
     await turn.wait()
     assert turn.id is not None
     call = chat.calls[-1]
@@ -337,22 +337,34 @@ async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_res
 async def test_a_newer_prompt_asked_for_during_a_warm_up_is_taken_up_after_its_step(
     make_engine: MakeEngine, make_session: MakeSession
 ) -> None:
-    """The player starts speaking while the open's warm-up (the persona, the example exchanges)
-    is on the model: after that step, the warm-up goes on to the prompt with the words heard so
-    far, which begins with what it had left to do; it is not dropped, nor run after the rest."""
-    chat = GatedWarmChat(["Hm."], gated={"s1"})
-    engine = make_engine(chat, guard=False)
+    """The player starts speaking while a trimmed history is being warmed in steps: after the
+    step on the model, the warm-up goes on to the prompt with the words heard so far, which
+    begins with what it had left to do; it is not dropped, nor run after the other steps."""
+    chat = GatedWarmChat(
+        [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
+        gated=set(),
+    )
+    engine = make_engine(chat, guard=False, history_turns=6, history_block=4)
     sent = Sent()
     a = await make_session(engine, sent, audio=False)
-    await eventually(chat.entered.is_set, what="the open's first step on the model")
+    await listened(a)
+    for i in range(9):
+        await say(a, f"Nice weather today for the harvest, friend {i}.")
+        await listened(a)
+    chat.gated.add("s1")  # the trim's warm-up: its first step stays on the model until let go
+    mark = len(chat.warm_ups)
+    await say(a, "Nice weather today for the harvest, friend 9.")
+    await eventually(chat.entered.is_set, what="the warm-up's first step on the model")
     a.prepare_line("Where did the thief")
     a.prepare_line("Where did the thief go")  # only the latest words count
-    chat.release.set()
+    chat.let_go.set()
     await listened(a)
-    assert a.warm_ups == 1, "one warm-up, retargeted"
-    prompts = [m for m, _ in chat.warm_ups]
+    assert a.warm_ups == 2, "the open's, then one warm-up, retargeted"
+    prompts = [m for m, _ in chat.warm_ups[mark:]]
+    # Steps each going on from the one before, to the line's prompt; the trimmed history's own
+    # last step (up to the reply before the line) never ran.
     assert prompts[-1][-1] == ChatMessage("user", "Where did the thief go")
-    assert not any(p[-1].role == "assistant" for p in prompts), "the open's own last step never ran"
+    assert all(p[-1].role == "user" for p in prompts), [(len(p), p[-1]) for p in prompts]
     for shorter, longer in itertools.pairwise(prompts):
         assert longer[: len(shorter)] == shorter, "each step goes on from the one before"
     turn = await say(a, "Where did the thief go")

@@ -59,14 +59,27 @@ async def test_closing_does_not_wait_for_a_warm_up_on_the_model_and_the_engine_d
     session = await make_session(engine, Sent(), audio=False)
     await eventually(chat.entered.is_set, what="the open's warm-up on the model")
     await asyncio.wait_for(session.close(), TIMEOUT)  # returns with the warm-up still on the model
-    assert not chat.release.is_set() and len(engine.lingering) == 1
+    assert not chat.let_go.is_set() and len(engine.lingering) == 1
+    # Its KV cache is handed on (ChatModel.release) only once nothing of it runs there.
+    assert chat.released == []
     closing = asyncio.ensure_future(engine.close())
     await eventually(lambda: engine.closed, what="the engine's close to begin")
     # Only the test's release lets the warm-up end: close cannot be done whatever the time.
     assert not closing.done() and not chat.closed.is_set(), "the model unloaded under a running warm-up"
-    chat.release.set()
+    chat.let_go.set()
     await asyncio.wait_for(closing, TIMEOUT)
     assert chat.closed.is_set() and ("warm-up done", "s1") in chat.order and len(engine.lingering) == 0
+    assert chat.released == ["s1"]
+
+
+async def test_a_closed_sessions_cache_is_handed_on(make_engine: MakeEngine, make_session: MakeSession) -> None:
+    chat = ScriptedChat([DEFAULT_REPLY])
+    engine = make_engine(chat)
+    session = await make_session(engine, Sent(), audio=False)
+    await eventually(lambda: not session.warming, what="the open's warm-up")
+    assert chat.released == []
+    await session.close()
+    assert chat.released == [session.affinity]
 
 
 async def test_a_burst_of_opening_sessions_queues_one_warm_up_at_a_time(

@@ -54,10 +54,14 @@ def test_a_short_prompt_is_one_request() -> None:
     assert warm_steps(prompt, []) == [prompt]
 
 
-def test_a_new_persona_is_evaluated_first_then_the_history() -> None:
+def test_a_conversations_first_warm_up_is_one_request() -> None:
+    # Its slot may hold the character's primed persona, which a shorter first step would cut.
     prompt = [SYSTEM, *history(8)]
-    steps = warm_steps(prompt, [])
-    assert steps[0][0] == SYSTEM and steps[0][-1].role == "user" and len(steps) >= 2
+    assert warm_steps(prompt, []) == [prompt]
+    # A changed persona (a new fact) after that: the persona first, then the history.
+    changed = [ChatMessage("system", SYSTEM.content + " He knows the player's name."), *history(8)]
+    steps = warm_steps(changed, prompt)
+    assert steps[0][0] == changed[0] and steps[0][-1].role == "user" and len(steps) >= 2
 
 
 def test_the_gate_lets_the_step_on_the_model_finish_and_no_other_start() -> None:

@@ -162,3 +162,28 @@ def _display(character_id: str) -> str:
 def _sentence(text: str) -> str:
     text = " ".join(str(text).split())
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def keep_cached_system(messages: Sequence[ChatMessage], cached: Sequence[ChatMessage], persona: str) -> list[ChatMessage]:
+    """``messages`` (a turn's prompt), with the system message the KV cache holds (``cached``:
+    the slot's previous prompt) when only what follows the ``persona`` changed in it (the
+    story moved at this turn's start, or the last turn taught a fact): what changed goes as
+    a system note right before the player's line instead.
+
+    The system message comes before the examples and the history, so a new one has the whole
+    prompt evaluated again: on two cores, at the 10th turn, ~650 tokens and 5.5 s, past the
+    first-token budget, and the player got a fallback line right when the story moved. The
+    note restates the current goal, facts and name last, where a small model heeds them most;
+    the turn's end then warms the prompt with the new system message (``Session._warm_llm``),
+    which the next turn uses."""
+    if not cached or not messages or cached[0].role != "system" or messages[0].role != "system":
+        return list(messages)
+    old, new = cached[0].content, messages[0].content
+    if old == new or not (old.startswith(persona) and new.startswith(persona)):
+        return list(messages)
+    note = new[len(persona) :].strip()
+    lines = [i for i, m in enumerate(messages) if m.role == "user"]
+    if not note or not lines:
+        return list(messages)
+    at = lines[-1]  # the player's line (an ack the reply goes on from may follow it)
+    return [cached[0], *messages[1:at], ChatMessage("system", note), *messages[at:]]

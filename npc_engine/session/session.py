@@ -23,7 +23,7 @@ from npc_engine.facts import extract_told, fact_lines, learned_from_effects, tol
 from npc_engine.metrics import TurnClock, turn_log_line
 from npc_engine.pipeline.base import ChatMessage, GenOptions, PromptUsage
 from npc_engine.pipeline.cues import CueParser
-from npc_engine.pipeline.prompt import build_messages, example_messages
+from npc_engine.pipeline.prompt import build_messages, example_messages, keep_cached_system, persona_prompt
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.errors import ErrorCode
 from npc_engine.protocol.outgoing import Outgoing, TurnSource
@@ -756,7 +756,11 @@ class Session:
 
     async def _llm_call(self, user_text: str, reply_start: str = "") -> LlmCall:
         eng = self.engine
+        # A system message changed since the cache was filled (the story moved): kept as the
+        # cache has it, the change goes last (prompt.py keep_cached_system says why).
         messages = await self._messages(user_text, reply_start)
+        if eng.cfg.warm_next_prompt:  # which puts the new system message in the cache after the turn
+            messages = keep_cached_system(messages, self._cached_prompt, persona_prompt(self.character))
         self._cached_prompt = messages  # what the slot will hold once the call has run
         return LlmCall(
             chat=eng.chat,

@@ -35,7 +35,7 @@ from npc_engine.store import (
 )
 from npc_engine.story import FactTold, FlagSet, load_story
 from npc_engine.world import check_paths, load_world
-from tests.doubles import ScriptedChat
+from tests.doubles import ChatCall, ScriptedChat
 from tests.harness import GOSSIP, OFFER, gossip_story
 from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, REPO, unit_config
 from tests.unit.support import Sent, end_of
@@ -223,6 +223,12 @@ async def open_session(
     return session, sent
 
 
+def instructions(call: ChatCall) -> str:
+    """A call's system messages: the system prompt, and a note before the line when the
+    turn's system prompt changed since the cache was filled (``keep_cached_system``)."""
+    return "\n".join(m.content for m in call.messages if m.role == "system")
+
+
 async def say(session: Session, sent: Sent, text: str) -> msg.TurnEnd:
     turn = session.start_turn("text", text)
     await turn.wait()
@@ -240,7 +246,7 @@ async def test_a_name_told_reaches_the_next_prompt_and_survives_a_restart(
     assert (await say(bram, sent, "My name is Ana.")).status == "ok"
     assert told_name(engine.facts.known(PLAYER, "bram")) == "Ana", "learned before turn.end went out"
     await say(bram, sent, NEUTRAL)
-    system = chat.calls[-1].messages[0].content
+    system = instructions(chat.calls[-1])
     assert "You are talking to Ana." in system, "the told name wins over the game's default"
     assert "They told you their name is Ana." in system
     assert told_name(engine.facts.known(PLAYER, "marta")) is None
@@ -252,7 +258,7 @@ async def test_a_name_told_reaches_the_next_prompt_and_survives_a_restart(
     again = gossip_engine(chat2, history_turns=0, history_block=1)
     bram2, sent2 = await open_session(again, "bram", sessions)
     await say(bram2, sent2, NEUTRAL)
-    system = chat2.calls[-1].messages[0].content
+    system = instructions(chat2.calls[-1])
     assert "They told you their name is Ana." in system
     assert not any("My name is Ana" in m.content for m in chat2.calls[-1].messages[1:]), "not from the history"
     for s in sessions:
@@ -283,12 +289,12 @@ async def test_gossip_reaches_the_told_character_only_and_the_witness_keeps_its_
     assert not any(f.source == "did" for f in engine.facts.known(PLAYER, "marta")), "Marta was not there"
     assert await engine.store.load_facts(PLAYER, "aldric") == []
     await say(marta, marta_sent, NEUTRAL)
-    system = chat.calls[-1].messages[0].content
+    system = instructions(chat.calls[-1])
     assert "You heard: The traveller offered to find Bram's hammer." in system
     # Aldric had no session open: he learns nothing; Marta's fact is on disk for her next session.
     aldric, aldric_sent = await open_session(engine, "aldric", sessions)
     await say(aldric, aldric_sent, NEUTRAL)
-    assert "offered to find" not in chat.calls[-1].messages[0].content
+    assert "offered to find" not in instructions(chat.calls[-1])
     for s in sessions:
         await s.close()
 
@@ -320,7 +326,7 @@ async def test_a_character_without_a_session_learns_gossip_from_an_event(
     assert Fact("did", "rumour spread", "flag:rumour_spread") in engine.facts.known(PLAYER, "bram")
     marta, marta_sent = await open_session(engine, "marta", sessions)
     await say(marta, marta_sent, NEUTRAL)
-    assert "You heard: The traveller chased a thief." in chat.calls[-1].messages[0].content
+    assert "You heard: The traveller chased a thief." in instructions(chat.calls[-1])
     for s in sessions:
         await s.close()
 

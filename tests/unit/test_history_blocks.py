@@ -22,7 +22,7 @@ from npc_engine.session.session import Session
 from npc_engine.store import HistoryEntry
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from tests.doubles import GatedWarmChat, ScriptedChat, prompt_tokens
-from tests.harness import eventually
+from tests.harness import OFFER, eventually
 from tests.unit.conftest import PLAYER, MakeEngine, MakeRig, MakeSession
 from tests.unit.support import Sent, end_of
 
@@ -369,3 +369,37 @@ async def test_a_newer_prompt_asked_for_during_a_warm_up_is_taken_up_after_its_s
         assert longer[: len(shorter)] == shorter, "each step goes on from the one before"
     turn = await say(a, "Where did the thief go")
     assert end_of(sent, turn).prompt_tokens_evaluated == 0, "the turn found its whole prompt evaluated"
+
+
+async def test_a_story_move_keeps_the_cached_system_message_for_its_turn_and_warms_the_new_one_after(
+    make_rig: MakeRig,
+) -> None:
+    """The player's line moves the story before the model answers (Bram's offer_help: a new
+    objective). The system message comes before the examples and the history: rebuilt, the
+    whole prompt would be evaluated again (5.5 s at a 10th turn on two cores). The turn keeps
+    the cached one and says what changed in a system note before the line; the new system
+    message is warmed after the turn, and the next turn uses it."""
+    chat = ScriptedChat([f"Reply number {i} from the forge." for i in range(6)])
+    rig = await make_rig(chat, audio=False, guard=False)
+    session = rig.session
+    await listened(session)
+    for i in range(3):
+        await say(session, f"Nice weather today, friend {i}.")
+        await listened(session)
+    before = chat.calls[-1].messages[0]
+    turn = await say(session, OFFER)
+    call = chat.calls[-1]
+    assert call.messages[0] == before, "the cached system message"
+    note = call.messages[-2]
+    assert note.role == "system" and "Grumble that the hammer is still missing" in note.content
+    own = end_of(rig.sent, turn).prompt_tokens_evaluated
+    # The last reply (new to the cache), the note and the line: not the examples and history.
+    assert call.messages[-3].role == "assistant"
+    assert own == len(prompt_tokens(call.messages[-3:])), "the history was evaluated again"
+    await listened(session)
+    new_system = chat.warm_ups[-1][0][0]
+    assert "Grumble" in new_system.content and new_system != before, "the new system message, warmed"
+    turn = await say(session, "Any news from the mill?")
+    call = chat.calls[-1]
+    assert call.messages[0] == new_system and all(m.role != "system" for m in call.messages[1:])
+    assert end_of(rig.sent, turn).prompt_tokens_evaluated == len(prompt_tokens(call.messages[-1:]))

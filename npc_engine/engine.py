@@ -308,6 +308,8 @@ class Engine:
             messages = [ChatMessage("system", system), *example_messages(character)]
             try:
                 await self.turns.idle()
+                if self._closed:
+                    return
                 t0 = time.perf_counter()
                 if not await self.llm_worker.run_background(self.chat.prime, messages):
                     return

@@ -225,6 +225,11 @@ class Session:
                 # In steps (warm.py): a turn that comes meanwhile waits for one, not for all.
                 steps = warm_steps(messages, cached) if messages else []
                 for n, step in enumerate(steps, start=1):
+                    if gate.closed:
+                        # A turn waits for this task to end (its step was on the model): it
+                        # must not wait again behind other sessions' background work.
+                        log.debug("session %s: warm-up stopped after %d of %d steps", self.id, n - 1, len(steps))
+                        return
                     if self._warm_next is not None:
                         break  # a newer prompt to warm (the player turned to it, is speaking)
                     usage = PromptUsage()

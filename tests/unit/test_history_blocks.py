@@ -11,7 +11,9 @@ same behaviour on the real model: ``tests/test_prompt_cache.py``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 
 from npc_engine.engine import Engine
 from npc_engine.pipeline.base import ChatMessage
@@ -403,3 +405,37 @@ async def test_a_story_move_keeps_the_cached_system_message_for_its_turn_and_war
     call = chat.calls[-1]
     assert call.messages[0] == new_system and all(m.role != "system" for m in call.messages[1:])
     assert end_of(rig.sent, turn).prompt_tokens_evaluated == len(prompt_tokens(call.messages[-1:]))
+
+
+async def test_a_turn_waiting_for_a_step_does_not_wait_behind_other_background_work(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    """After the step the turn waited for, the warm-up ends at once: its next step would queue
+    in the background lane, behind other sessions' warm-ups (or the personas' priming)."""
+    chat = GatedWarmChat(
+        [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
+        gated=set(),
+    )
+    engine = make_engine(chat, guard=False, history_turns=6, history_block=4)
+    sent = Sent()
+    a = await make_session(engine, sent, audio=False)
+    await listened(a)
+    for i in range(9):
+        await say(a, f"Nice weather today for the harvest, friend {i}.")
+        await listened(a)
+    chat.gated.add("s1")
+    await say(a, "Nice weather today for the harvest, friend 9.")  # its end: a re-warm in steps
+    await eventually(chat.entered.is_set, what="the warm-up's first step on the model")
+    # Other background work queues behind that step and holds the lane until the test ends.
+    hold = threading.Event()
+    other = asyncio.ensure_future(engine.llm_worker.run_background(hold.wait, 30.0))
+    try:
+        turn = a.start_turn("text", "And tomorrow?")
+        await eventually(lambda: a._warm_gate.closed, what="the turn to close the warm-up's gate")
+        chat.let_go.set()
+        await asyncio.wait_for(turn.wait(), 10.0)
+        assert not other.done(), "the turn ended while the other background work still held the lane"
+    finally:
+        hold.set()
+        await other
+    assert turn.id is not None and end_of(sent, turn.id).status == "ok"

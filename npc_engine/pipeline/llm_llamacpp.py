@@ -165,9 +165,6 @@ class LlamaCppChat:
         # whole persona prompt again (seconds on a CPU).
         self._slots = SlotTable(n_parallel)
 
-    def slot_for(self, affinity: str, messages: Sequence[ChatMessage] = ()) -> int:
-        return self._slots.slot_for(affinity, messages)
-
     def release(self, affinity: str) -> None:
         self._slots.release(affinity)
 

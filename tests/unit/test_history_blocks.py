@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from dataclasses import dataclass
 
 from npc_engine.engine import Engine
 from npc_engine.pipeline.base import ChatMessage
@@ -293,12 +294,19 @@ async def test_a_changed_system_prompt_is_warmed_too(make_rig: MakeRig) -> None:
     assert end_of(rig.sent, turn).prompt_tokens_evaluated == len(prompt_tokens(chat.calls[-1].messages[-1:]))
 
 
-async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_rest_itself(
-    make_engine: MakeEngine, make_session: MakeSession
-) -> None:
-    """After a trim the whole history is evaluated again. llama.cpp cannot stop a request
-    midway, so a turn that comes meanwhile waits for the one on the model: the warm-up goes in
-    steps, and a turn waits for the step on the model, never for the steps after it."""
+@dataclass
+class Trimmed:
+    """A conversation whose 10th turn just trimmed its history; the warm-up of the trimmed
+    prompt goes in steps, and its first step is held on the model until ``chat.let_go``."""
+
+    chat: GatedWarmChat
+    engine: Engine
+    sent: Sent
+    session: Session
+    mark: int  # the warm-ups before the trim's: ``chat.warm_ups[mark:]`` are its steps
+
+
+async def trimmed_and_warming(make_engine: MakeEngine, make_session: MakeSession) -> Trimmed:
     chat = GatedWarmChat(
         [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
         gated=set(),
@@ -311,10 +319,21 @@ async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_res
     for i in range(9):
         await say(a, f"Nice weather today for the harvest, friend {i}.")
         await listened(a)
-    chat.gated.add("s1")  # the trim's warm-up: its first step stays on the model until released
+    chat.gated.add("s1")  # the trim's warm-up: its first step stays on the model until let go
     mark = len(chat.warm_ups)
     await say(a, "Nice weather today for the harvest, friend 9.")
     await eventually(chat.entered.is_set, timeout=10.0, what="the warm-up's first step on the model")
+    return Trimmed(chat, engine, sent, a, mark)
+
+
+async def test_a_turn_waits_for_one_step_of_a_long_warm_up_and_evaluates_the_rest_itself(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    """After a trim the whole history is evaluated again. llama.cpp cannot stop a request
+    midway, so a turn that comes meanwhile waits for the one on the model: the warm-up goes in
+    steps, and a turn waits for the step on the model, never for the steps after it."""
+    t = await trimmed_and_warming(make_engine, make_session)
+    chat, sent, a, mark = t.chat, t.sent, t.session, t.mark
     calls = len(chat.calls)
     turn = a.start_turn("text", "And tomorrow?")
     # The turn is before the model, waiting: it closed the warm-up's gate and did not cancel it.
@@ -342,21 +361,8 @@ async def test_a_newer_prompt_asked_for_during_a_warm_up_is_taken_up_after_its_s
     """The player starts speaking while a trimmed history is being warmed in steps: after the
     step on the model, the warm-up goes on to the prompt with the words heard so far, which
     begins with what it had left to do; it is not dropped, nor run after the other steps."""
-    chat = GatedWarmChat(
-        [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
-        gated=set(),
-    )
-    engine = make_engine(chat, guard=False, history_turns=6, history_block=4)
-    sent = Sent()
-    a = await make_session(engine, sent, audio=False)
-    await listened(a)
-    for i in range(9):
-        await say(a, f"Nice weather today for the harvest, friend {i}.")
-        await listened(a)
-    chat.gated.add("s1")  # the trim's warm-up: its first step stays on the model until let go
-    mark = len(chat.warm_ups)
-    await say(a, "Nice weather today for the harvest, friend 9.")
-    await eventually(chat.entered.is_set, what="the warm-up's first step on the model")
+    t = await trimmed_and_warming(make_engine, make_session)
+    chat, sent, a, mark = t.chat, t.sent, t.session, t.mark
     a.prepare_line("Where did the thief")
     a.prepare_line("Where did the thief go")  # only the latest words count
     chat.let_go.set()
@@ -412,20 +418,8 @@ async def test_a_turn_waiting_for_a_step_does_not_wait_behind_other_background_w
 ) -> None:
     """After the step the turn waited for, the warm-up ends at once: its next step would queue
     in the background lane, behind other sessions' warm-ups (or the personas' priming)."""
-    chat = GatedWarmChat(
-        [f"Reply number {i} from the forge, where the iron is hot and the bellows never rest." for i in range(12)],
-        gated=set(),
-    )
-    engine = make_engine(chat, guard=False, history_turns=6, history_block=4)
-    sent = Sent()
-    a = await make_session(engine, sent, audio=False)
-    await listened(a)
-    for i in range(9):
-        await say(a, f"Nice weather today for the harvest, friend {i}.")
-        await listened(a)
-    chat.gated.add("s1")
-    await say(a, "Nice weather today for the harvest, friend 9.")  # its end: a re-warm in steps
-    await eventually(chat.entered.is_set, what="the warm-up's first step on the model")
+    t = await trimmed_and_warming(make_engine, make_session)
+    chat, engine, sent, a = t.chat, t.engine, t.sent, t.session
     # Other background work queues behind that step and holds the lane until the test ends.
     hold = threading.Event()
     other = asyncio.ensure_future(engine.llm_worker.run_background(hold.wait, 30.0))

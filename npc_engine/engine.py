@@ -301,22 +301,24 @@ class Engine:
         # The story's default name for a player ("traveller"), as a session without one has.
         # A game that names its player shares the persona, up to "You are talking to".
         name = fresh.vars.get("player_name")
-        for character in list(self.characters.values())[: self.cfg.llm_slots]:
-            if self._closed:
-                return  # shutting down: the model is about to unload
-            system = self.system_prompt(character, fresh, player_name=str(name) if name else None)
-            messages = [ChatMessage("system", system), *example_messages(character)]
-            try:
-                await self.turns.idle()
+        primed: list[str] = []
+        t_all = time.perf_counter()
+        try:
+            for character in list(self.characters.values())[: self.cfg.llm_slots]:
                 if self._closed:
+                    return  # shutting down: the model is about to unload
+                system = self.system_prompt(character, fresh, player_name=str(name) if name else None)
+                messages = [ChatMessage("system", system), *example_messages(character)]
+                await self.turns.idle()
+                if self._closed or not await self.llm_worker.run_background(self.chat.prime, messages):
                     return
-                t0 = time.perf_counter()
-                if not await self.llm_worker.run_background(self.chat.prime, messages):
-                    return
-                log.debug("primed %s's persona in %.1f s", character.id, time.perf_counter() - t0)
-            except Exception as exc:  # a conversation's own warm-up does it then
-                log.warning("could not prime %s's persona: %s", character.id, exc)
-                return
+                primed.append(character.id)
+        except Exception as exc:  # a conversation's own warm-up does it then
+            log.warning("could not prime a persona (%s): conversations warm their own", exc)
+        finally:
+            if primed:
+                log.info("primed %d persona(s) in %.1f s (%s): a first line does not wait for them",
+                         len(primed), time.perf_counter() - t_all, ", ".join(primed))
 
     @property
     def closed(self) -> bool:

@@ -111,6 +111,19 @@ class LineCache:
             log.warning("ignoring unreadable cached line %s: %s", meta_path, error)
             return None
 
+    def stored(self, text: str, voice: Voice) -> SpeechChunk | None:
+        """The line if it was rendered before (pinned, in memory or on disk), else None: never
+        synthesizes. Blocking (a file read): run it off the event loop, but not on the TTS
+        worker, where it would wait behind other sessions' renders for a few ms of disk."""
+        key = self.key(text, voice)
+        with self._lock:
+            chunk = self._pinned.get(key) or self._memory.get(key)
+            if chunk is not None:
+                if key in self._memory:
+                    self._memory.move_to_end(key)
+                return chunk
+        return self.get(text, voice) if self.on_disk(text, voice) else None
+
     def get_or_render(self, text: str, voice: Voice) -> SpeechChunk:
         if not self.on_disk(text, voice):
             return self._in_memory(text, voice)

@@ -5,7 +5,12 @@ Three rules, all measured on a 2-core machine (``bench/first_fragment.py``, docs
 * **Synthesis by playback deadline.** The TTS worker (``workers.ModelWorker``, a priority
   queue) takes the chunk whose playback runs dry first: a turn's first chunk is due *now*
   (the player hears nothing yet), a later one when the audio already sent for its turn has
-  played (``playback_deadline``). Ties go first come, first served.
+  played (``playback_deadline``). Ties go first come, first served. A reply's opening words
+  (its first chunk, and the rest of the clause a first window began) count as due
+  ``OPENING_LEAD_S`` sooner: when sessions together ask for more speech than the CPU
+  renders in real time (four long replies on two cores), every later sentence is already
+  late, and by plain deadline a reply that has not begun waited behind all of them (5-9 s
+  in the bench's N=4 phase) while each of them only lengthened a pause between sentences.
 * **Recognition: finals first.** A decode that ends a player's turn (a push-to-talk release,
   the frames of a silence that may end the turn or start its speculative final) goes ahead of
   other sessions' partial decodes (``workers.URGENT``).
@@ -35,14 +40,22 @@ log = logging.getLogger(__name__)
 # measurable (one core each). See bench/first_fragment.py and docs/architecture.md.
 LLM_NICE = 10
 
+# How much sooner a reply's opening words are due than their playback deadline says. A pause
+# between two sentences of an answer under way reads as the speaker pausing; silence after
+# the player's line (an ack at most) reads as no answer. The first window is short (about
+# half a second of speech), a later sentence whole: taking the opening first costs the later
+# one far less wait than it saves. A later sentence dry for longer than this still goes
+# first, so none waits without end behind a stream of new turns.
+OPENING_LEAD_S = 3.0
 
-def playback_deadline(playback_start: float | None, queued_audio_s: float, now: float) -> float:
+
+def playback_deadline(playback_start: float | None, queued_audio_s: float, now: float, *, opening: bool = False) -> float:
     """When a turn's playback runs dry (``time.perf_counter()`` seconds): ``now`` for a turn
     that has sent no audio yet (its first chunk: the player is waiting), else the time its
-    first audio went out plus the audio sent since."""
-    if playback_start is None:
-        return now
-    return playback_start + queued_audio_s
+    first audio went out plus the audio sent since. ``opening`` (the reply's own first words,
+    after an ack or nothing): that, less ``OPENING_LEAD_S``."""
+    due = now if playback_start is None else playback_start + queued_audio_s
+    return due - OPENING_LEAD_S if opening else due
 
 
 def native_threads() -> frozenset[int]:

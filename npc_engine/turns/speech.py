@@ -13,6 +13,7 @@ reply's chunks simply follow it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -66,12 +67,18 @@ class VoiceOut:
         return FallbackSynthesizer(self.voices, self.budget)
 
 
-def chunk_deadline(turn: TurnHandle) -> float:
+def chunk_deadline(turn: TurnHandle, *, opening: bool = False) -> float:
     """When this turn's playback runs dry (``scheduling.playback_deadline``): now if no audio of
-    it has gone out, else when its first audio (an ack's included) went out plus all sent since."""
+    it has gone out, else when its first audio (an ack's included) went out plus all sent since.
+    ``opening``: a chunk of the reply's first words, due sooner (``OPENING_LEAD_S``)."""
     marks = [m for k in ("ack_sent", "first_audio_sent") if (m := turn.clock.marks.get(k)) is not None]
     start = turn.clock.t0 + min(marks) / 1000.0 if marks else None
-    return playback_deadline(start, turn.delivered.audio_seconds, time.perf_counter())
+    return playback_deadline(start, turn.delivered.audio_seconds, time.perf_counter(), opening=opening)
+
+
+def reply_unheard(turn: TurnHandle) -> bool:
+    """No audio of the reply's own has gone out yet (an ack aside): the player waits for it."""
+    return "first_audio_sent" not in turn.clock.marks
 
 
 async def synthesize(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer, item: Speakable) -> SpeechChunk | None:
@@ -79,8 +86,14 @@ async def synthesize(turn: TurnHandle, out: VoiceOut, chain: FallbackSynthesizer
     if chain.current is None:
         return None
     try:
-        due = chunk_deadline(turn)  # across sessions, the chunk whose playback runs dry first goes first
+        # Across sessions, the chunk whose playback runs dry first goes first.
+        due = chunk_deadline(turn, opening=reply_unheard(turn))
         if item.prerendered and out.line_cache is not None and chain.on_primary:
+            # Rendered before (authored lines are, at start-up): read at once, not after a
+            # place in the TTS queue (a fallback line at its budget waited ~1 s there at N=4).
+            stored = await asyncio.to_thread(out.line_cache.stored, item.text, out.voice)
+            if stored is not None:
+                return stored
             return await out.worker.run_by(due, out.line_cache.get_or_render, item.text, out.voice)
         return await out.worker.run_by(due, chain.synthesize, item.text, out.voice)
     except NoVoiceLeft:
@@ -154,8 +167,7 @@ async def speak(turn: TurnHandle, items: AsyncGenerator[Speakable, None], out: V
                 continue
             if not item.prerendered and not item.ack:
                 # The reply's first words of its own (an ack aside): the player is waiting for them.
-                opens = "first_audio_sent" not in turn.clock.marks
-                await _speak_head_first(turn, out, chain, item, opens=opens)
+                await _speak_head_first(turn, out, chain, item, opens=reply_unheard(turn))
                 continue
             speech = await synthesize(turn, out, chain, item)
             if turn.cancelled:
@@ -178,8 +190,8 @@ async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynt
         _unvoiced(turn, item)
         return
     due = chunk_deadline(turn)
-    head = await _voiced(turn, chain, out.worker.run_by(due, chain.synthesize_head, item.text, out.voice,
-                                                        None if opens else due))
+    head = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn, opening=opens), chain.synthesize_head,
+                                                        item.text, out.voice, None if opens else due))
     if turn.cancelled:
         return
     if head is None:
@@ -190,7 +202,8 @@ async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynt
         deliver(turn, item, head.chunk)
         return
     deliver(turn, Speakable(head.chunk.text, item.cues), head.chunk)
-    rest = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn), head.rest))
+    # The rest of an opening clause is still its opening: a pause mid-clause is the worst kind.
+    rest = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn, opening=opens), head.rest))
     if turn.cancelled:
         return
     if rest is None:

@@ -25,7 +25,8 @@ import pytest
 from npc_engine.engine import Engine
 from npc_engine.pipeline.base import Voice
 from npc_engine.pipeline.chunker import ChunkerConfig, ClauseChunker
-from npc_engine.pipeline.scheduling import native_threads, playback_deadline
+from npc_engine.pipeline.line_cache import LineCache
+from npc_engine.pipeline.scheduling import OPENING_LEAD_S, native_threads, playback_deadline
 from npc_engine.pipeline.workers import URGENT, WHENEVER, ModelWorker
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.outgoing import Outgoing
@@ -162,6 +163,17 @@ def test_playback_deadline_is_now_before_any_audio_then_when_the_audio_sent_has_
     assert playback_deadline(10.0, 60.0, now=50.0) == 70.0
 
 
+def test_a_replys_opening_is_due_before_a_later_sentence_unless_that_one_has_been_dry_longer_than_the_lead() -> None:
+    now = 100.0
+    nothing_heard = playback_deadline(None, 0.0, now, opening=True)
+    ack_playing = playback_deadline(now - 0.2, 0.6, now, opening=True)  # an ack of 0.6 s, 0.2 s in
+    dry_for_2s = playback_deadline(now - 6.0, 4.0, now)  # another reply's next sentence, late
+    assert nothing_heard < dry_for_2s and ack_playing < dry_for_2s
+    dry_too_long = playback_deadline(now - 10.0, 10.0 - OPENING_LEAD_S - 0.5, now)
+    assert dry_too_long < nothing_heard, "a later sentence does not wait without end behind new turns"
+    assert playback_deadline(10.0, 2.5, now=50.0, opening=True) == 12.5 - OPENING_LEAD_S
+
+
 def test_native_threads_lists_this_thread_on_linux() -> None:
     ids = native_threads()
     assert not ids or threading.get_native_id() in ids
@@ -208,6 +220,59 @@ async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_la
     for k in sent:
         audio = [m for m in sent[k] if isinstance(m, msg.ReplyAudio)]
         assert [m.chunk for m in audio] == list(range(len(audio))), "each turn's chunks stay in order"
+
+
+async def test_a_replys_first_chunk_goes_before_another_turns_later_sentence_that_ran_dry() -> None:
+    # A millisecond of audio per word: turn A's first chunk has played out before its next
+    # sentence is asked for, so that one is overdue; B's first chunk still goes first.
+    synth = SilenceSynth("silence-a", seconds_per_word=0.001)
+    worker = ModelWorker("tts")
+    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
+    sent: dict[str, list[Outgoing]] = {"a": [], "b": []}
+    turns = {k: turn_of(k, v) for k, v in sent.items()}
+    queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
+    speakers = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
+    try:
+        queues["a"].put_nowait(Speakable("A first."))
+        await eventually(lambda: len(turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        async with held(worker):
+            queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: worker.queued == 1, what="A's later chunk queued")
+            assert chunk_deadline(turns["a"]) < chunk_deadline(turns["b"]), "A ran dry: by plain deadline it is first"
+            queues["b"].put_nowait(Speakable("B first."))
+            await eventually(lambda: worker.queued == 2, what="B's first chunk queued")
+        for q in queues.values():
+            q.put_nowait(None)
+        await asyncio.gather(*speakers)
+    finally:
+        worker.shutdown()
+    assert synth.texts == ["A first.", "B first.", "A later sentence."]
+
+
+async def test_a_scripted_line_rendered_before_is_sent_without_waiting_for_the_tts_worker(tmp_path: Path) -> None:
+    synth = SilenceSynth()
+    voice = Voice("af_heart")
+    cache = LineCache(tmp_path / "lines", synth)
+    cache.get_or_render("Speak plainly.", voice)  # pre-rendered at start-up, as fallback lines are
+    worker = ModelWorker("tts")
+    out = VoiceOut(voices=[synth], voice=voice, worker=worker, line_cache=cache)
+    turn = turn_of("a", [])
+    queue: asyncio.Queue[Speakable | None] = asyncio.Queue()
+    speaker = asyncio.create_task(speak(turn, items_from(queue), out))
+    try:
+        async with held(worker):
+            queue.put_nowait(Speakable("Speak plainly.", prerendered=True))
+            await eventually(lambda: turn.delivered.audio_text == ["Speak plainly."],
+                             what="the stored line sent while the worker is busy")
+            queue.put_nowait(Speakable("Never said before.", prerendered=True))
+            await eventually(lambda: worker.queued == 1, what="a line not rendered yet queued for the worker")
+            assert turn.delivered.audio_text == ["Speak plainly."]
+        queue.put_nowait(None)
+        await speaker
+    finally:
+        worker.shutdown()
+    assert turn.delivered.audio_text == ["Speak plainly.", "Never said before."]
+    assert synth.texts == ["Speak plainly.", "Never said before."], "the stored line was not rendered again"
 
 
 # --------------------------------------------------------------------------- recognition

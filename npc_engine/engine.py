@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from npc_engine.world import load_world
 if TYPE_CHECKING:  # loaded lazily: onnxruntime is slow to import and absent with --stt none
     from npc_engine.pipeline.smart_turn import TurnClassifier
     from npc_engine.pipeline.vad import SileroVad
+    from npc_engine.turns.handle import TurnHandle
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,9 @@ def make_chat_model(cfg: EngineConfig) -> ChatModel:
     return LlamaCppChat(cfg.llm_model, n_ctx=cfg.llm_ctx, n_parallel=cfg.llm_slots, threads=cfg.llm_threads, nice=cfg.llm_nice)
 
 
-def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
+def make_synthesizer(cfg: EngineConfig, contended: Callable[[], bool] | None = None) -> Synthesizer | None:
+    """``contended``: whether a render that can wait should leave a core to the LLM now
+    (``LiveTurns.awaiting_first_words``); Kokoro only."""
     if cfg.tts == "none":
         return None
     if cfg.tts == "espeak":
@@ -61,7 +65,7 @@ def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
         return EspeakSynthesizer()
     from npc_engine.pipeline.tts_kokoro import KokoroConfig, KokoroSynthesizer
 
-    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads, head_s=cfg.tts_head_s))
+    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads, head_s=cfg.tts_head_s), contended=contended)
 
 
 def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
@@ -77,21 +81,37 @@ def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
 
 
 class LiveTurns:
-    """How many turns are running; background work waits until none is."""
+    """The turns running: background work waits until none is, and a render that can spare a
+    core does while one of them still waits for its reply's first words (``awaiting_first_words``)."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self._live: list[TurnHandle] = []
+        # ``awaiting_first_words`` is asked from the TTS thread while the loop adds and removes.
+        self._lock = threading.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> None:
-        self.count += 1
+    @property
+    def count(self) -> int:
+        return len(self._live)
+
+    def enter(self, turn: TurnHandle) -> None:
+        with self._lock:
+            self._live.append(turn)
         self._idle.clear()
 
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
+    def leave(self, turn: TurnHandle) -> None:
+        with self._lock:
+            self._live.remove(turn)
+            empty = not self._live
+        if empty:
             self._idle.set()
+
+    def awaiting_first_words(self) -> bool:
+        """Some live turn has not sent its reply's own first audio (an ack aside): its player is
+        waiting on the model and the first window. Thread-safe."""
+        with self._lock:
+            return any(not t.cancelled and "first_audio_sent" not in t.clock.marks for t in self._live)
 
     async def idle(self) -> None:
         await self._idle.wait()
@@ -183,7 +203,7 @@ class Engine:
         self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
         if self.cfg.tts != "none":
             try:
-                self.synth = await step(f"TTS ({self.cfg.tts})", lambda: make_synthesizer(self.cfg))
+                self.synth = await step(f"TTS ({self.cfg.tts})", lambda: make_synthesizer(self.cfg, self._contended))
             except Exception as exc:  # degrade to the robotic voice rather than refuse to start
                 log.error("TTS %s failed to load (%s); falling back to espeak-ng", self.cfg.tts, exc)
                 self.synth = None
@@ -319,6 +339,11 @@ class Engine:
             if primed:
                 log.info("primed %d persona(s) in %.1f s (%s): a first line does not wait for them",
                          len(primed), time.perf_counter() - t_all, ", ".join(primed))
+
+    def _contended(self) -> bool:
+        """A render that can wait (a later sentence) leaves a core to the LLM now: a player is
+        waiting on the model for a reply's first words (any session's). From the TTS thread."""
+        return self.turns.awaiting_first_words()
 
     @property
     def closed(self) -> bool:

@@ -82,9 +82,15 @@ class ThreadChoice(Generic[T]):
             cost = seconds / work
             option.cost = cost if option.cost is None else (1 - ALPHA) * option.cost + ALPHA * cost
 
-    def run(self, call: Callable[[T], R], work: Callable[[R], float], urgent: bool = False) -> R:
+    def run(self, call: Callable[[T], R], work: Callable[[R], float], urgent: bool = False, *, spare: bool = False) -> R:
         """``call`` the instance ``pick`` chooses, timed, and ``record`` it; ``work`` says how
-        much the result was worth (seconds of audio rendered, seconds of window decoded)."""
+        much the result was worth (seconds of audio rendered, seconds of window decoded).
+
+        ``spare``: the run leaves the other cores to more urgent work (the LLM writing a waiting
+        player's first words): the fewest threads, and its time is not recorded, since it
+        measures the machine shared, not the choice ``pick`` makes."""
+        if spare:
+            return call(min(self._options, key=lambda o: o.threads).model)
         threads, model = self.pick(urgent)
         started = time.perf_counter()
         result = call(model)

@@ -526,7 +526,7 @@ class Session:
     async def _run(self, turn: TurnHandle, previous: TurnHandle | None, scripted: list[Speakable]) -> None:
         if previous is not None:
             await previous.wait()  # its turn.end and memory go first
-        self.engine.turns.enter()
+        self.engine.turns.enter(turn)
         try:
             turn.emit(msg.TurnStart(id=turn.request_id, source=turn.source, input=turn.user_text))
             if turn.cancelled:
@@ -537,7 +537,7 @@ class Session:
             turn.status = "error"
             turn.emit(msg.Error.in_turn(ErrorCode.INTERNAL, f"the turn failed: {exc}"))
         finally:
-            self.engine.turns.leave()
+            self.engine.turns.leave(turn)
             await self._finish(turn)
 
     async def _written(self, turn: TurnHandle, scripted: list[Speakable]) -> AsyncGenerator[Speakable, None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,27 @@ def test_both_thread_counts_are_measured_and_render_the_same_audio(kokoro: Kokor
     one, two = (rendered[n].astype(np.int32) for n in (1, 2))
     assert len(one) > SAMPLE_RATE // 2 and len(one) == len(two)
     assert np.abs(one - two).max() <= 0.01 * np.abs(one).max(), np.abs(one - two).max()
+
+
+def test_a_later_chunk_spares_a_core_while_a_player_waits_and_sounds_the_same(kokoro: KokoroSynthesizer) -> None:
+    # While the engine says a player waits for a reply's first words (``contended``), a later
+    # chunk renders on one thread, leaving the other core to the LLM; its time is not taken as
+    # the cost of a run alone. The player must not hear the difference.
+    text, voice = "The forge burns hot tonight, and the bellows never rest.", Voice("bm_george")
+    due = time.perf_counter() + 60.0  # played in a minute: rendered whole
+    calm = kokoro.synthesize_head(text, voice, due)
+    costs = kokoro.thread_costs()
+    kokoro._contended = lambda: True
+    try:
+        spared = kokoro.synthesize_head(text, voice, due)
+        assert kokoro.thread_costs() == costs, "a spared run is not recorded"
+        kokoro.synthesize_head(text, voice, time.perf_counter() - 1.0)  # late already: no time to spare
+        assert kokoro.thread_costs() != costs, "the favourite ran, and was recorded"
+        costs = kokoro.thread_costs()
+        kokoro.synthesize_head("Aye.", voice)  # a reply's first words: the favourite, recorded
+        assert kokoro.thread_costs() != costs
+    finally:
+        kokoro._contended = None
+    assert calm.rest is None and spared.rest is None
+    one, two = (h.chunk.pcm.astype(np.int32) for h in (calm, spared))
+    assert len(one) == len(two) and np.abs(one - two).max() <= 0.01 * np.abs(one).max()

@@ -33,9 +33,9 @@ from npc_engine.protocol.outgoing import Outgoing
 from npc_engine.session.session import Mode, Session
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from npc_engine.turns.speech import Speakable, VoiceOut, chunk_deadline, speak
-from tests.doubles import EnergyVad, ScriptedChat, SilenceSynth, ToneTranscriber
-from tests.unit.conftest import DEFAULT_REPLY, PLAYER, World, unit_config
-from tests.unit.support import eventually
+from tests.doubles import EnergyVad, ScriptedChat, ScriptedReply, SilenceSynth, ToneTranscriber
+from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, PLAYER, MakeEngine, MakeSession, World, unit_config
+from tests.unit.support import TIMEOUT, Sent, eventually
 
 FRAME = 320  # 20 ms of 16 kHz audio, as a game sends it
 
@@ -273,6 +273,25 @@ async def test_a_scripted_line_rendered_before_is_sent_without_waiting_for_the_t
         worker.shutdown()
     assert turn.delivered.audio_text == ["Speak plainly.", "Never said before."]
     assert synth.texts == ["Speak plainly.", "Never said before."], "the stored line was not rendered again"
+
+
+async def test_later_sentences_spare_a_core_while_a_player_waits_for_a_replys_first_words(
+    make_engine: MakeEngine, make_session: MakeSession
+) -> None:
+    # The engine's answer to Kokoro's ``contended``: true from a turn's start to its reply's
+    # own first audio (the LLM, at a lower priority, is writing it), false after.
+    slow = ScriptedReply("Aye. The forge is hot today, and the bellows are loud, and the coal is low.",
+                         ttft_s=1.0, tokens_per_s=8.0)
+    engine = make_engine(ScriptedChat([slow]), [SilenceSynth()])
+    session = await make_session(engine, Sent())
+    assert not engine._contended(), "nobody is waiting"
+    turn = session.start_turn("text", NEUTRAL)
+    await eventually(engine._contended, what="the player waiting for the reply's first words")
+    assert "first_audio_sent" not in turn.clock.marks
+    await eventually(lambda: "first_audio_sent" in turn.clock.marks, what="the reply's first audio")
+    assert not turn.done and not engine._contended(), "its first words are out; the rest can take its time"
+    await asyncio.wait_for(turn.wait(), TIMEOUT)
+    assert not engine._contended()
 
 
 # --------------------------------------------------------------------------- recognition

@@ -82,3 +82,16 @@ def test_an_urgent_run_takes_the_favourite_and_the_probe_waits_for_the_next_run(
     assert picks == [2] * 12, picks
     assert choice.pick()[0] == 1, "the probe that fell due during urgent runs comes on the next one"
     assert [choice.pick()[0] for _ in range(2)] == [2, 2]
+
+
+def test_a_spare_run_takes_the_fewest_threads_and_leaves_the_costs_alone() -> None:
+    # A later sentence rendered while a player waits on the LLM leaves it the other core; its
+    # time measures the machine shared, not the choice for a run alone.
+    choice = ThreadChoice([(1, "one"), (2, "two")])
+    choice.record(2, 0.4, 1.0)
+    choice.record(1, 0.7, 1.0)
+    before = choice.costs()
+    assert choice.run(lambda model: model, lambda result: 1.0, spare=True) == "one"
+    assert choice.costs() == before
+    assert choice.run(lambda model: model, lambda result: 1.0) == "two", "not spare: the favourite"
+    assert choice.costs() != before, "and that run is recorded"

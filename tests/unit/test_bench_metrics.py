@@ -206,6 +206,16 @@ def test_concurrency_reports_the_worst_sessions_median() -> None:
     assert row["ttfa_ms"]["median"] == pytest.approx(3000)
 
 
+def test_the_worst_sessions_median_is_also_given_over_the_models_own_replies() -> None:
+    # Session 1 fell back at the budget twice: fast audio, but no answer.
+    rs = [result("new", "voice", 100, v, session=0) for v in (1000, 2000)]
+    rs += [result("new", "voice", 100, 2500, session=1, category="fallback") for _ in range(2)]
+    rs.append(result("new", "voice", 100, 4200, session=1))
+    (row,) = concurrency_table({4: rs})
+    assert row["worst_session_p50_ms"] == pytest.approx(2500)
+    assert row["worst_session_answers_p50_ms"] == pytest.approx(4200)
+
+
 def test_targets_say_met_missed_or_not_measured() -> None:
     new = [result("new", "voice", 200, 1200), result("new", "voice", 250, 1400)]
     base = [result("baseline", "voice", 2600, 2600), result("baseline", "voice", 3000, 3000)]
@@ -216,6 +226,7 @@ def test_targets_say_met_missed_or_not_measured() -> None:
     assert got["push-to-talk content TTFA p50, baseline/new"] is True  # 2800 / 1300
     assert got["open mic, end of speech -> content p50"] is None
     assert got["N=4: content TTFA p50 of the worst session"] is None
+    assert got["N=4: the same, the model's own replies only"] is None
     slow = ab_table([result("new", "voice", 900, 2000)], base)
     got = {t["target"]: t["ok"] for t in targets(slow, silence_summary(new, 2800.0), [])}
     assert got["felt TTFA p50, all turns"] is False

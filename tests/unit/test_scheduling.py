@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import math
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -191,34 +192,52 @@ async def items_from(queue: asyncio.Queue[Speakable | None]) -> AsyncGenerator[S
         yield item
 
 
+@dataclass
+class Speakers:
+    """Turns speaking through one TTS worker: put ``Speakable`` items on a turn's queue."""
+
+    worker: ModelWorker
+    turns: dict[str, TurnHandle]
+    queues: dict[str, asyncio.Queue[Speakable | None]]
+    sent: dict[str, list[Outgoing]]
+
+
+@contextlib.asynccontextmanager
+async def speakers(synth: SilenceSynth, names: Sequence[str]) -> AsyncIterator[Speakers]:
+    """One ``speak`` per named turn on a one-thread TTS worker; at the end of the block each
+    turn's items end and every turn is awaited."""
+    worker = ModelWorker("tts")
+    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
+    sent: dict[str, list[Outgoing]] = {k: [] for k in names}
+    turns = {k: turn_of(k, v) for k, v in sent.items()}
+    queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
+    tasks = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
+    try:
+        yield Speakers(worker, turns, queues, sent)
+        for q in queues.values():
+            q.put_nowait(None)
+        await asyncio.gather(*tasks)
+    finally:
+        worker.shutdown()
+
+
 async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_later_chunk() -> None:
     # Ten seconds of audio per word: turn A's first chunk buys it a minute, however slow the machine.
     synth = SilenceSynth("silence-a", seconds_per_word=10.0)
-    worker = ModelWorker("tts")
-    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
-    sent: dict[str, list[Outgoing]] = {"a": [], "b": [], "c": []}
-    turns = {k: turn_of(k, v) for k, v in sent.items()}
-    queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
-    speakers = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
-    try:
-        queues["a"].put_nowait(Speakable("A one, two, three,"))
-        await eventually(lambda: len(turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
-        assert chunk_deadline(turns["a"]) > chunk_deadline(turns["b"]), "A has audio queued, B none"
-        async with held(worker):
-            queues["a"].put_nowait(Speakable("A later sentence."))
-            await eventually(lambda: worker.queued == 1, what="A's later chunk queued")
-            queues["b"].put_nowait(Speakable("B first."))
-            await eventually(lambda: worker.queued == 2, what="B's first chunk queued")
-            queues["c"].put_nowait(Speakable("C first."))
-            await eventually(lambda: worker.queued == 3, what="C's first chunk queued")
-        for q in queues.values():
-            q.put_nowait(None)
-        await asyncio.gather(*speakers)
-    finally:
-        worker.shutdown()
+    async with speakers(synth, "abc") as s:
+        s.queues["a"].put_nowait(Speakable("A one, two, three,"))
+        await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        assert chunk_deadline(s.turns["a"]) > chunk_deadline(s.turns["b"]), "A has audio queued, B none"
+        async with held(s.worker):
+            s.queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: s.worker.queued == 1, what="A's later chunk queued")
+            s.queues["b"].put_nowait(Speakable("B first."))
+            await eventually(lambda: s.worker.queued == 2, what="B's first chunk queued")
+            s.queues["c"].put_nowait(Speakable("C first."))
+            await eventually(lambda: s.worker.queued == 3, what="C's first chunk queued")
     assert synth.texts == ["A one, two, three,", "B first.", "C first.", "A later sentence."]
-    for k in sent:
-        audio = [m for m in sent[k] if isinstance(m, msg.ReplyAudio)]
+    for sent in s.sent.values():
+        audio = [m for m in sent if isinstance(m, msg.ReplyAudio)]
         assert [m.chunk for m in audio] == list(range(len(audio))), "each turn's chunks stay in order"
 
 
@@ -226,26 +245,15 @@ async def test_a_replys_first_chunk_goes_before_another_turns_later_sentence_tha
     # A millisecond of audio per word: turn A's first chunk has played out before its next
     # sentence is asked for, so that one is overdue; B's first chunk still goes first.
     synth = SilenceSynth("silence-a", seconds_per_word=0.001)
-    worker = ModelWorker("tts")
-    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
-    sent: dict[str, list[Outgoing]] = {"a": [], "b": []}
-    turns = {k: turn_of(k, v) for k, v in sent.items()}
-    queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
-    speakers = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
-    try:
-        queues["a"].put_nowait(Speakable("A first."))
-        await eventually(lambda: len(turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
-        async with held(worker):
-            queues["a"].put_nowait(Speakable("A later sentence."))
-            await eventually(lambda: worker.queued == 1, what="A's later chunk queued")
-            assert chunk_deadline(turns["a"]) < chunk_deadline(turns["b"]), "A ran dry: by plain deadline it is first"
-            queues["b"].put_nowait(Speakable("B first."))
-            await eventually(lambda: worker.queued == 2, what="B's first chunk queued")
-        for q in queues.values():
-            q.put_nowait(None)
-        await asyncio.gather(*speakers)
-    finally:
-        worker.shutdown()
+    async with speakers(synth, "ab") as s:
+        s.queues["a"].put_nowait(Speakable("A first."))
+        await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        async with held(s.worker):
+            s.queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: s.worker.queued == 1, what="A's later chunk queued")
+            assert chunk_deadline(s.turns["a"]) < chunk_deadline(s.turns["b"]), "A ran dry: by plain deadline it is first"
+            s.queues["b"].put_nowait(Speakable("B first."))
+            await eventually(lambda: s.worker.queued == 2, what="B's first chunk queued")
     assert synth.texts == ["A first.", "B first.", "A later sentence."]
 
 

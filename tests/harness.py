@@ -115,6 +115,16 @@ class Prompts:
     def last_system(self, session: str) -> str:
         return self.by_session[session][-1][0].content
 
+    def asked_with(self, session: str, line: str) -> list[ChatMessage]:
+        """The latest prompt of the turn the player said ``line`` in. Warm-ups are recorded too,
+        and the one a turn's end starts (the story moved) may be asked before or after a test
+        looks: ``last_system`` right after such a turn is a race."""
+        for messages in reversed(self.by_session[session]):
+            said = [m.content for m in messages if m.role == "user"]
+            if said and said[-1].endswith(line):
+                return messages
+        raise AssertionError(f"no prompt of {session} ends with the player's line {line!r}")
+
     def last_text(self, session: str) -> str:
         """The whole of the latest prompt for ``session``, as one text."""
         return "\n".join(m.content for m in self.by_session[session][-1])

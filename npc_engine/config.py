@@ -37,6 +37,11 @@ class EngineConfig:
     # synthesis gets the core first (pipeline/scheduling.py). 0: equal; lower it if the game
     # on the same machine keeps every core busy and starves the LLM.
     llm_nice: int = 10
+    # While other turns are live, a reply's later sentences render on a thread of their own
+    # this much lower in priority than the voice's first words (pipeline/scheduling.py): the
+    # next player's first words and the LLM writing them go first. 0: no such thread; later
+    # sentences wait for the voice's one thread, in deadline order.
+    tts_later_nice: int = 10
     llm_slots: int = 4  # concurrent sessions decoding at once
     llm_ctx: int = 8192  # shared by the slots
     ollama_model: str = "llama3.2"
@@ -178,7 +183,7 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     first-come order.)"""
     return dataclasses.replace(
         cfg, acks=False, preemptive=False, smart_turn=False, history_block=1, warm_next_prompt=False,
-        prime_personas=False, llm_nice=0,
+        prime_personas=False, llm_nice=0, tts_later_nice=0,
         tts_threads=1, tts_head_s=0.0, stt_threads=1, stt_final_window="full",
     )
 

@@ -54,9 +54,7 @@ def make_chat_model(cfg: EngineConfig) -> ChatModel:
     return LlamaCppChat(cfg.llm_model, n_ctx=cfg.llm_ctx, n_parallel=cfg.llm_slots, threads=cfg.llm_threads, nice=cfg.llm_nice)
 
 
-def make_synthesizer(cfg: EngineConfig, contended: Callable[[], bool] | None = None) -> Synthesizer | None:
-    """``contended``: whether a render that can wait should leave a core to the LLM now
-    (``LiveTurns.awaiting_first_words``); Kokoro only."""
+def make_synthesizer(cfg: EngineConfig) -> Synthesizer | None:
     if cfg.tts == "none":
         return None
     if cfg.tts == "espeak":
@@ -65,7 +63,7 @@ def make_synthesizer(cfg: EngineConfig, contended: Callable[[], bool] | None = N
         return EspeakSynthesizer()
     from npc_engine.pipeline.tts_kokoro import KokoroConfig, KokoroSynthesizer
 
-    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads, head_s=cfg.tts_head_s), contended=contended)
+    return KokoroSynthesizer(KokoroConfig(intra_op_threads=cfg.tts_threads, head_s=cfg.tts_head_s))
 
 
 def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
@@ -81,8 +79,8 @@ def make_transcriber(cfg: EngineConfig) -> Transcriber | None:
 
 
 class LiveTurns:
-    """The turns running: background work waits until none is, and a render that can spare a
-    core does while one of them still waits for its reply's first words (``awaiting_first_words``)."""
+    """The turns running: background work waits until none is, and a reply's later sentences
+    take the later lane while another is live (``Engine.voice_out``)."""
 
     def __init__(self) -> None:
         self._live: list[TurnHandle] = []
@@ -107,12 +105,6 @@ class LiveTurns:
         if empty:
             self._idle.set()
 
-    def awaiting_first_words(self) -> bool:
-        """Some live turn has not sent its reply's own first audio (an ack aside): its player is
-        waiting on the model and the first window. Thread-safe."""
-        with self._lock:
-            return any(not t.cancelled and "first_audio_sent" not in t.clock.marks for t in self._live)
-
     async def idle(self) -> None:
         await self._idle.wait()
 
@@ -135,6 +127,8 @@ class Engine:
         # loop, so there is one per slot to let sessions decode in the same batch.
         self.llm_worker = ModelWorker("llm", threads=max(1, cfg.llm_slots))
         self.tts_worker = ModelWorker("tts")
+        # Later sentences while other turns are live, at a lower priority (scheduling.py).
+        self.tts_later = ModelWorker("tts-later", nice=cfg.tts_later_nice) if cfg.tts_later_nice > 0 else None
         self.stt_worker = ModelWorker("stt")
         # The working set of players' story states (the store has them all): bounded, LRU.
         self.story_states = PlayerStates(cfg.max_players_cached)
@@ -203,7 +197,7 @@ class Engine:
         self.chat = await step(f"LLM ({self.cfg.llm})", lambda: make_chat_model(self.cfg))
         if self.cfg.tts != "none":
             try:
-                self.synth = await step(f"TTS ({self.cfg.tts})", lambda: make_synthesizer(self.cfg, self._contended))
+                self.synth = await step(f"TTS ({self.cfg.tts})", lambda: make_synthesizer(self.cfg))
             except Exception as exc:  # degrade to the robotic voice rather than refuse to start
                 log.error("TTS %s failed to load (%s); falling back to espeak-ng", self.cfg.tts, exc)
                 self.synth = None
@@ -257,6 +251,8 @@ class Engine:
             voices=voices,
             voice=Voice(character.voice.id, character.voice.speed),
             worker=self.tts_worker,
+            later=self.tts_later,
+            crowded=lambda: self.turns.count > 1,
             budget=SynthBudget(self.cfg.budget_tts_chunk_ms, self.cfg.tts_max_rtf),
             line_cache=self.line_cache,
         )
@@ -340,11 +336,6 @@ class Engine:
                 log.info("primed %d persona(s) in %.1f s (%s): a first line does not wait for them",
                          len(primed), time.perf_counter() - t_all, ", ".join(primed))
 
-    def _contended(self) -> bool:
-        """A render that can wait (a later sentence) leaves a core to the LLM now: a player is
-        waiting on the model for a reply's first words (any session's). From the TTS thread."""
-        return self.turns.awaiting_first_words()
-
     @property
     def closed(self) -> bool:
         """``close`` has begun (it may still be waiting for lingering model work)."""
@@ -357,8 +348,9 @@ class Engine:
         await self.lingering.wait()
         await asyncio.to_thread(self.chat.close)
         await self.store.close()
-        for w in (self.llm_worker, self.tts_worker, self.stt_worker):
-            w.shutdown()
+        for w in (self.llm_worker, self.tts_worker, self.tts_later, self.stt_worker):
+            if w is not None:
+                w.shutdown()
 
     # ------------------------------------------------------------------ story state
 

@@ -140,6 +140,15 @@ async def test_llama_cpp_threads_run_below_the_voice(engine: Running) -> None:
     assert len(niced) < len(tids), "nor were the voice's and the server's threads"
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread priorities are read from Linux /proc")
+async def test_the_later_lane_renders_at_its_lower_priority(engine: Running) -> None:
+    later = engine.engine.tts_later
+    assert later is not None, "on by default"
+    tid = await later.run(threading.get_native_id)
+    expected = min(19, nice_of(os.getpid()) + engine.engine.cfg.tts_later_nice)
+    assert nice_of(tid) == expected and nice_of(threading.get_native_id()) < expected
+
+
 # --------------------------------------------------------------------------- recognition
 
 

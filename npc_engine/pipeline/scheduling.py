@@ -1,6 +1,6 @@
 """Who gets the CPU first, across sessions: the player waiting on audio or on the end of a turn.
 
-Three rules, all measured on a 2-core machine (``bench/first_fragment.py``, docs/architecture.md):
+Four rules, all measured on a 2-core machine (``bench/first_fragment.py``, docs/architecture.md):
 
 * **Synthesis by playback deadline.** The TTS worker (``workers.ModelWorker``, a priority
   queue) takes the chunk whose playback runs dry first: a turn's first chunk is due *now*
@@ -11,6 +11,14 @@ Three rules, all measured on a 2-core machine (``bench/first_fragment.py``, docs
   renders in real time (four long replies on two cores), every later sentence is already
   late, and by plain deadline a reply that has not begun waited behind all of them (5-9 s
   in the bench's N=4 phase) while each of them only lengthened a pause between sentences.
+* **Later sentences on a lane of their own.** While another turn is live, a reply's later
+  sentence renders on a second TTS thread (``Engine.tts_later``), on one intra-op thread, at
+  the LLM's priority (``EngineConfig.tts_later_nice``): the voice's own thread stays free for
+  any reply's first words, which no longer wait for a long render under way, and the LLM
+  writing them is not outranked by it. One lowered thread renders less speech per second
+  than the voice's two, so a later sentence still queued there once its playback has been
+  dry for ``OPENING_LEAD_S`` moves to the voice's thread (``speech._render``): without that,
+  pauses mid-reply reached 10-13 s in the bench's N=4 phase.
 * **Recognition: finals first.** A decode that ends a player's turn (a push-to-talk release,
   the frames of a silence that may end the turn or start its speculative final) goes ahead of
   other sessions' partial decodes (``workers.URGENT``).
@@ -64,6 +72,30 @@ def native_threads() -> frozenset[int]:
     with contextlib.suppress(OSError):
         return frozenset(int(t) for t in os.listdir("/proc/self/task"))
     return frozenset()
+
+
+_lowered = threading.local()
+
+
+def lower_this_thread(nice: int) -> None:
+    """Run the calling thread ``nice`` lower than the process's main thread from now on, and
+    remember it (``on_lowered_thread``). For a worker thread's initializer (a thread inherits
+    its creator's nice, which may be another lowered thread: hence from the main thread's). A
+    system without per-thread nice leaves it as it was."""
+    if nice <= 0:
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice)
+    except (OSError, AttributeError) as exc:
+        log.debug("could not lower thread %d's priority: %s", tid, exc)
+        return
+    _lowered.nice = nice
+
+
+def on_lowered_thread() -> bool:
+    """Whether the calling thread runs at a lowered priority (``lower_this_thread``)."""
+    return bool(getattr(_lowered, "nice", 0))
 
 
 def lower_priority(threads: Iterable[int], nice: int = LLM_NICE) -> int:

@@ -86,9 +86,10 @@ class ThreadChoice(Generic[T]):
         """``call`` the instance ``pick`` chooses, timed, and ``record`` it; ``work`` says how
         much the result was worth (seconds of audio rendered, seconds of window decoded).
 
-        ``spare``: the run leaves the other cores to more urgent work (the LLM writing a waiting
-        player's first words): the fewest threads, and its time is not recorded, since it
-        measures the machine shared, not the choice ``pick`` makes."""
+        ``spare``: the run leaves the other cores to more urgent work (a later sentence on the
+        lowered later lane, while the LLM and other players' first words want them): the
+        fewest threads, and its time is not recorded, since it measures the machine shared,
+        not the choice ``pick`` makes."""
         if spare:
             return call(min(self._options, key=lambda o: o.threads).model)
         threads, model = self.pick(urgent)

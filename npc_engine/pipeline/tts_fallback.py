@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from npc_engine.pipeline.base import Head, HeadFirst, SpeechChunk, Synthesizer, Voice
+from npc_engine.pipeline.scheduling import on_lowered_thread
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class FallbackSynthesizer:
         return Head(head.chunk, synthesize_rest, rest_text)
 
     def _check_pace(self, synth: Synthesizer, started: float, speech: SpeechChunk) -> None:
+        if on_lowered_thread():
+            return  # run below the LLM on purpose (a later sentence): slow by choice, not a slow voice
         took_ms = (time.perf_counter() - started) * 1000.0
         limit_ms = self.budget.limit_ms(speech.duration)
         if took_ms > limit_ms and self._at + 1 < len(self.voices):

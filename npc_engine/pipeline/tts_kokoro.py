@@ -43,6 +43,7 @@ from npc_engine.pipeline.kokoro_model import (
     KokoroModelFiles,
     ensure_model,
 )
+from npc_engine.pipeline.scheduling import on_lowered_thread
 from npc_engine.pipeline.threads import ThreadChoice, thread_counts
 
 if TYPE_CHECKING:
@@ -84,11 +85,6 @@ HEAD_MIN_REST = 12  # frames after the join (0.3 s); less, and the whole is rend
 HEAD_REST_SHARE = 0.9
 HEAD_RUN_S = 0.05
 HEAD_DEFAULT_COST = 0.5  # seconds per second of audio, before the first run is measured
-# Speech per phoneme token at speed 1, to guess a chunk's length before the encoder has run
-# (four characters' lines measured: 0.058-0.086 s), and how early a later chunk must be ready to count as
-# having time to spare.
-PHONEME_S = 0.08
-SPARE_MARGIN_S = 0.5
 
 
 class UnknownVoiceError(ValueError):
@@ -182,15 +178,10 @@ class KokoroSynthesizer:
     name = "kokoro"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, config: KokoroConfig | None = None, contended: Callable[[], bool] | None = None) -> None:
-        """``contended``: whether a render that can wait (a later chunk, ``synthesize_head``
-        with a ``due``) should run on one thread now, leaving the other core to more urgent
-        work: the engine says so while any player waits for a reply's first words, which the
-        LLM (at a lower priority, scheduling.py) is still writing."""
+    def __init__(self, config: KokoroConfig | None = None) -> None:
         import onnxruntime as ort
 
         self.config = config or KokoroConfig()
-        self._contended = contended
         started = time.perf_counter()
         files: KokoroModelFiles = ensure_model(self.config.cache_dir)
         self.model_hash = files.sha256
@@ -305,8 +296,8 @@ class KokoroSynthesizer:
 
         def first(net: _Net) -> tuple[_Frames, _HeadPlan | None, int, np.ndarray]:
             nonlocal cost
-            # A later chunk run on fewer threads than the favourite (``_run``'s ``spare``): its
-            # plan takes that instance's own cost, or its rest would come late.
+            # A later sentence on the later lane runs on one thread (``_run``): its plan takes
+            # that instance's own cost, or its rest would come late.
             cost = max(cost, costs.get(net.threads) or cost)
             frames = _encode(net, feeds)
             skip = _lead_skip(frames.durations)
@@ -318,8 +309,7 @@ class KokoroSynthesizer:
 
         started = time.perf_counter()
         # The player waits on a reply's first words: no probe of the other thread count then.
-        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE, urgent=due is None,
-                                              spare=due is not None and self._slack(len(chars), voice, due))
+        frames, plan, skip, audio = self._run(first, lambda out: out[3].size / SAMPLE_RATE, urgent=due is None)
         log.debug("first window: frames %d-%d of %d in %.0f ms (cost %.2f s/s): %r | %r", skip,
                   skip + audio.size // SAMPLES_PER_FRAME, frames.count, (time.perf_counter() - started) * 1000, cost,
                   plan.head_text if plan else text, plan.rest_text if plan else "")
@@ -374,25 +364,13 @@ class KokoroSynthesizer:
             "speed": np.array([speed], dtype=np.float32),
         }
 
-    def _slack(self, tokens: int, voice: Voice, due: float) -> bool:
-        """Whether a later chunk of ``tokens`` phonemes, due at ``due``, would still be ready in
-        time on one thread (its recent cost, or the favourite's): only such a chunk spares a
-        core. One already late runs on the favourite: on one thread Kokoro renders about as
-        fast as it plays here, so late chunks would stay late and soon beat every reply's
-        first words to the queue (a measured N=4 run: first clause to first audio 4-8 s)."""
-        costs = self._sessions.costs()
-        one = costs.get(min(costs)) or max((c for c in costs.values() if c is not None), default=HEAD_DEFAULT_COST)
-        render_s = one * tokens * PHONEME_S / voice.speed + HEAD_RUN_S
-        return time.perf_counter() + render_s + SPARE_MARGIN_S <= due
-
-    def _run(self, call: Callable[[_Net], R], work: Callable[[R], float], urgent: bool = False,
-             spare: bool = False) -> R:
-        """``spare``: a later chunk with time to spare, which takes one thread while
-        ``contended`` says so."""
-        spare = spare and self._contended is not None and self._contended()
+    def _run(self, call: Callable[[_Net], R], work: Callable[[R], float], urgent: bool = False) -> R:
         try:
-            # Cost per second of audio: the decoder's work grows with the audio it renders.
-            return self._sessions.run(call, work, urgent, spare=spare)
+            # Cost per second of audio: the decoder's work grows with the audio it renders. On
+            # a lowered thread (the later lane, scheduling.py) the run takes one thread: the
+            # two-thread instance's other thread runs at normal priority, each operator would
+            # wait for the slower of the two, and the run is slow on purpose, not a cost to learn.
+            return self._sessions.run(call, work, urgent, spare=on_lowered_thread())
         except Exception as error:
             raise ModelError(f"Kokoro inference failed: {error}", code="tts_failed") from error
 

@@ -25,6 +25,8 @@ from typing import TypeVar
 
 from typing_extensions import TypeVarTuple, Unpack
 
+from npc_engine.pipeline.scheduling import lower_this_thread
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -52,9 +54,11 @@ class _Job:
 class ModelWorker:
     """A named thread pool dedicated to one model, taking its jobs earliest deadline first."""
 
-    def __init__(self, name: str, threads: int = 1) -> None:
+    def __init__(self, name: str, threads: int = 1, nice: int = 0) -> None:
+        """``nice``: its threads run that much lower in priority (Linux), from their start."""
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"npc-{name}")
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"npc-{name}",
+                                        initializer=lower_this_thread, initargs=(nice,))
         self._background: asyncio.Semaphore | None = None
         # Jobs are handed to the pool only when a thread is free, so the pool's own FIFO never
         # holds more than it can run and the order is decided here, at the last moment.

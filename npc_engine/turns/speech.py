@@ -21,10 +21,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from typing_extensions import TypeVarTuple, Unpack
+
 from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
 from npc_engine.pipeline.cues import Cue
 from npc_engine.pipeline.line_cache import LineCache
-from npc_engine.pipeline.scheduling import playback_deadline
+from npc_engine.pipeline.scheduling import OPENING_LEAD_S, playback_deadline
 from npc_engine.pipeline.tts_fallback import FallbackSynthesizer, NoVoiceLeft, SynthBudget
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.protocol import outgoing as msg
@@ -32,6 +34,7 @@ from npc_engine.turns.handle import TurnHandle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(slots=True)
@@ -56,6 +59,10 @@ class VoiceOut:
     voices: Sequence[Synthesizer]
     voice: Voice
     worker: ModelWorker
+    # Where a reply's later sentence renders while ``crowded`` (another turn live): a thread
+    # of its own at a lower priority (``EngineConfig.tts_later_nice``, scheduling.py).
+    later: ModelWorker | None = None
+    crowded: Callable[[], bool] = lambda: False
     budget: SynthBudget = field(default_factory=SynthBudget)
     line_cache: LineCache | None = None
 
@@ -190,8 +197,9 @@ async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynt
         _unvoiced(turn, item)
         return
     due = chunk_deadline(turn)
-    head = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn, opening=opens), chain.synthesize_head,
-                                                        item.text, out.voice, None if opens else due))
+    later = not opens and out.later is not None and out.crowded()
+    head = await _voiced(turn, chain, _render(out, later, chunk_deadline(turn, opening=opens), chain.synthesize_head,
+                                              item.text, out.voice, None if opens else due))
     if turn.cancelled:
         return
     if head is None:
@@ -203,13 +211,32 @@ async def _speak_head_first(turn: TurnHandle, out: VoiceOut, chain: FallbackSynt
         return
     deliver(turn, Speakable(head.chunk.text, item.cues), head.chunk)
     # The rest of an opening clause is still its opening: a pause mid-clause is the worst kind.
-    rest = await _voiced(turn, chain, out.worker.run_by(chunk_deadline(turn, opening=opens), head.rest))
+    rest = await _voiced(turn, chain, _render(out, later, chunk_deadline(turn, opening=opens), head.rest))
     if turn.cancelled:
         return
     if rest is None:
         _unvoiced(turn, Speakable(head.rest_text))
         return
     deliver(turn, Speakable(head.rest_text), rest)
+
+
+async def _render(out: VoiceOut, later: bool, due: float, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+    """``fn(*args)`` on the voice's thread by ``due``; or, ``later``, on the later thread
+    (``VoiceOut.later``, below the LLM) while it is queued there until its playback has been
+    dry for ``OPENING_LEAD_S``: then on the voice's thread after all, in deadline order (a
+    later sentence behind a stream of others' on one low thread would otherwise wait without
+    bound: 10-12 s pauses mid-reply at N=4)."""
+    if not later or out.later is None:
+        return await out.worker.run_by(due, fn, *args)
+    job = out.later.submit(due, lambda: fn(*args), getattr(fn, "__name__", None))
+    ran = asyncio.wrap_future(job)
+    try:
+        done, _ = await asyncio.wait([ran], timeout=max(0.0, due + OPENING_LEAD_S - time.perf_counter()))
+        if not done and job.cancel():  # still queued: it never runs there
+            return await out.worker.run_by(due, fn, *args)
+        return await ran
+    finally:
+        ran.cancel()  # the turn stopped meanwhile: a job still queued never runs (done: no-op)
 
 
 async def _voiced(turn: TurnHandle, chain: FallbackSynthesizer, job: Awaitable[T]) -> T | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,16 +28,22 @@ from npc_engine.engine import Engine
 from npc_engine.pipeline.base import Voice
 from npc_engine.pipeline.chunker import ChunkerConfig, ClauseChunker
 from npc_engine.pipeline.line_cache import LineCache
-from npc_engine.pipeline.scheduling import OPENING_LEAD_S, native_threads, playback_deadline
+from npc_engine.pipeline.scheduling import (
+    OPENING_LEAD_S,
+    native_threads,
+    on_lowered_thread,
+    playback_deadline,
+)
 from npc_engine.pipeline.workers import URGENT, WHENEVER, ModelWorker
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.outgoing import Outgoing
 from npc_engine.session.session import Mode, Session
+from npc_engine.turns import speech
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from npc_engine.turns.speech import Speakable, VoiceOut, chunk_deadline, speak
-from tests.doubles import EnergyVad, ScriptedChat, ScriptedReply, SilenceSynth, ToneTranscriber
-from tests.unit.conftest import DEFAULT_REPLY, NEUTRAL, PLAYER, MakeEngine, MakeSession, World, unit_config
-from tests.unit.support import TIMEOUT, Sent, eventually
+from tests.doubles import EnergyVad, ScriptedChat, SilenceSynth, ToneTranscriber
+from tests.unit.conftest import DEFAULT_REPLY, PLAYER, World, unit_config
+from tests.unit.support import eventually
 
 FRAME = 320  # 20 ms of 16 kHz audio, as a game sends it
 
@@ -118,6 +125,21 @@ async def test_a_shut_down_worker_cancels_what_waits_and_refuses_new_work() -> N
         await waiting
     with pytest.raises(RuntimeError, match="shut down"):
         await worker.run(lambda: "late")
+
+
+async def test_a_lowered_worker_runs_its_jobs_below_the_main_threads_priority() -> None:
+    def priority() -> tuple[int, bool]:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), on_lowered_thread()
+
+    worker, plain = ModelWorker("test", nice=3), ModelWorker("test")
+    try:
+        lowered, plain_one = await worker.run(priority), await plain.run(priority)
+    finally:
+        worker.shutdown()
+        plain.shutdown()
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert lowered == (min(main + 3, 19), True) and plain_one == (main, False)
+    assert not on_lowered_thread()
 
 
 async def test_a_stream_yields_its_items_in_order_through_the_priority_queue() -> None:
@@ -203,11 +225,12 @@ class Speakers:
 
 
 @contextlib.asynccontextmanager
-async def speakers(synth: SilenceSynth, names: Sequence[str]) -> AsyncIterator[Speakers]:
-    """One ``speak`` per named turn on a one-thread TTS worker; at the end of the block each
-    turn's items end and every turn is awaited."""
+async def speakers(synth: SilenceSynth, names: Sequence[str], later: ModelWorker | None = None) -> AsyncIterator[Speakers]:
+    """One ``speak`` per named turn on a one-thread TTS worker (and ``later``, for later
+    sentences while turns are crowded: always, here); at the end of the block each turn's
+    items end and every turn is awaited."""
     worker = ModelWorker("tts")
-    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker)
+    out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker, later=later, crowded=lambda: True)
     sent: dict[str, list[Outgoing]] = {k: [] for k in names}
     turns = {k: turn_of(k, v) for k, v in sent.items()}
     queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
@@ -257,6 +280,51 @@ async def test_a_replys_first_chunk_goes_before_another_turns_later_sentence_tha
     assert synth.texts == ["A first.", "B first.", "A later sentence."]
 
 
+async def test_while_turns_are_crowded_a_later_sentence_renders_on_its_own_lowered_worker() -> None:
+    # The later lane's only thread is held: A's next sentence waits there, and B's first words
+    # still go out through the TTS worker (before, they waited for whatever render was running).
+    synth = SilenceSynth("silence-a", seconds_per_word=10.0)
+    later = ModelWorker("tts-later", nice=1)
+    try:
+        async with speakers(synth, "ab", later=later) as s:
+            s.queues["a"].put_nowait(Speakable("A one, two, three,"))
+            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+            async with held(later):
+                s.queues["a"].put_nowait(Speakable("A later sentence."))
+                await eventually(lambda: later.queued == 1, what="A's later sentence queued on the later lane")
+                s.queues["b"].put_nowait(Speakable("B first."))
+                await eventually(lambda: s.turns["b"].delivered.audio_text == ["B first."],
+                                 what="B's first words sent while the later lane is busy")
+                assert s.turns["a"].delivered.audio_text == ["A one, two, three,"]
+            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2, what="A's later sentence sent")
+    finally:
+        later.shutdown()
+    assert [name for _, name in after_gate(later)] == ["synthesize_head"]
+    assert [name for _, name in s.worker.started] == ["synthesize_head"] * 2, "only the two first chunks"
+
+
+async def test_a_later_sentence_dry_for_longer_than_the_lead_leaves_the_later_lane_for_the_voices_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A millisecond of audio per word: A's first chunk has played out at once, and with no lead
+    # its next sentence is overdue on arrival. The later lane is held: it goes to the TTS worker.
+    monkeypatch.setattr(speech, "OPENING_LEAD_S", 0.0)
+    synth = SilenceSynth("silence-a", seconds_per_word=0.001)
+    later = ModelWorker("tts-later", nice=1)
+    try:
+        async with speakers(synth, "a", later=later) as s:
+            s.queues["a"].put_nowait(Speakable("A first."))
+            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+            async with held(later):
+                s.queues["a"].put_nowait(Speakable("A later sentence."))
+                await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2,
+                                 what="A's later sentence sent while the later lane is held")
+    finally:
+        later.shutdown()
+    assert [name for _, name in after_gate(later)] == [], "never ran on the later lane"
+    assert synth.texts == ["A first.", "A later sentence."]
+
+
 async def test_a_scripted_line_rendered_before_is_sent_without_waiting_for_the_tts_worker(tmp_path: Path) -> None:
     synth = SilenceSynth()
     voice = Voice("af_heart")
@@ -281,25 +349,6 @@ async def test_a_scripted_line_rendered_before_is_sent_without_waiting_for_the_t
         worker.shutdown()
     assert turn.delivered.audio_text == ["Speak plainly.", "Never said before."]
     assert synth.texts == ["Speak plainly.", "Never said before."], "the stored line was not rendered again"
-
-
-async def test_later_sentences_spare_a_core_while_a_player_waits_for_a_replys_first_words(
-    make_engine: MakeEngine, make_session: MakeSession
-) -> None:
-    # The engine's answer to Kokoro's ``contended``: true from a turn's start to its reply's
-    # own first audio (the LLM, at a lower priority, is writing it), false after.
-    slow = ScriptedReply("Aye. The forge is hot today, and the bellows are loud, and the coal is low.",
-                         ttft_s=1.0, tokens_per_s=8.0)
-    engine = make_engine(ScriptedChat([slow]), [SilenceSynth()])
-    session = await make_session(engine, Sent())
-    assert not engine._contended(), "nobody is waiting"
-    turn = session.start_turn("text", NEUTRAL)
-    await eventually(engine._contended, what="the player waiting for the reply's first words")
-    assert "first_audio_sent" not in turn.clock.marks
-    await eventually(lambda: "first_audio_sent" in turn.clock.marks, what="the reply's first audio")
-    assert not turn.done and not engine._contended(), "its first words are out; the rest can take its time"
-    await asyncio.wait_for(turn.wait(), TIMEOUT)
-    assert not engine._contended()
 
 
 # --------------------------------------------------------------------------- recognition

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from npc_engine.pipeline.base import ChatModel, Synthesizer, Voice
+from npc_engine.pipeline.scheduling import lower_this_thread
 from npc_engine.pipeline.tts_fallback import FallbackSynthesizer, NoVoiceLeft, SynthBudget
 from tests.doubles import ScriptedChat, SilenceSynth
 
@@ -113,3 +116,15 @@ def test_warm_up_warms_every_voice_and_each_turn_starts_on_the_primary() -> None
     turn1.synthesize("one", VOICE)
     assert turn1.current is b
     assert FallbackSynthesizer(voices, RELAXED).current is a, "falling back is per turn"
+
+
+def test_a_chunk_rendered_on_a_lowered_thread_is_not_held_against_the_voice() -> None:
+    # The later lane (a later sentence while other turns are live) runs below the LLM on
+    # purpose: a slow render there says nothing about whether the voice keeps up.
+    a, b = SilenceSynth("silence-a", delay_s=0.05), SilenceSynth("silence-b")
+    chain = FallbackSynthesizer([a, b], SynthBudget(chunk_ms=1.0, max_rtf=0.001))
+    with ThreadPoolExecutor(1, initializer=lower_this_thread, initargs=(1,)) as lowered:
+        assert lowered.submit(chain.synthesize, "two words", VOICE).result().text == "two words"
+    assert chain.on_primary and chain.take_degradations() == []
+    chain.synthesize("two words", VOICE)  # the same render on a thread of normal priority
+    assert not chain.on_primary

@@ -177,7 +177,7 @@ def baseline(cfg: EngineConfig) -> EngineConfig:
     right after the persona, so each turn evaluates the whole history again) and is not
     warmed between turns, no persona is primed at start, the LLM runs at the voice's
     priority, synthesis and recognition run on one thread each (no choice of two by measured
-    speed), a reply's first chunk is
+    speed; no later-sentence lane), a reply's first chunk is
     rendered whole, and Whisper's finals take the 30 s window. (Synthesis is still
     scheduled by deadline across sessions: with one conversation at a time that is the old
     first-come order.)"""

@@ -159,7 +159,7 @@ def ensure_model(*, verify: bool = False, cache_dir: Path | None = None) -> Path
 
 
 class SmartTurn:
-    """The Smart Turn v3.2 ONNX session. ``predict`` takes ~10-30 ms of one CPU core.
+    """The Smart Turn v3.2 ONNX session. ``predict`` takes ~0.1 s of one CPU core (140 ms p50 on a 2-core Zen 3, bench/end_of_turn.py).
 
     Not thread-safe by contract (one STT thread calls it), though onnxruntime would cope.
     """
@@ -173,6 +173,12 @@ class SmartTurn:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # The export is QDQ (int8 weights and activations around float ops). Fused into
+        # onnxruntime's int8 kernels, its answers depend on the CPU: on AVX2 without VNNI the
+        # u8s8 dot products saturate, and finished lines read as 0.03-0.5 complete (9 of the 13
+        # fixture lines at >= 0.5 on a Zen 3, against 12 here). Run as the float ops it
+        # describes, it answers the same on every x86-64 (~1.3x the fused time).
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in self._session.get_inputs()]
         if names != ["input_features"]:

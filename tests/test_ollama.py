@@ -81,7 +81,10 @@ async def test_engine_on_ollama_serves_turns_and_survives_a_crash(ollama: Ollama
         s = await c.open_session("marta", "p-ollama", greet=False, audio=False)
         msgs = await (await s.say("Hello, what is on the menu?")).collect()
         assert msgs[-1]["status"] == "ok"
-        assert sum(1 for m in msgs if m["type"] == "reply.text") >= 2
+        # Streamed token by token from the Ollama API (how many clauses the model chose to say
+        # is its own affair: one on some CPUs), and the pieces sent make up the reply.
+        assert msgs[-1]["tokens"] >= 2
+        assert "".join(m["delta"] for m in msgs if m["type"] == "reply.text").strip() == msgs[-1]["text"]
         # The model server dies mid-reply: the turn degrades to a fallback line, the session lives on.
         ollama.die_after_chunks = 2
         try:

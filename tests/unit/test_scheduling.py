@@ -222,26 +222,30 @@ class Speakers:
     turns: dict[str, TurnHandle]
     queues: dict[str, asyncio.Queue[Speakable | None]]
     sent: dict[str, list[Outgoing]]
+    later: ModelWorker | None = None
 
 
 @contextlib.asynccontextmanager
-async def speakers(synth: SilenceSynth, names: Sequence[str], later: ModelWorker | None = None) -> AsyncIterator[Speakers]:
-    """One ``speak`` per named turn on a one-thread TTS worker (and ``later``, for later
-    sentences while turns are crowded: always, here); at the end of the block each turn's
-    items end and every turn is awaited."""
+async def speakers(synth: SilenceSynth, names: Sequence[str], later_lane: bool = False) -> AsyncIterator[Speakers]:
+    """One ``speak`` per named turn on a one-thread TTS worker (and, ``later_lane``, a lowered
+    worker for later sentences while turns are crowded: always, here); at the end of the block
+    each turn's items end and every turn is awaited."""
     worker = ModelWorker("tts")
+    later = ModelWorker("tts-later", nice=1) if later_lane else None
     out = VoiceOut(voices=[synth], voice=Voice("af_heart"), worker=worker, later=later, crowded=lambda: True)
     sent: dict[str, list[Outgoing]] = {k: [] for k in names}
     turns = {k: turn_of(k, v) for k, v in sent.items()}
     queues: dict[str, asyncio.Queue[Speakable | None]] = {k: asyncio.Queue() for k in sent}
     tasks = [asyncio.create_task(speak(turns[k], items_from(queues[k]), out)) for k in sent]
     try:
-        yield Speakers(worker, turns, queues, sent)
+        yield Speakers(worker, turns, queues, sent, later)
         for q in queues.values():
             q.put_nowait(None)
         await asyncio.gather(*tasks)
     finally:
-        worker.shutdown()
+        for w in (worker, later):
+            if w is not None:
+                w.shutdown()
 
 
 async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_later_chunk() -> None:
@@ -284,21 +288,19 @@ async def test_while_turns_are_crowded_a_later_sentence_renders_on_its_own_lower
     # The later lane's only thread is held: A's next sentence waits there, and B's first words
     # still go out through the TTS worker (before, they waited for whatever render was running).
     synth = SilenceSynth("silence-a", seconds_per_word=10.0)
-    later = ModelWorker("tts-later", nice=1)
-    try:
-        async with speakers(synth, "ab", later=later) as s:
-            s.queues["a"].put_nowait(Speakable("A one, two, three,"))
-            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
-            async with held(later):
-                s.queues["a"].put_nowait(Speakable("A later sentence."))
-                await eventually(lambda: later.queued == 1, what="A's later sentence queued on the later lane")
-                s.queues["b"].put_nowait(Speakable("B first."))
-                await eventually(lambda: s.turns["b"].delivered.audio_text == ["B first."],
-                                 what="B's first words sent while the later lane is busy")
-                assert s.turns["a"].delivered.audio_text == ["A one, two, three,"]
-            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2, what="A's later sentence sent")
-    finally:
-        later.shutdown()
+    async with speakers(synth, "ab", later_lane=True) as s:
+        later = s.later
+        assert later is not None
+        s.queues["a"].put_nowait(Speakable("A one, two, three,"))
+        await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        async with held(later):
+            s.queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: later.queued == 1, what="A's later sentence queued on the later lane")
+            s.queues["b"].put_nowait(Speakable("B first."))
+            await eventually(lambda: s.turns["b"].delivered.audio_text == ["B first."],
+                             what="B's first words sent while the later lane is busy")
+            assert s.turns["a"].delivered.audio_text == ["A one, two, three,"]
+        await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2, what="A's later sentence sent")
     assert [name for _, name in after_gate(later)] == ["synthesize_head"]
     assert [name for _, name in s.worker.started] == ["synthesize_head"] * 2, "only the two first chunks"
 
@@ -310,17 +312,15 @@ async def test_a_later_sentence_dry_for_longer_than_the_lead_leaves_the_later_la
     # its next sentence is overdue on arrival. The later lane is held: it goes to the TTS worker.
     monkeypatch.setattr(speech, "OPENING_LEAD_S", 0.0)
     synth = SilenceSynth("silence-a", seconds_per_word=0.001)
-    later = ModelWorker("tts-later", nice=1)
-    try:
-        async with speakers(synth, "a", later=later) as s:
-            s.queues["a"].put_nowait(Speakable("A first."))
-            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
-            async with held(later):
-                s.queues["a"].put_nowait(Speakable("A later sentence."))
-                await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2,
-                                 what="A's later sentence sent while the later lane is held")
-    finally:
-        later.shutdown()
+    async with speakers(synth, "a", later_lane=True) as s:
+        later = s.later
+        assert later is not None
+        s.queues["a"].put_nowait(Speakable("A first."))
+        await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 1, what="turn A's first chunk sent")
+        async with held(later):
+            s.queues["a"].put_nowait(Speakable("A later sentence."))
+            await eventually(lambda: len(s.turns["a"].delivered.audio_text) == 2,
+                             what="A's later sentence sent while the later lane is held")
     assert [name for _, name in after_gate(later)] == [], "never ran on the later lane"
     assert synth.texts == ["A first.", "A later sentence."]
 

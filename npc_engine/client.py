@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -270,6 +271,19 @@ class EngineClient:
         if reply["type"] == "error":
             raise EngineError(reply)
         return reply
+
+    async def wait_warm(self, timeout: float = 300.0, poll_s: float = 0.5) -> float:
+        """Wait until the engine's start-up work (pre-rendering scripted lines, priming personas)
+        is over: ``pong.warming`` false (an engine that does not say is taken as warm). Returns
+        the seconds waited; ``TimeoutError`` if it is still warming after ``timeout``."""
+        if "warming" not in self.hello:  # an engine from before the field: nothing to wait for
+            return 0.0
+        started = time.monotonic()
+        while (await self.request({"type": "ping"})).get("warming", False):
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the engine was still warming up after {timeout:.0f} s")
+            await asyncio.sleep(poll_s)  # a poll interval: the condition is the engine's answer
+        return time.monotonic() - started
 
     async def open_session(
         self, character: str, player: str = "player", *, greet: bool = True, audio: bool = True,

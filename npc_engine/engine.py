@@ -138,6 +138,8 @@ class Engine:
         self.lingering = BackgroundTasks("engine")
         self._closed = False
         self.prerendered = asyncio.Event()  # the background pre-rendering is over (or never ran)
+        self._priming = False  # prime_personas is running
+        self.primed: tuple[str, ...] = ()  # the characters whose persona prime_personas cached
         self.tts_degraded: str | None = None  # why the configured voice is not the one in use
 
     # ------------------------------------------------------------------ start-up
@@ -306,7 +308,16 @@ class Engine:
 
     def start_priming(self) -> None:
         """``prime_personas`` in the background; ``close`` waits for the one on the model."""
+        self._priming = True  # from now: a ping right after this already says "warming"
         self.lingering.spawn(self.prime_personas(), "prime-personas")
+
+    @property
+    def warming(self) -> bool:
+        """Start-up work is still running in the background (pre-rendering scripted lines, or
+        priming personas): turns are served meanwhile but compete with it for the CPU, so a
+        game (or ``npc-engine bench --endpoint``) that wants steady timings waits it out.
+        Only a server starts that work; an engine without one never says it is done."""
+        return self._priming or not self.prerendered.is_set()
 
     async def prime_personas(self) -> None:
         """Evaluate each character's opening prompt for a new player (its persona, objective and
@@ -319,6 +330,7 @@ class Engine:
         name = fresh.vars.get("player_name")
         primed: list[str] = []
         t_all = time.perf_counter()
+        self._priming = True
         try:
             for character in list(self.characters.values())[: self.cfg.llm_slots]:
                 if self._closed:
@@ -332,6 +344,7 @@ class Engine:
         except Exception as exc:  # a conversation's own warm-up does it then
             log.warning("could not prime a persona (%s): conversations warm their own", exc)
         finally:
+            self.primed, self._priming = tuple(primed), False
             if primed:
                 log.info("primed %d persona(s) in %.1f s (%s): a first line does not wait for them",
                          len(primed), time.perf_counter() - t_all, ", ".join(primed))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from npc_engine.client import EngineClient
-from tests.harness import engine_config, eventually, running_engine
+from tests.harness import engine_config, running_engine
 
 LINE = "What do you do all day?"
 
@@ -21,10 +21,13 @@ async def test_a_first_line_right_after_open_finds_the_persona_primed(tmp_path: 
     # Two caches: the first two characters are primed, the third is not (the control).
     cfg = engine_config(tmp_path / "data", llm_slots=2, prime_personas=True)
     async with running_engine(cfg) as run:
-        await eventually(lambda: len(run.engine.lingering) == 0, what="the personas primed")
         *primed, control = list(run.engine.characters)[:3]
         client = await EngineClient.connect(run.endpoint)
         try:
+            # As a game would know it: the engine says it is warming until the priming is over
+            # (a wrong answer shows below, as a primed character evaluating its own persona).
+            await client.wait_warm(timeout=600)
+            assert run.engine.primed == tuple(primed), "warm once the priming is over"
             evaluated = {}
             for cid in (*primed, control):
                 # Speaks at once: the session's own warm-up of the persona has not happened.

@@ -76,7 +76,7 @@ def test_oversized_message_is_refused_before_parsing() -> None:
 
 def test_outgoing_messages_carry_version_and_drop_nones() -> None:
     msg = O.as_dict(O.Pong(id=None, t=1.5, server_time=2.0))
-    assert msg == {"v": 1, "type": "pong", "t": 1.5, "server_time": 2.0}
+    assert msg == {"v": 1, "type": "pong", "t": 1.5, "server_time": 2.0, "warming": False}
     audio = O.ReplyAudio(session="s", turn=1, seq=3, chunk=0, pcm=b"\x01\x02", rate=24000, start=0.0, duration=0.1, text="Hm.")
     wire = msgpack.unpackb(encode(audio))
     assert wire["pcm"] == b"\x01\x02" and wire["type"] == "reply.audio" and wire["seq"] == 3

@@ -155,3 +155,32 @@ async def test_two_sessions_stream_concurrently(client: EngineClient) -> None:
 async def test_ping_pong(client: EngineClient) -> None:
     reply = await client.request({"type": "ping", "t": 12.5})
     assert reply["type"] == "pong" and reply["t"] == 12.5
+
+
+async def test_warming_is_said_until_the_start_up_work_is_over(client: EngineClient, engine: Running) -> None:
+    # This engine has no voice and no priming, so its start-up work ends at once: warm.
+    await client.wait_warm(timeout=60)
+    assert isinstance(client.hello["warming"], bool), "hello.ok always says"
+    assert (await client.request({"type": "ping"}))["warming"] is False
+    # Start-up work under way again (as while scripted lines pre-render): said, and waited for.
+    events = engine.engine.prerendered
+    events.clear()
+    try:
+        assert (await client.request({"type": "ping"}))["warming"] is True
+        fresh = await EngineClient.connect(engine.endpoint)
+        try:
+            assert fresh.hello["warming"] is True
+            waiter = asyncio.create_task(fresh.wait_warm(timeout=60, poll_s=0.05))
+            # Still waiting while the engine says it is warming (the waiter polls every 50 ms).
+            for _ in range(3):
+                await asyncio.sleep(0.05)  # lets the waiter's own polls be answered meanwhile
+                assert (await client.request({"type": "ping"}))["warming"] is True
+            assert not waiter.done()
+            events.set()
+            assert await asyncio.wait_for(waiter, 30) >= 0.0
+            assert fresh.hello["warming"] is True  # the handshake's answer, kept as it was
+        finally:
+            await fresh.close()
+    finally:
+        events.set()
+    assert (await client.request({"type": "ping"}))["warming"] is False

@@ -734,6 +734,7 @@ async function main() {
     }
     expect(typeof r.stt === "boolean", "stt must be a boolean");
     expect(isInt(r.max_message_bytes) && r.max_message_bytes > 0, "max_message_bytes must be a positive integer");
+    expect(typeof r.warming === "boolean", "warming must be a boolean");
   });
   if (hello?.type !== "hello.ok") {
     note(`no usable engine at ${opts.endpoint}; the remaining checks need one` +
@@ -922,7 +923,8 @@ async function main() {
   await check("ping is answered by pong echoing id (an integer) and t", async (expect) => {
     const t = Date.now() / 1000;
     const r = await conn.request({ type: "ping", id: 4242, t }, "ping");
-    expect(r.type === "pong" && r.id === 4242 && r.t === t && isNum(r.server_time), () => `got ${show(r)}`);
+    expect(r.type === "pong" && r.id === 4242 && r.t === t && isNum(r.server_time) && typeof r.warming === "boolean",
+      () => `got ${show(r)}`);
   });
   await check("a message preceded by an empty delimiter frame is accepted", async (expect) => {
     const id = conn.newId();

@@ -71,6 +71,9 @@ class HelloOk(Outgoing):
     audio_out: dict[str, int | str] | None
     stt: bool
     max_message_bytes: int
+    # Start-up work still running (pre-rendering scripted lines, priming personas): turns
+    # work meanwhile, but compete with it for the CPU (docs/protocol.md, ``hello.ok``).
+    warming: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +81,7 @@ class Pong(Outgoing):
     TYPE: ClassVar[str] = "pong"
     t: float | int | None = None
     server_time: float
+    warming: bool = False  # as ``HelloOk.warming``: poll ``ping`` to know when it is over
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

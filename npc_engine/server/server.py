@@ -202,7 +202,7 @@ class Server:
         if isinstance(request, Hello):
             reply(self._hello_ok(request))
         elif isinstance(request, Ping):
-            reply(msg.Pong(id=request.id, t=request.t, server_time=time.time()))
+            reply(msg.Pong(id=request.id, t=request.t, server_time=time.time(), warming=self.engine.warming))
         elif isinstance(request, SessionOpen):
             await self._open(peer, request)
         elif isinstance(request, SceneOpen):
@@ -271,6 +271,7 @@ class Server:
             audio_out={"rate": eng.synth.sample_rate, "channels": 1, "format": "pcm_s16le"} if eng.synth else None,
             stt=eng.transcriber is not None,
             max_message_bytes=eng.cfg.max_message_bytes,
+            warming=eng.warming,
         )
 
     async def _open(self, peer: bytes, request: SessionOpen) -> None:

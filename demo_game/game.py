@@ -230,6 +230,7 @@ class Game:
         self.banter_played: set[str] = set()  # areas whose banter played during this visit
         self.banters: list[dict[str, Any]] = []  # banter.end messages, for tests and the overlay
         self.beats_asked_at = -math.inf  # when the quest log last asked the engine for every beat
+        self.beats_missing = False  # the last ask failed: opening the quest log asks again
         self.beat_moved_at: dict[str, float] = {}  # character -> when a story message moved its beat
 
     # ------------------------------------------------------------------ set-up
@@ -258,7 +259,12 @@ class Game:
             self.notice("mic", self.mic_problem[:1].upper() + self.mic_problem[1:] + "." + extra)
         if self.audio.problem:
             self.notice("sound", self.audio.problem[:1].upper() + self.audio.problem[1:] + ".")
+        self.ask_beats()
+
+    def ask_beats(self) -> None:
+        """Ask the engine for every character's beat, for the quest log (``net.beats``)."""
         self.beats_asked_at = self.clock()
+        self.beats_missing = False
         self.net.query_beats(self.player_id)
 
     def session_vars(self) -> dict[str, Any]:
@@ -321,7 +327,11 @@ class Game:
             elif key in (pygame.K_F1, pygame.K_h):
                 self.show_help = not self.show_help
             elif key in (pygame.K_j, pygame.K_TAB):
-                self.show_quest = not self.show_quest
+                if self.beats_missing:  # the last ask failed (a busy or restarted engine): again
+                    self.show_quest = True
+                    self.ask_beats()
+                else:
+                    self.show_quest = not self.show_quest
             elif key == pygame.K_F3:
                 self.show_debug = not self.show_debug
             elif key == pygame.K_F5:
@@ -955,6 +965,9 @@ class Game:
         elif d.get("request_type") == "state.save":
             self.pending_save = None
             message = f"Saving failed: {message}"
+        elif d.get("request_type") == "state.get":
+            self.beats_missing = True
+            message = f"Could not read the quest log: {message} (J to try again)"
         self.toast(message[:1].upper() + message[1:], "error", 6)
 
     def _on_event_ok(self, c: str | None, d: dict[str, Any]) -> None:
@@ -982,6 +995,7 @@ class Game:
         self.toast(f"Game loaded: the save from {when}." if when else "Game loaded.", "good")
 
     def _on_net_beats(self, c: str | None, d: dict[str, Any]) -> None:
+        self.beats_missing = False
         for cid, beat in (d.get("beats") or {}).items():
             # The answer can arrive after the story has moved on (a busy engine takes its time
             # to close the silent session it asked through): a beat_entered since is newer.

@@ -140,7 +140,9 @@ class Net:
 
     def query_beats(self, player: str) -> None:
         """Posts ``net.beats`` with every character's current beat (to draw the quest log)."""
-        self._submit(self._guard(None, "session.open", self._post_beats(player)))
+        # Its errors say "state.get" (the read of the beats), so the game knows the quest log
+        # is what failed and can ask again.
+        self._submit(self._guard(None, "state.get", self._post_beats(player)))
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """Close the sessions politely and stop the thread."""

@@ -236,3 +236,37 @@ def test_demo_uses_only_the_public_client() -> None:
                     assert [a.name for a in node.names] == ["DEFAULT_ENDPOINT"], path.name
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("npc_engine") for a in node.names), path.name
+
+
+class RecordingNet:
+    """Test double for ``demo_game.net.Net``: records the quest log's asks, does nothing else."""
+
+    def __init__(self) -> None:
+        self.beats_asked: list[str] = []
+
+    def query_beats(self, player: str) -> None:
+        self.beats_asked.append(player)
+
+
+def test_a_quest_log_that_could_not_be_read_is_asked_again_when_opened() -> None:
+    from demo_game.game import Game, GameOptions
+
+    pygame.init()
+    net = RecordingNet()
+    game = Game(net, AudioOut(enabled=False), GameOptions(microphone=False, patrols=False))  # type: ignore[arg-type]
+    game.on_connected({"type": "hello.ok", "stt": False, "characters": [{"id": "bram", "name": "Bram"}]})
+    assert net.beats_asked == [game.player_id]
+    j = pygame.event.Event(pygame.KEYDOWN, key=pygame.K_j, mod=0, unicode="j", scancode=0)
+    # The engine could not answer (busy, restarting): the player is told, and J asks again.
+    game._on_error(None, {"type": "error", "code": "timeout", "message": "the engine did not answer the state.get in time",
+                          "request_type": "state.get"})
+    assert any("quest log" in t.text and "J" in t.text for t in game.toasts), [t.text for t in game.toasts]
+    game.show_quest = False
+    game.handle_event(j)
+    assert net.beats_asked == [game.player_id] * 2 and game.show_quest
+    # Answered: J only shows and hides the log again.
+    game._on_net_beats(None, {"beats": {"bram": "bram_intro"}})
+    assert game.quest.beats["bram"] == "bram_intro"
+    game.handle_event(j)
+    game.handle_event(j)
+    assert len(net.beats_asked) == 2 and game.show_quest

@@ -15,7 +15,7 @@ import pytest
 from npc_engine.client import EngineClient
 from npc_engine.metrics import ORDER_CHAINS
 from npc_engine.quality.checks import split_sentences
-from tests.harness import Running, engine_config, running_engine
+from tests.harness import Running, engine_config, eventually, running_engine
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +170,20 @@ async def test_warming_is_said_until_the_start_up_work_is_over(client: EngineCli
         fresh = await EngineClient.connect(engine.endpoint)
         try:
             assert fresh.hello["warming"] is True
+            # The waiter's own pongs, recorded: it must keep asking, and keep waiting, while
+            # the engine says it is warming.
+            pongs: list[dict[str, Any]] = []
+            ask = fresh.request
+
+            async def recorded(m: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+                reply = await ask(m, timeout)
+                pongs.append(reply)
+                return reply
+
+            fresh.request = recorded  # type: ignore[method-assign]
             waiter = asyncio.create_task(fresh.wait_warm(timeout=60, poll_s=0.05))
-            # Still waiting while the engine says it is warming (the waiter polls every 50 ms).
-            for _ in range(3):
-                await asyncio.sleep(0.05)  # lets the waiter's own polls be answered meanwhile
-                assert (await client.request({"type": "ping"}))["warming"] is True
-            assert not waiter.done()
+            await eventually(lambda: len(pongs) >= 3, timeout=30, what="three of the waiter's polls answered")
+            assert all(p["warming"] is True for p in pongs) and not waiter.done()
             events.set()
             assert await asyncio.wait_for(waiter, 30) >= 0.0
             assert fresh.hello["warming"] is True  # the handshake's answer, kept as it was

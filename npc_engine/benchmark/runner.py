@@ -315,7 +315,11 @@ async def _wait_warm(endpoint: str, side: str, progress: Progress) -> None:
         if client.hello.get("warming"):
             progress(f"the {side} sidecar at {endpoint} is still warming up (pre-rendering lines, priming "
                      "personas); waiting for it ...")
-            waited = await client.wait_warm()
+            try:
+                waited = await client.wait_warm()
+            except TimeoutError as exc:  # the CLI prints a RuntimeError as one line
+                raise RuntimeError(f"the {side} sidecar at {endpoint}: {exc}; is it stuck? Its log says what it is "
+                                   "doing") from exc
             progress(f"the {side} sidecar is warm after {waited:.0f} s")
 
 

@@ -57,12 +57,21 @@ LLM_NICE = 10
 OPENING_LEAD_S = 3.0
 
 
-def playback_deadline(playback_start: float | None, queued_audio_s: float, now: float, *, opening: bool = False) -> float:
+def played_until(dry_at: float | None, now: float, duration_s: float) -> float:
+    """When a turn's playback runs dry once a chunk of ``duration_s`` sent ``now`` has played:
+    a game plays a chunk when it arrives or when the one before it ends, whichever is later
+    (docs/protocol.md; the bench's player, ``benchmark.felt.listen``, does the same). A chunk
+    sent after a silence (an ack, then the first words 1.5 s later) starts when it arrives."""
+    return max(now, dry_at if dry_at is not None else now) + duration_s
+
+
+def playback_deadline(dry_at: float | None, now: float, *, opening: bool = False) -> float:
     """When a turn's playback runs dry (``time.perf_counter()`` seconds): ``now`` for a turn
-    that has sent no audio yet (its first chunk: the player is waiting), else the time its
-    first audio went out plus the audio sent since. ``opening`` (the reply's own first words,
-    after an ack or nothing): that, less ``OPENING_LEAD_S``."""
-    due = now if playback_start is None else playback_start + queued_audio_s
+    that has sent no audio yet (its first chunk: the player is waiting), else ``dry_at``, when
+    the audio sent so far has played (``played_until``; in the past for a turn already dry,
+    which is overdue). ``opening`` (the reply's own first words, after an ack or nothing):
+    that, less ``OPENING_LEAD_S``."""
+    due = now if dry_at is None else dry_at
     return due - OPENING_LEAD_S if opening else due
 
 

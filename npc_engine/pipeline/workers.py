@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -27,6 +28,7 @@ from typing_extensions import TypeVarTuple, Unpack
 
 from npc_engine.pipeline.scheduling import lower_this_thread
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -49,6 +51,7 @@ class _Job:
     execute: Callable[[], None] = field(compare=False)  # runs it, result or error to its future
     cancel: Callable[[], bool] = field(compare=False)
     fail: Callable[[BaseException], None] = field(compare=False)
+    queued_at: float = field(compare=False, default_factory=time.perf_counter)
 
 
 class ModelWorker:
@@ -121,9 +124,16 @@ class ModelWorker:
                 job.fail(exc)
 
     def _execute(self, job: _Job) -> None:
+        started = time.perf_counter()
         try:
             job.execute()
         finally:
+            if log.isEnabledFor(logging.DEBUG):
+                # Who waited for whom, with -v: the order the deadlines gave, and what it cost.
+                ended = time.perf_counter()
+                due = "" if abs(job.deadline) == float("inf") else f", due {1000 * (job.deadline - started):+.0f} ms"
+                log.debug("%s: %s waited %.0f ms, ran %.0f ms%s", self.name, job.name,
+                          1000 * (started - job.queued_at), 1000 * (ended - started), due)
             with self._lock:
                 self._busy -= 1
             self._dispatch()

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -112,6 +113,9 @@ class Delivered:
     # per chunk when a voice has no word timings. A late cancel trims memory to what was heard.
     heard_marks: list[tuple[float, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
+    # When the audio sent so far has played, on ``time.perf_counter()``'s clock, as a game
+    # plays it (``scheduling.played_until``): the next chunk's deadline. None before any audio.
+    dry_at: float | None = None
     chunks: int = 0  # reply.audio chunks sent: the next chunk's number
     tokens: int = 0
     prompt: PromptUsage = field(default_factory=PromptUsage)  # the LLM call's prompt tokens, filled by its backend
@@ -243,6 +247,8 @@ class TurnHandle:
         if ack is not None and self._may_ack():
             with self.outbox.ahead_of_reply():
                 ack()
+        if self.delivered.chunks:  # the audio it held goes out now, and plays from now on
+            self.delivered.dry_at = time.perf_counter() + self.delivered.audio_seconds
         self.outbox.open(turn_id)
         self._decided.set()
 

@@ -26,7 +26,7 @@ from typing_extensions import TypeVarTuple, Unpack
 from npc_engine.pipeline.base import SpeechChunk, Synthesizer, Voice
 from npc_engine.pipeline.cues import Cue
 from npc_engine.pipeline.line_cache import LineCache
-from npc_engine.pipeline.scheduling import OPENING_LEAD_S, playback_deadline
+from npc_engine.pipeline.scheduling import OPENING_LEAD_S, playback_deadline, played_until
 from npc_engine.pipeline.tts_fallback import FallbackSynthesizer, NoVoiceLeft, SynthBudget
 from npc_engine.pipeline.workers import ModelWorker
 from npc_engine.protocol import outgoing as msg
@@ -76,11 +76,9 @@ class VoiceOut:
 
 def chunk_deadline(turn: TurnHandle, *, opening: bool = False) -> float:
     """When this turn's playback runs dry (``scheduling.playback_deadline``): now if no audio of
-    it has gone out, else when its first audio (an ack's included) went out plus all sent since.
-    ``opening``: a chunk of the reply's first words, due sooner (``OPENING_LEAD_S``)."""
-    marks = [m for k in ("ack_sent", "first_audio_sent") if (m := turn.clock.marks.get(k)) is not None]
-    start = turn.clock.t0 + min(marks) / 1000.0 if marks else None
-    return playback_deadline(start, turn.delivered.audio_seconds, time.perf_counter(), opening=opening)
+    it has gone out, else when the audio sent (an ack's included) has played, silences between
+    chunks counted. ``opening``: a chunk of the reply's first words, due sooner (``OPENING_LEAD_S``)."""
+    return playback_deadline(turn.delivered.dry_at, time.perf_counter(), opening=opening)
 
 
 def reply_unheard(turn: TurnHandle) -> bool:
@@ -149,6 +147,7 @@ def deliver(turn: TurnHandle, item: Speakable, speech: SpeechChunk) -> None:
     else:
         got.heard_marks.append((got.audio_seconds, item.text))
     got.audio_seconds += speech.duration
+    got.dry_at = played_until(got.dry_at, time.perf_counter(), speech.duration)
     got.chunks += 1
 
 

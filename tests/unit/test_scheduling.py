@@ -22,10 +22,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from npc_engine.engine import Engine
-from npc_engine.pipeline.base import Voice
+from npc_engine.pipeline.base import SpeechChunk, Voice
 from npc_engine.pipeline.chunker import ChunkerConfig, ClauseChunker
 from npc_engine.pipeline.line_cache import LineCache
 from npc_engine.pipeline.scheduling import (
@@ -33,6 +34,7 @@ from npc_engine.pipeline.scheduling import (
     native_threads,
     on_lowered_thread,
     playback_deadline,
+    played_until,
 )
 from npc_engine.pipeline.workers import URGENT, WHENEVER, ModelWorker
 from npc_engine.protocol import outgoing as msg
@@ -181,20 +183,30 @@ async def test_a_stream_still_waiting_when_the_worker_shuts_down_ends_instead_of
 
 
 def test_playback_deadline_is_now_before_any_audio_then_when_the_audio_sent_has_played() -> None:
-    assert playback_deadline(None, 0.0, now=50.0) == 50.0
-    assert playback_deadline(10.0, 2.5, now=50.0) == 12.5, "a turn that ran dry is overdue: earlier than now"
-    assert playback_deadline(10.0, 60.0, now=50.0) == 70.0
+    assert playback_deadline(None, now=50.0) == 50.0
+    assert playback_deadline(12.5, now=50.0) == 12.5, "a turn that ran dry is overdue: earlier than now"
+    assert playback_deadline(70.0, now=50.0) == 70.0
+
+
+def test_audio_plays_as_a_game_plays_it_a_chunk_after_a_silence_starts_when_it_arrives() -> None:
+    ack = played_until(None, now=10.0, duration_s=0.5)
+    assert ack == 10.5
+    # The first words 1.5 s after the ack: 1 s of silence, then they play from their arrival.
+    # Counted without the silence (10.0 + 0.5 + 0.6) the turn would look dry 1 s too soon.
+    first_words = played_until(ack, now=11.5, duration_s=0.6)
+    assert first_words == pytest.approx(12.1)
+    assert played_until(first_words, now=11.7, duration_s=2.0) == pytest.approx(14.1), "queued behind the one playing"
 
 
 def test_a_replys_opening_is_due_before_a_later_sentence_unless_that_one_has_been_dry_longer_than_the_lead() -> None:
     now = 100.0
-    nothing_heard = playback_deadline(None, 0.0, now, opening=True)
-    ack_playing = playback_deadline(now - 0.2, 0.6, now, opening=True)  # an ack of 0.6 s, 0.2 s in
-    dry_for_2s = playback_deadline(now - 6.0, 4.0, now)  # another reply's next sentence, late
+    nothing_heard = playback_deadline(None, now, opening=True)
+    ack_playing = playback_deadline(now + 0.4, now, opening=True)  # an ack of 0.6 s, 0.2 s in
+    dry_for_2s = playback_deadline(now - 2.0, now)  # another reply's next sentence, late
     assert nothing_heard < dry_for_2s and ack_playing < dry_for_2s
-    dry_too_long = playback_deadline(now - 10.0, 10.0 - OPENING_LEAD_S - 0.5, now)
+    dry_too_long = playback_deadline(now - OPENING_LEAD_S - 0.5, now)
     assert dry_too_long < nothing_heard, "a later sentence does not wait without end behind new turns"
-    assert playback_deadline(10.0, 2.5, now=50.0, opening=True) == 12.5 - OPENING_LEAD_S
+    assert playback_deadline(12.5, now=50.0, opening=True) == 12.5 - OPENING_LEAD_S
 
 
 def test_native_threads_lists_this_thread_on_linux() -> None:
@@ -246,6 +258,38 @@ async def speakers(synth: SilenceSynth, names: Sequence[str], later_lane: bool =
         for w in (worker, later):
             if w is not None:
                 w.shutdown()
+
+
+@dataclass
+class FakeClock:
+    """A test double for ``time`` in turns/speech.py: ``perf_counter`` reads ``now``."""
+
+    now: float
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def silence(seconds: float, text: str = "x") -> SpeechChunk:
+    return SpeechChunk(text, np.zeros(int(seconds * 24000), dtype=np.int16), 24000)
+
+
+def test_after_an_ack_and_a_silence_a_replys_rest_is_due_when_its_first_words_have_played(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock(100.0)
+    monkeypatch.setattr(speech, "time", clock)
+    a, b = turn_of("a", []), turn_of("b", [])
+    speech.say_ack(a, Speakable("Hm.", ack=True), silence(0.5))
+    clock.now = 101.5  # A's first words come 1.5 s after its ack: the player heard 1 s of silence
+    speech.deliver(a, Speakable("Well now,"), silence(0.6))
+    assert chunk_deadline(a) == pytest.approx(102.1), "A's first words play from 101.5 to 102.1"
+    # B's player has heard nothing of its reply: its first words go before the rest of A's
+    # opening clause, which is not dry yet (counted without the silence, it was due at 101.1,
+    # and went first: N=4 players then waited for each other's whole first clauses).
+    assert chunk_deadline(b, opening=True) < chunk_deadline(a, opening=True)
+    clock.now = 102.5  # A's first words have played and its rest is not out: now A is dry
+    assert chunk_deadline(a, opening=True) < chunk_deadline(b, opening=True)
 
 
 async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_later_chunk() -> None:

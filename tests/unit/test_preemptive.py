@@ -234,6 +234,9 @@ async def test_a_cancel_drops_the_waiting_reply_and_the_turn_is_answered_afresh(
     rig = await make_voice(ScriptedChat([SLOW, DEFAULT_REPLY]))
     await rig.speak(LINE)
     spec = rig.preempted
+    # The waiting reply's model call under way (SLOW): the fresh answer is then the script's
+    # second reply. Cancelled before its call began, the fresh turn got SLOW (a busy machine).
+    await eventually(lambda: len(rig.chat.calls) == 1, what="the preemptive reply's model call")
     rig.session.cancel()
     assert spec.dropped
     await rig.release()

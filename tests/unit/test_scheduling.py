@@ -40,7 +40,7 @@ from npc_engine.pipeline.workers import URGENT, WHENEVER, ModelWorker
 from npc_engine.protocol import outgoing as msg
 from npc_engine.protocol.outgoing import Outgoing
 from npc_engine.session.session import Mode, Session
-from npc_engine.turns import speech
+from npc_engine.turns import handle, speech
 from npc_engine.turns.handle import TurnHandle, TurnOutbox
 from npc_engine.turns.speech import Speakable, VoiceOut, chunk_deadline, speak
 from tests.doubles import EnergyVad, ScriptedChat, SilenceSynth, ToneTranscriber
@@ -290,6 +290,19 @@ def test_after_an_ack_and_a_silence_a_replys_rest_is_due_when_its_first_words_ha
     assert chunk_deadline(b, opening=True) < chunk_deadline(a, opening=True)
     clock.now = 102.5  # A's first words have played and its rest is not out: now A is dry
     assert chunk_deadline(a, opening=True) < chunk_deadline(b, opening=True)
+
+
+def test_a_speculative_turns_held_audio_plays_from_its_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(100.0)
+    monkeypatch.setattr(speech, "time", clock)
+    monkeypatch.setattr(handle, "time", clock)
+    sent: list[Outgoing] = []
+    turn = TurnHandle("voice", TurnOutbox(sent.append, "a", None), user_text="hello")  # speculative
+    speech.deliver(turn, Speakable("Well now,"), silence(0.6))  # rendered while the player is silent
+    assert sent == [], "held until the commit"
+    clock.now = 101.0  # the key is released a second later: the held chunk goes out, and plays, now
+    turn.commit(1)
+    assert chunk_deadline(turn) == pytest.approx(101.6)
 
 
 async def test_first_chunks_of_two_turns_are_synthesized_before_another_turns_later_chunk() -> None:
